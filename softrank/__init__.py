@@ -1,0 +1,30 @@
+"""softrank: fast differentiable sorting and ranking (Blondel et al., ICML 2020).
+
+``soft_rank`` and ``soft_sort`` accept torch tensors (CPU/CUDA, autograd), NumPy arrays, CuPy
+arrays and array_likes. Importing softrank imports neither torch nor CuPy.
+"""
+from ._api import soft_rank, soft_rank_vjp, soft_sort, soft_sort_vjp
+from ._version import __version__
+
+__all__ = [
+    "soft_rank",
+    "soft_sort",
+    "soft_rank_vjp",
+    "soft_sort_vjp",
+    "spearmanr",
+    "pearsonr",
+    "SpearmanLoss",
+    "__version__",
+]
+
+# Exported lazily: their modules are imported on first use (SpearmanLoss needs torch).
+_LAZY = {"spearmanr": "_spearman", "pearsonr": "_spearman", "SpearmanLoss": "_spearman_torch"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,140 @@
+"""Public functions: route each input to the torch or the array front end."""
+import sys
+
+from . import _array
+
+
+def _is_torch_tensor(values):
+    torch = sys.modules.get("torch")  # never import torch for a NumPy user
+    return torch is not None and isinstance(values, torch.Tensor)
+
+
+def _front_end(values):
+    if _is_torch_tensor(values):
+        from . import _torch
+
+        return _torch
+    return _array
+
+
+_COMMON_PARAMETERS = """
+    Parameters
+    ----------
+    values : torch.Tensor, numpy.ndarray, cupy.ndarray or array_like, shape (..., n, ...)
+        Input of any rank >= 1. torch tensors (CPU or CUDA) support autograd; other inputs are
+        converted with ``numpy.asarray`` unless they are CuPy arrays. float32/float64 are solved
+        natively, float16/bfloat16 in float32; integer and bool inputs become float64 (NumPy) or
+        ``torch.get_default_dtype()`` (torch). A row holding NaN or +-inf gives a NaN row.
+    regularization : {{"l2", "kl"}}, default "l2"
+        Quadratic ("l2") or entropic ("kl") regularization of the projection.
+    regularization_strength : float, default 1.0
+        eps > 0. As eps -> 0 the result tends to the hard {what}.
+    dim : int, default -1
+        Dimension along which to {verb}.
+    descending : bool, default False
+        {descending}
+"""
+
+_NOTES = """
+    Notes
+    -----
+    With :math:`\\rho = (n, n-1, \\dots, 1)` and :math:`P(z, w)` the projection of :math:`z` onto
+    the permutahedron of :math:`w` (Euclidean for "l2", KL for "kl"), the soft rank is
+    :math:`r_\\varepsilon(\\theta) = P(\\theta/\\varepsilon, \\rho)` and the soft sort is
+    :math:`s_\\varepsilon(\\theta) = -P(\\rho/\\varepsilon, -\\theta)` (ascending); both reduce to
+    an isotonic regression on the sorted input, solved by pool-adjacent-violators in
+    :math:`O(n \\log n)`; the gradient costs :math:`O(n)`.
+
+    References
+    ----------
+    M. Blondel, O. Teboul, Q. Berthet, J. Djolonga. Fast Differentiable Sorting and Ranking.
+    ICML 2020. arXiv:2002.08871.
+"""
+
+
+def soft_rank(values, regularization="l2", regularization_strength=1.0, *, dim=-1,
+              descending=False):
+    return _front_end(values).soft_op("rank", values, regularization, regularization_strength,
+                                      dim, descending)
+
+
+def soft_sort(values, regularization="l2", regularization_strength=1.0, *, dim=-1,
+              descending=False):
+    return _front_end(values).soft_op("sort", values, regularization, regularization_strength,
+                                      dim, descending)
+
+
+def soft_rank_vjp(values, regularization="l2", regularization_strength=1.0, *, dim=-1,
+                  descending=False):
+    return _front_end(values).soft_op_vjp("rank", values, regularization,
+                                          regularization_strength, dim, descending)
+
+
+def soft_sort_vjp(values, regularization="l2", regularization_strength=1.0, *, dim=-1,
+                  descending=False):
+    return _front_end(values).soft_op_vjp("sort", values, regularization,
+                                          regularization_strength, dim, descending)
+
+
+_RANK_PARAMETERS = _COMMON_PARAMETERS.format(
+    what="ranks", verb="rank",
+    descending="If True the largest value gets rank ~1 (equals ``soft_rank(-values)``).")
+_SORT_PARAMETERS = _COMMON_PARAMETERS.format(
+    what="sorted values", verb="sort",
+    descending="If True sort decreasingly (equals ``-soft_sort(-values)``).")
+
+soft_rank.__doc__ = """Soft ranks: 1-based, ascending (the smallest value gets rank ~1).
+""" + _RANK_PARAMETERS + """
+    Returns
+    -------
+    ranks : same type, device and shape as ``values``
+        The soft ranks along ``dim``. With "l2" each row sums to n(n+1)/2.
+""" + _NOTES + """
+    Examples
+    --------
+    >>> import softrank
+    >>> softrank.soft_rank([[8, 0, 5, 3, 2, 1, 6, 7, 9]]).round(4).tolist()
+    [[8.0, 1.0, 5.0, 4.0, 3.0, 2.0, 6.0, 7.0, 9.0]]
+    >>> softrank.soft_rank([1.0, -2.0, 2.0, 3.0, 0.5, -1.0]).round(4).tolist()
+    [3.875, 1.0, 4.875, 5.875, 3.375, 2.0]
+"""
+
+soft_sort.__doc__ = """Soft sorted values, ascending unless ``descending``.
+""" + _SORT_PARAMETERS + """
+    Returns
+    -------
+    sorted : same type, device and shape as ``values``
+        The soft sorted values along ``dim``, monotone along ``dim``.
+""" + _NOTES + """
+    Examples
+    --------
+    >>> import softrank
+    >>> softrank.soft_sort([[8, 0, 5, 3, 2, 1, 6, 7, 9]]).round(4).tolist()
+    [[0.5556, 1.5556, 2.5556, 3.5556, 4.5556, 5.5556, 6.5556, 7.5556, 8.5556]]
+    >>> softrank.soft_sort([[8, 0, 5, 3, 2, 1, 6, 7, 9]], regularization_strength=0.1).tolist()
+    [[0.0, 1.0, 2.0, 3.0, 5.0, 6.0, 7.0, 8.0, 9.0]]
+"""
+
+_VJP_RETURNS = """
+    Returns
+    -------
+    out : same type, device and shape as ``values``
+        As ``soft_{name}(values, ...)``.
+    pullback : callable
+        ``pullback(cotangent)`` returns the vector-Jacobian product, the gradient of
+        ``sum(cotangent * out)`` with respect to ``values``, in the layout of ``values``.
+        It may be called several times. For torch tensors it runs autograd.
+"""
+
+soft_rank_vjp.__doc__ = ("""Soft ranks and their vector-Jacobian product (for NumPy/CuPy users).
+""" + _RANK_PARAMETERS + _VJP_RETURNS.format(name="rank") + """
+    Examples
+    --------
+    >>> import numpy as np, softrank
+    >>> ranks, pullback = softrank.soft_rank_vjp(np.array([3.0, 1.0, 2.0]), regularization_strength=10.0)
+    >>> pullback(np.array([1.0, 0.0, 0.0])).round(4).tolist()
+    [0.0667, -0.0333, -0.0333]
+""")
+
+soft_sort_vjp.__doc__ = ("""Soft sorted values and their vector-Jacobian product.
+""" + _SORT_PARAMETERS + _VJP_RETURNS.format(name="sort"))

@@ -1,0 +1,443 @@
+"""Batched soft ranking / soft sorting on the CPU: argsort + pool-adjacent-violators + un-permute.
+
+What is solved (Blondel et al. 2020, arXiv:2002.08871; notation of docs/CONTRACT.md):
+for each row, with z = sign * x sorted decreasingly into s and rho = (n, n-1, ..., 1), PAV solves
+the *decreasing* isotonic problem
+
+    l2:  v = argmin_{v_1 >= ... >= v_n}  1/2 ||v - y||^2,                   block value  mean_B(y)
+    kl:  v = argmin_{v_1 >= ... >= v_n}  sum_i exp(y_i - v_i) + exp(w_i) v_i,  block value
+                                           logsumexp(y_B) - logsumexp(w_B)
+
+with y = s/eps - rho (soft rank, l2), (y, w) = (s/eps, log rho) (soft rank, kl),
+y = rho/eps - s (soft sort, l2) and (y, w) = (rho/eps, s) (soft sort, kl).
+
+Deviations from the textbook algorithm, and why:
+* Block values are kept in units of x (the rank problems are multiplied by eps), and the rho
+  sums of a block have closed forms, so no y/w arrays exist and x/eps never overflows.
+* Every block stores its start; the solver writes the start of each element's block
+  (``blocks``), so the backward never re-detects blocks by comparing floats.
+* Sorting is an LSD radix sort on order-preserving integer keys (stable; ties keep index order),
+  an insertion sort for short rows. -0.0 is keyed as +0.0.
+* A row holding NaN or +-inf is marked with blocks[0] = -1; its outputs and gradients are NaN.
+* Accumulation is in float64 for both float32 and float64 data.
+"""
+from cython.parallel cimport prange, threadid
+from libc.math cimport exp, log, log1p, expm1, NAN
+from libc.stdint cimport uint64_t, uint32_t, int32_t
+from libc.string cimport memcpy
+cimport cython
+
+ctypedef fused floating:
+    float
+    double
+
+cdef enum:
+    RANK_L2 = 0
+    RANK_KL = 1
+    SORT_L2 = 2
+    SORT_KL = 3
+
+cdef enum:
+    # Rows up to this length are sorted by insertion: below it a radix pass costs more than it saves.
+    INSERTION_MAX = 24
+    RADIX_BUCKETS = 256
+
+
+# ----------------------------------------------------------------------------- keys and sorting
+
+cdef inline uint64_t _descending_key32(float z) noexcept nogil:
+    # Order-preserving map float32 -> uint32, then inverted so that ascending keys = descending z.
+    cdef uint32_t u
+    if z == 0:
+        z = 0.0  # -0.0 and +0.0 are the same value: give them the same key
+    memcpy(&u, &z, 4)
+    if u & 0x80000000u:
+        u = ~u
+    else:
+        u = u | 0x80000000u
+    return <uint64_t>(~u)
+
+
+cdef inline uint64_t _descending_key64(double z) noexcept nogil:
+    cdef uint64_t u
+    if z == 0:
+        z = 0.0
+    memcpy(&u, &z, 8)
+    if u & 0x8000000000000000u:
+        u = ~u
+    else:
+        u = u | 0x8000000000000000u
+    return ~u
+
+
+cdef inline void _insertion_sort(uint64_t[::1] keys, int32_t[::1] idx, bint with_idx,
+                                 Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef uint64_t k
+    cdef int32_t t = 0
+    for i in range(1, n):
+        k = keys[i]
+        if with_idx:
+            t = idx[i]
+        j = i - 1
+        while j >= 0 and keys[j] > k:
+            keys[j + 1] = keys[j]
+            if with_idx:
+                idx[j + 1] = idx[j]
+            j -= 1
+        keys[j + 1] = k
+        if with_idx:
+            idx[j + 1] = t
+
+
+cdef inline void _scatter_pass(uint64_t[::1] src, uint64_t[::1] dst, int32_t[::1] isrc,
+                               int32_t[::1] idst, bint with_idx, Py_ssize_t n, int shift,
+                               uint64_t[::1] offsets, Py_ssize_t base) noexcept nogil:
+    cdef Py_ssize_t i, pos
+    cdef uint64_t k
+    cdef int digit
+    for i in range(n):
+        k = src[i]
+        digit = <int>((k >> shift) & 255)
+        pos = <Py_ssize_t>offsets[base + digit]
+        offsets[base + digit] = pos + 1
+        dst[pos] = k
+        if with_idx:
+            idst[pos] = isrc[i]
+
+
+cdef inline bint _radix_sort(uint64_t[::1] ka, uint64_t[::1] kb, int32_t[::1] ia,
+                             int32_t[::1] ib, bint with_idx, Py_ssize_t n, int first_byte,
+                             uint64_t[::1] hist) noexcept nogil:
+    """LSD radix sort of bytes first_byte..7 of the keys; hist holds their byte histograms.
+
+    Returns False if the result is in (ka, ia), True if it is in (kb, ib). A byte on which every
+    key agrees is skipped (common for the exponent byte of similar-magnitude data).
+    """
+    cdef bint in_b = False
+    cdef int d, digit
+    cdef Py_ssize_t base, b
+    cdef uint64_t total, c, first_key
+    for d in range(first_byte, 8):
+        base = d * RADIX_BUCKETS
+        first_key = kb[0] if in_b else ka[0]
+        digit = <int>((first_key >> (8 * d)) & 255)
+        if hist[base + digit] == <uint64_t>n:
+            continue
+        total = 0
+        for b in range(RADIX_BUCKETS):
+            c = hist[base + b]
+            hist[base + b] = total
+            total += c
+        if in_b:
+            _scatter_pass(kb, ka, ib, ia, with_idx, n, 8 * d, hist, base)
+        else:
+            _scatter_pass(ka, kb, ia, ib, with_idx, n, 8 * d, hist, base)
+        in_b = not in_b
+    return in_b
+
+
+cdef inline bint _argsort_row(const floating[::1] x, double sign, uint64_t[::1] ka,
+                              uint64_t[::1] kb, int32_t[::1] ia, int32_t[::1] ib,
+                              uint64_t[::1] hist, int32_t[::1] perm,
+                              double[::1] s) noexcept nogil:
+    """perm <- indices of sign*x in decreasing order (stable), s <- the sorted sign*x.
+
+    Returns True if the row holds a NaN or an infinity (perm and s are then not filled).
+    float32 keys are packed with their index into one uint64 (key << 32 | index) so that a radix
+    pass moves a single word; float64 keys carry a separate int32 index array.
+    """
+    cdef Py_ssize_t n = x.shape[0]
+    cdef Py_ssize_t j, d
+    cdef bint nonfinite = False
+    cdef bint use_radix = n > INSERTION_MAX
+    cdef bint in_b = False
+    cdef double v
+    cdef uint64_t key
+    if use_radix:
+        for j in range(8 * RADIX_BUCKETS):
+            hist[j] = 0
+    for j in range(n):
+        v = x[j]
+        if not (v - v == 0):  # NaN or +-inf
+            nonfinite = True
+        if floating is float:
+            key = (_descending_key32(<float>(sign * v)) << 32) | <uint64_t>j
+            if use_radix:
+                for d in range(4, 8):
+                    hist[d * RADIX_BUCKETS + ((key >> (8 * d)) & 255)] += 1
+        else:
+            key = _descending_key64(sign * v)
+            ia[j] = <int32_t>j
+            if use_radix:
+                for d in range(8):
+                    hist[d * RADIX_BUCKETS + ((key >> (8 * d)) & 255)] += 1
+        ka[j] = key
+    if nonfinite:
+        return True
+    if floating is float:
+        if use_radix:
+            in_b = _radix_sort(ka, kb, ia, ib, False, n, 4, hist)
+        else:
+            _insertion_sort(ka, ia, False, n)
+        for j in range(n):
+            perm[j] = <int32_t>((kb[j] if in_b else ka[j]) & 0xFFFFFFFFu)
+    else:
+        if use_radix:
+            in_b = _radix_sort(ka, kb, ia, ib, True, n, 0, hist)
+        else:
+            _insertion_sort(ka, ia, True, n)
+        for j in range(n):
+            perm[j] = ib[j] if in_b else ia[j]
+    for j in range(n):
+        s[j] = sign * x[perm[j]]
+    return False
+
+
+# ----------------------------------------------------------------------------- PAV
+
+cdef inline double _log_add_exp(double a, double b, double scale) noexcept nogil:
+    """scale * log(exp(a/scale) + exp(b/scale)), shifted by the larger argument."""
+    if a < b:
+        a, b = b, a
+    return a + scale * log1p(exp((b - a) / scale))
+
+
+cdef inline double _log_geometric_sum(Py_ssize_t c, double eps) noexcept nogil:
+    """log(sum_{k<c} exp(-k/eps)): logsumexp(rho_B/eps) - rho_a/eps for a block of c elements."""
+    if c == 1:
+        return 0.0
+    return log(-expm1(-c / eps)) - log(-expm1(-1.0 / eps))
+
+
+cdef inline double _block_value(int mode, double state, Py_ssize_t a, Py_ssize_t c,
+                                Py_ssize_t n, double eps) noexcept nogil:
+    cdef double mean_rho = (n - a) - 0.5 * (c - 1)
+    if mode == RANK_L2:      # eps * mean_B(s/eps - rho)
+        return state / c - eps * mean_rho
+    elif mode == RANK_KL:    # eps * (logsumexp(s_B/eps) - log sum_B rho)
+        return state - eps * log(c * mean_rho)
+    elif mode == SORT_L2:    # mean_B(rho/eps - s)
+        return mean_rho / eps - state / c
+    else:                    # logsumexp(rho_B/eps) - logsumexp(s_B)
+        return (n - a) / eps + _log_geometric_sum(c, eps) - state
+
+
+cdef inline double _merged_state(int mode, double left, double right, double eps) noexcept nogil:
+    if mode == RANK_L2 or mode == SORT_L2:  # sum of s
+        return left + right
+    elif mode == RANK_KL:                   # eps * logsumexp(s/eps)
+        return _log_add_exp(left, right, eps)
+    else:                                   # logsumexp(s)
+        return _log_add_exp(left, right, 1.0)
+
+
+cdef inline void _pav_row(int mode, const double[::1] s, double eps, double sign,
+                          const int32_t[::1] perm, floating[::1] out, int32_t[::1] blocks,
+                          int32_t[::1] start, double[::1] state,
+                          double[::1] value) noexcept nogil:
+    cdef Py_ssize_t n = s.shape[0]
+    cdef Py_ssize_t j, top = -1, b, a, e, c
+    cdef double st, mean, mean_rho, scale, shift
+    # Pool adjacent violators: a stack of blocks, each (start, state, value).
+    for j in range(n):
+        top += 1
+        start[top] = <int32_t>j
+        state[top] = s[j]
+        value[top] = _block_value(mode, s[j], j, 1, n, eps)
+        while top > 0 and value[top - 1] <= value[top]:
+            st = _merged_state(mode, state[top - 1], state[top], eps)
+            state[top - 1] = st
+            top -= 1
+            value[top] = _block_value(mode, st, start[top], j + 1 - start[top], n, eps)
+    # Expand blocks into outputs (see docs/CONTRACT.md for the closed forms).
+    for b in range(top + 1):
+        a = start[b]
+        e = start[b + 1] if b < top else n
+        c = e - a
+        st = state[b]
+        mean_rho = (n - a) - 0.5 * (c - 1)
+        if mode == RANK_L2:
+            mean = st / c
+            for j in range(a, e):
+                out[perm[j]] = <floating>((s[j] - mean) / eps + mean_rho)
+                blocks[j] = <int32_t>a
+        elif mode == RANK_KL:
+            scale = c * mean_rho
+            for j in range(a, e):
+                out[perm[j]] = <floating>(exp((s[j] - st) / eps) * scale)
+                blocks[j] = <int32_t>a
+        elif mode == SORT_L2:
+            mean = st / c
+            for j in range(a, e):
+                # + 0.0 turns -0.0 into +0.0 (hard sorts print as torch.sort's do)
+                out[j] = <floating>(sign * (mean + ((a - j) + 0.5 * (c - 1)) / eps) + 0.0)
+                blocks[j] = <int32_t>a
+        else:
+            shift = st - _log_geometric_sum(c, eps)
+            for j in range(a, e):
+                out[j] = <floating>(sign * (shift - (j - a) / eps) + 0.0)
+                blocks[j] = <int32_t>a
+
+
+cdef inline void _nan_row_forward(floating[::1] out, int32_t[::1] perm,
+                                  int32_t[::1] blocks) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(out.shape[0]):
+        out[j] = NAN
+        perm[j] = <int32_t>j
+        blocks[j] = 0
+    blocks[0] = -1
+
+
+cdef inline void _forward_row(int mode, const floating[::1] x, floating[::1] out,
+                              int32_t[::1] perm, int32_t[::1] blocks, double eps, double sign,
+                              uint64_t[::1] keys, int32_t[::1] ints,
+                              double[::1] reals) noexcept nogil:
+    cdef Py_ssize_t n = x.shape[0]
+    cdef uint64_t[::1] ka = keys[0:n]
+    cdef uint64_t[::1] kb = keys[n:2 * n]
+    cdef uint64_t[::1] hist = keys[2 * n:]
+    cdef int32_t[::1] ia = ints[0:n]
+    cdef int32_t[::1] ib = ints[n:2 * n]
+    cdef int32_t[::1] start = ints[2 * n:3 * n]
+    cdef double[::1] s = reals[0:n]
+    cdef double[::1] state = reals[n:2 * n]
+    cdef double[::1] value = reals[2 * n:3 * n]
+    if _argsort_row(x, sign, ka, kb, ia, ib, hist, perm, s):
+        _nan_row_forward(out, perm, blocks)
+        return
+    _pav_row(mode, s, eps, sign, perm, out, blocks, start, state, value)
+
+
+# ----------------------------------------------------------------------------- backward
+
+cdef inline void _backward_row(int mode, const floating[::1] g, const int32_t[::1] perm,
+                               const int32_t[::1] blocks, const floating[::1] aux, double eps,
+                               double sign, floating[::1] grad,
+                               double[::1] weights) noexcept nogil:
+    cdef Py_ssize_t n = g.shape[0]
+    cdef Py_ssize_t a, e, j, c
+    cdef double total, norm, mean, scale = sign / eps, ref, r
+    if blocks[0] < 0:
+        for j in range(n):
+            grad[j] = NAN
+        return
+    a = 0
+    while a < n:
+        e = a + 1
+        while e < n and blocks[e] == a:
+            e += 1
+        c = e - a
+        total = 0.0
+        if mode == RANK_L2:
+            for j in range(a, e):
+                total += g[perm[j]]
+            mean = total / c
+            for j in range(a, e):
+                grad[perm[j]] = <floating>(scale * (g[perm[j]] - mean))
+        elif mode == RANK_KL:
+            # softmax(s_B) = out / sum_B(rho): the forward output is already max-shifted.
+            for j in range(a, e):
+                total += g[perm[j]] * aux[perm[j]]
+            mean = total / (c * ((n - a) - 0.5 * (c - 1)))
+            for j in range(a, e):
+                r = aux[perm[j]]
+                grad[perm[j]] = <floating>(scale * r * (g[perm[j]] - mean))
+        elif mode == SORT_L2:
+            for j in range(a, e):
+                total += g[j]
+            mean = total / c
+            for j in range(a, e):
+                grad[perm[j]] = <floating>mean
+        else:
+            # softmax of s over the block, shifted by its maximum s_a (s is sorted decreasingly).
+            ref = sign * aux[perm[a]]
+            norm = 0.0
+            for j in range(a, e):
+                weights[j] = exp(sign * aux[perm[j]] - ref)
+                norm += weights[j]
+                total += g[j]
+            for j in range(a, e):
+                grad[perm[j]] = <floating>(weights[j] / norm * total)
+        a = e
+
+
+# ----------------------------------------------------------------------------- batched drivers
+
+cdef void _forward(int mode, const floating[:, ::1] x, floating[:, ::1] out,
+                   int32_t[:, ::1] perm, int32_t[:, ::1] blocks, double eps, double sign,
+                   uint64_t[:, ::1] keys, int32_t[:, ::1] ints, double[:, ::1] reals,
+                   int n_threads):
+    cdef Py_ssize_t rows = x.shape[0], r
+    cdef int tid
+    with nogil:
+        if n_threads <= 1:
+            for r in range(rows):
+                _forward_row(mode, x[r], out[r], perm[r], blocks[r], eps, sign,
+                             keys[0], ints[0], reals[0])
+        else:
+            for r in prange(rows, num_threads=n_threads, schedule="dynamic"):
+                tid = threadid()
+                _forward_row(mode, x[r], out[r], perm[r], blocks[r], eps, sign,
+                             keys[tid], ints[tid], reals[tid])
+
+
+cdef void _backward(int mode, const floating[:, ::1] g, const int32_t[:, ::1] perm,
+                    const int32_t[:, ::1] blocks, const floating[:, ::1] aux, double eps,
+                    double sign, floating[:, ::1] grad, double[:, ::1] reals, int n_threads):
+    cdef Py_ssize_t rows = g.shape[0], r
+    cdef int tid
+    with nogil:
+        if n_threads <= 1:
+            for r in range(rows):
+                _backward_row(mode, g[r], perm[r], blocks[r], aux[r], eps, sign, grad[r],
+                              reals[0])
+        else:
+            for r in prange(rows, num_threads=n_threads, schedule="dynamic"):
+                tid = threadid()
+                _backward_row(mode, g[r], perm[r], blocks[r], aux[r], eps, sign, grad[r],
+                              reals[tid])
+
+
+# Entry points: one per dtype (a fused `def` would pay Cython's runtime dtype dispatch per call).
+# They are private and unchecked: softrank/_cpu_backend.py validates and allocates.
+
+def forward_f32(int mode, const float[:, ::1] x, float[:, ::1] out, int32_t[:, ::1] perm,
+                int32_t[:, ::1] blocks, double eps, double sign, uint64_t[:, ::1] keys,
+                int32_t[:, ::1] ints, double[:, ::1] reals, int n_threads):
+    _forward(mode, x, out, perm, blocks, eps, sign, keys, ints, reals, n_threads)
+
+
+def forward_f64(int mode, const double[:, ::1] x, double[:, ::1] out, int32_t[:, ::1] perm,
+                int32_t[:, ::1] blocks, double eps, double sign, uint64_t[:, ::1] keys,
+                int32_t[:, ::1] ints, double[:, ::1] reals, int n_threads):
+    _forward(mode, x, out, perm, blocks, eps, sign, keys, ints, reals, n_threads)
+
+
+def backward_f32(int mode, const float[:, ::1] g, const int32_t[:, ::1] perm,
+                 const int32_t[:, ::1] blocks, const float[:, ::1] aux, double eps, double sign,
+                 float[:, ::1] grad, double[:, ::1] reals, int n_threads):
+    _backward(mode, g, perm, blocks, aux, eps, sign, grad, reals, n_threads)
+
+
+def backward_f64(int mode, const double[:, ::1] g, const int32_t[:, ::1] perm,
+                 const int32_t[:, ::1] blocks, const double[:, ::1] aux, double eps, double sign,
+                 double[:, ::1] grad, double[:, ::1] reals, int n_threads):
+    _backward(mode, g, perm, blocks, aux, eps, sign, grad, reals, n_threads)
+
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    static const int softrank_openmp = 1;
+    #else
+    static const int softrank_openmp = 0;
+    #endif
+    """
+    const int softrank_openmp
+
+
+def openmp_enabled():
+    """True when this extension was compiled with OpenMP (rows then run in parallel)."""
+    return bool(softrank_openmp)

@@ -1,0 +1,57 @@
+"""CPU back end: thin, unchecked wrapper of the Cython solver (softrank/_cpu.pyx).
+
+Same signatures as the CUDA back end (docs/CONTRACT.md); callers validate and allocate.
+"""
+import os
+
+import numpy as np
+
+from . import _cpu
+
+_MODES = {("rank", "l2"): 0, ("rank", "kl"): 1, ("sort", "l2"): 2, ("sort", "kl"): 3}
+
+# Below this many elements a parallel region costs more than it saves.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+# Histograms of the 8 key bytes, 256 buckets each (matches RADIX_BUCKETS in _cpu.pyx).
+_HISTOGRAM_WORDS = 8 * 256
+
+
+def _default_threads():
+    for name in ("SOFTRANK_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+MAX_THREADS = _default_threads() if _cpu.openmp_enabled() else 1
+
+
+def _threads_for(rows, n):
+    if rows < 2 or rows * n < PARALLEL_MIN_ELEMENTS:
+        return 1
+    return min(MAX_THREADS, rows)
+
+
+def forward(op, regularization, x, eps, sign, out, perm, blocks):
+    rows, n = x.shape
+    threads = _threads_for(rows, n)
+    keys = np.empty((threads, 2 * n + _HISTOGRAM_WORDS), dtype=np.uint64)
+    ints = np.empty((threads, 3 * n), dtype=np.int32)
+    reals = np.empty((threads, 3 * n), dtype=np.float64)
+    solver = _cpu.forward_f32 if x.dtype == np.float32 else _cpu.forward_f64
+    solver(_MODES[op, regularization], x, out, perm, blocks, eps, sign, keys, ints, reals,
+           threads)
+
+
+def backward(op, regularization, g, perm, blocks, aux, eps, sign, grad):
+    rows, n = g.shape
+    threads = _threads_for(rows, n)
+    needs_weights = op == "sort" and regularization == "kl"
+    reals = np.empty((threads, n if needs_weights else 1), dtype=np.float64)
+    solver = _cpu.backward_f32 if g.dtype == np.float32 else _cpu.backward_f64
+    solver(_MODES[op, regularization], g, perm, blocks, g if aux is None else aux, eps, sign,
+           grad, reals, threads)
