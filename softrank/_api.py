@@ -1,4 +1,5 @@
 """Public functions: route each input to the torch or the array front end."""
+import functools
 import sys
 
 from . import _array
@@ -11,10 +12,15 @@ def _is_torch_tensor(values):
 
 def _front_end(values):
     if _is_torch_tensor(values):
-        from . import _torch
-
-        return _torch
+        return _torch_front_end()
     return _array
+
+
+@functools.cache
+def _torch_front_end():
+    from . import _torch  # on first use only: NumPy users never import torch
+
+    return _torch
 
 
 _COMMON_PARAMETERS = """

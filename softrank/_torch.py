@@ -41,6 +41,16 @@ def _run_backward(op, regularization, g, perm, blocks, aux, eps, sign):
 class SoftOpFunction(torch.autograd.Function):
     """Soft rank/sort of contiguous (rows, n) float32/float64 rows; returns (out, perm, blocks)."""
 
+    @classmethod
+    def apply(cls, *args):
+        # Function.apply binds the arguments with inspect.signature on every call of a
+        # setup_context-style Function (about 20 us, more than the whole solve of a short row).
+        # Our callers pass every argument positionally, so outside functorch transforms we go
+        # straight to the C++ apply, as Function.apply itself does after binding.
+        if torch._C._are_functorch_transforms_active():
+            return super().apply(*args)
+        return super(torch.autograd.Function, cls).apply(*args)
+
     @staticmethod
     def forward(x, op, regularization, eps, sign):
         return _run_forward(op, regularization, x.detach(), eps, sign)
@@ -90,18 +100,25 @@ def soft_op(op, values, regularization, regularization_strength, dim, descending
     if values.device.type not in ("cpu", "cuda"):
         raise ValueError(f"values must be on a CPU or CUDA device, got {values.device}")
     compute_dtype, out_dtype = _dtypes(values)
-    axis = V.normalize_dim(dim, values.dim())
+    ndim = values.dim()
+    axis = V.normalize_dim(dim, ndim)
     n = values.shape[axis]
     V.check_row_length(n)
     if values.numel() == 0:
         return values.to(out_dtype).clone()
-    moved = values.movedim(axis, -1)
-    rows = moved.reshape(-1, n).to(compute_dtype).contiguous()
+    last = axis == ndim - 1
+    moved = values if last else values.movedim(axis, -1)
+    rows = moved if ndim == 2 and last else moved.reshape(-1, n)
+    if rows.dtype != compute_dtype:
+        rows = rows.to(compute_dtype)
+    if not rows.is_contiguous():
+        rows = rows.contiguous()
     out, _, _ = SoftOpFunction.apply(rows, op, regularization, eps, V.sign_for(op, descending))
-    out = out.reshape(moved.shape).movedim(-1, axis)
-    if axis != values.dim() - 1:
-        out = out.contiguous()
-    return out.to(out_dtype)
+    if not (ndim == 2 and last):
+        out = out.reshape(moved.shape)
+    if not last:
+        out = out.movedim(-1, axis).contiguous()
+    return out if out_dtype == compute_dtype else out.to(out_dtype)
 
 
 def soft_op_vjp(op, values, regularization, regularization_strength, dim, descending):

@@ -16,6 +16,9 @@ def check_regularization(regularization):
 
 def check_regularization_strength(strength):
     """Return the strength as a Python float; it must be a finite real number > 0."""
+    if type(strength) is float or type(strength) is int:  # fast path (an ABC check costs us)
+        if 0 < strength < math.inf:
+            return float(strength)
     if isinstance(strength, (bool, str, bytes)) or isinstance(strength, complex):
         raise TypeError(
             f"regularization_strength must be a real number, got {type(strength).__name__}"
@@ -48,6 +51,8 @@ def check_descending(descending):
 
 def normalize_dim(dim, ndim):
     """Return dim as a non-negative axis of an ndim-dimensional input (ndim >= 1)."""
+    if type(dim) is int and ndim > 0 and -ndim <= dim < ndim:  # fast path
+        return dim % ndim
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
         try:
             import operator
