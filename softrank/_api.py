@@ -1,5 +1,4 @@
 """Public functions: route each input to the torch or the array front end."""
-import functools
 import sys
 
 from . import _array
@@ -12,15 +11,10 @@ def _is_torch_tensor(values):
 
 def _front_end(values):
     if _is_torch_tensor(values):
-        return _torch_front_end()
+        from . import _torch  # on first use only: NumPy users never import torch
+
+        return _torch
     return _array
-
-
-@functools.cache
-def _torch_front_end():
-    from . import _torch  # on first use only: NumPy users never import torch
-
-    return _torch
 
 
 _COMMON_PARAMETERS = """

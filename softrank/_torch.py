@@ -1,45 +1,30 @@
-"""PyTorch front end: an autograd.Function around the native solver (CPU: Cython, CUDA: CuPy).
+"""PyTorch front end: validation and layout, then the native solver through autograd.
 
+Eager calls use SoftOpFunction (autograd.Function, setup_context style); under torch.compile the
+same solver is called as the custom op softrank::solve (softrank/_torch_ops.py).
 Only what the backward needs is saved: the int32 permutation and the int32 block starts
 (8 bytes per element), plus a reference (no copy) to the output (rank/kl) or the input (sort/kl).
 """
 import torch
-from torch.autograd.function import once_differentiable
 
-from . import _cpu_backend
+from . import _torch_formulas as formulas
 from . import _validation as V
+from ._torch_native import run_backward, run_forward
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def _run_forward(op, regularization, x, eps, sign):
-    out = torch.empty_like(x)
-    perm = torch.empty(x.shape, dtype=torch.int32, device=x.device)
-    blocks = torch.empty(x.shape, dtype=torch.int32, device=x.device)
-    if x.device.type == "cuda":
-        from . import _interop
-
-        _interop.torch_cuda_forward(op, regularization, x, eps, sign, out, perm, blocks)
-    else:
-        _cpu_backend.forward(op, regularization, x.numpy(), eps, sign, out.numpy(),
-                             perm.numpy(), blocks.numpy())
-    return out, perm, blocks
-
-
-def _run_backward(op, regularization, g, perm, blocks, aux, eps, sign):
-    grad = torch.empty_like(g)
-    if g.device.type == "cuda":
-        from . import _interop
-
-        _interop.torch_cuda_backward(op, regularization, g, perm, blocks, aux, eps, sign, grad)
-    else:
-        _cpu_backend.backward(op, regularization, g.numpy(), perm.numpy(), blocks.numpy(),
-                              None if aux is None else aux.numpy(), eps, sign, grad.numpy())
-    return grad
+def _functorch_active():
+    return torch._C._are_functorch_transforms_active()
 
 
 class SoftOpFunction(torch.autograd.Function):
-    """Soft rank/sort of contiguous (rows, n) float32/float64 rows; returns (out, perm, blocks)."""
+    """Soft rank/sort of contiguous (rows, n) float32/float64 rows; returns (out, perm, blocks).
+
+    Eager path. First-order backward runs the native solver; when autograd must differentiate
+    the backward itself (create_graph, torch.func) it uses softrank/_torch_formulas.py instead.
+    Forward mode (jvp) and vmap have their own rules, so every torch.func transform works.
+    """
 
     @classmethod
     def apply(cls, *args):
@@ -47,34 +32,63 @@ class SoftOpFunction(torch.autograd.Function):
         # setup_context-style Function (about 20 us, more than the whole solve of a short row).
         # Our callers pass every argument positionally, so outside functorch transforms we go
         # straight to the C++ apply, as Function.apply itself does after binding.
-        if torch._C._are_functorch_transforms_active():
+        if _functorch_active():
             return super().apply(*args)
         return super(torch.autograd.Function, cls).apply(*args)
 
     @staticmethod
     def forward(x, op, regularization, eps, sign):
-        return _run_forward(op, regularization, x.detach(), eps, sign)
+        return run_forward(op, regularization, x.detach(), eps, sign)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, op, regularization, eps, sign = inputs
         out, perm, blocks = output
         ctx.mark_non_differentiable(perm, blocks)
-        ctx.op, ctx.regularization, ctx.eps, ctx.sign = op, regularization, eps, sign
-        if regularization == "kl":
-            aux = out if op == "rank" else x
-            ctx.save_for_backward(perm, blocks, aux)
-        else:
-            ctx.save_for_backward(perm, blocks)
+        ctx.args = (op, regularization, eps, sign)
+        ctx.has_aux = regularization == "kl"
+        saved = (perm, blocks) + (((out if op == "rank" else x),) if ctx.has_aux else ())
+        ctx.save_for_backward(*saved)
+        ctx.save_for_forward(*saved)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out, _grad_perm, _grad_blocks):
         perm, blocks, *aux = ctx.saved_tensors
-        aux = aux[0].detach() if aux else None
-        grad = _run_backward(ctx.op, ctx.regularization, grad_out.contiguous(), perm, blocks,
-                             aux, ctx.eps, ctx.sign)
+        aux = aux[0] if aux else None
+        op, regularization, eps, sign = ctx.args
+        if torch.is_grad_enabled() or _functorch_active():
+            grad = formulas.vjp(op, regularization, grad_out, formulas.Partition(perm, blocks),
+                                aux, eps, sign)
+        else:
+            grad = run_backward(op, regularization, grad_out.contiguous(), perm, blocks,
+                                None if aux is None else aux.detach(), eps, sign)
         return grad, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, *_):
+        perm, blocks, *aux = ctx.saved_tensors
+        op, regularization, eps, sign = ctx.args
+        tangent = formulas.jvp(op, regularization, x_tangent, formulas.Partition(perm, blocks),
+                               aux[0] if aux else None, eps, sign)
+        return tangent, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, x, op, regularization, eps, sign):
+        # Rows are independent: fold the vmapped dimension into the rows.
+        batch = x.shape[in_dims[0]]
+        x = x.movedim(in_dims[0], 0)
+        rows = x.reshape(-1, x.shape[-1])
+        outputs = SoftOpFunction.apply(rows, op, regularization, eps, sign)
+        outputs = tuple(o.reshape(batch, *x.shape[1:]) for o in outputs)
+        return outputs, (0, 0, 0)
+
+
+def _solve(rows, op, regularization, eps, sign):
+    if torch.compiler.is_compiling():
+        from . import _torch_ops  # registers softrank::solve on first use
+
+        return torch.ops.softrank.solve(rows, op, regularization, eps, sign)
+    return SoftOpFunction.apply(rows, op, regularization, eps, sign)
 
 
 def _dtypes(values):
@@ -100,6 +114,9 @@ def soft_op(op, values, regularization, regularization_strength, dim, descending
     if values.device.type not in ("cpu", "cuda"):
         raise ValueError(f"values must be on a CPU or CUDA device, got {values.device}")
     compute_dtype, out_dtype = _dtypes(values)
+    if out_dtype in _HALF_DTYPES and torch.is_autocast_enabled(values.device.type):
+        # Like softmax on autocast's float32 list: fp16/bf16 cannot hold ranks beyond 2048/256.
+        out_dtype = torch.float32
     ndim = values.dim()
     axis = V.normalize_dim(dim, ndim)
     n = values.shape[axis]
@@ -113,7 +130,7 @@ def soft_op(op, values, regularization, regularization_strength, dim, descending
         rows = rows.to(compute_dtype)
     if not rows.is_contiguous():
         rows = rows.contiguous()
-    out, _, _ = SoftOpFunction.apply(rows, op, regularization, eps, V.sign_for(op, descending))
+    out, _, _ = _solve(rows, op, regularization, eps, V.sign_for(op, descending))
     if not (ndim == 2 and last):
         out = out.reshape(moved.shape)
     if not last:
