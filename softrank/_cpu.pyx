@@ -37,6 +37,10 @@ cdef enum:
     SORT_L2 = 2
     SORT_KL = 3
 
+# Rows whose largest magnitude exceeds HUGE (2**1000) are solved scaled by 1/HUGE_SCALE (2**-64).
+cdef double HUGE = 1.0715086071862673e301
+cdef double HUGE_SCALE = 18446744073709551616.0
+
 cdef enum:
     # Rows up to this length are sorted by insertion: below it a radix pass costs more than it saves.
     INSERTION_MAX = 24
@@ -210,26 +214,33 @@ cdef inline double _log_geometric_sum(Py_ssize_t c, double eps) noexcept nogil:
     return log(-expm1(-c / eps)) - log(-expm1(-1.0 / eps))
 
 
-cdef inline double _block_value(int mode, double state, Py_ssize_t a, Py_ssize_t c,
+# Block state, relative to the block's first (largest) element s_a, so that a large common offset
+# (values like 1e29, or 1e8 + noise) costs no precision:
+#   l2: d = sum_B (s_j - s_a);  rank/kl: l = log sum_B exp((s_j - s_a)/eps);
+#   sort/kl: l = log sum_B exp(s_j - s_a).  A single element has state 0.
+
+cdef inline double _block_value(int mode, double s_a, double state, Py_ssize_t a, Py_ssize_t c,
                                 Py_ssize_t n, double eps) noexcept nogil:
     cdef double mean_rho = (n - a) - 0.5 * (c - 1)
     if mode == RANK_L2:      # eps * mean_B(s/eps - rho)
-        return state / c - eps * mean_rho
+        return s_a + state / c - eps * mean_rho
     elif mode == RANK_KL:    # eps * (logsumexp(s_B/eps) - log sum_B rho)
-        return state - eps * log(c * mean_rho)
+        return s_a + eps * (state - log(c * mean_rho))
     elif mode == SORT_L2:    # mean_B(rho/eps - s)
-        return mean_rho / eps - state / c
+        return mean_rho / eps - (s_a + state / c)
     else:                    # logsumexp(rho_B/eps) - logsumexp(s_B)
-        return (n - a) / eps + _log_geometric_sum(c, eps) - state
+        return (n - a) / eps + _log_geometric_sum(c, eps) - (s_a + state)
 
 
-cdef inline double _merged_state(int mode, double left, double right, double eps) noexcept nogil:
-    if mode == RANK_L2 or mode == SORT_L2:  # sum of s
-        return left + right
-    elif mode == RANK_KL:                   # eps * logsumexp(s/eps)
-        return _log_add_exp(left, right, eps)
-    else:                                   # logsumexp(s)
-        return _log_add_exp(left, right, 1.0)
+cdef inline double _merged_state(int mode, double left, double right, double shift,
+                                 Py_ssize_t right_count, double eps) noexcept nogil:
+    """State of two adjacent blocks pooled; shift = s_b - s_a (head of right minus head of left)."""
+    if mode == RANK_L2 or mode == SORT_L2:
+        return left + right + right_count * shift
+    elif mode == RANK_KL:
+        return _log_add_exp(left, right + shift / eps, 1.0)
+    else:
+        return _log_add_exp(left, right + shift, 1.0)
 
 
 cdef inline void _pav_row(int mode, const double[::1] s, double eps, double sign,
@@ -237,46 +248,48 @@ cdef inline void _pav_row(int mode, const double[::1] s, double eps, double sign
                           int32_t[::1] start, double[::1] state,
                           double[::1] value) noexcept nogil:
     cdef Py_ssize_t n = s.shape[0]
-    cdef Py_ssize_t j, top = -1, b, a, e, c
-    cdef double st, mean, mean_rho, scale, shift
+    cdef Py_ssize_t j, top = -1, b, a, e, c, right
+    cdef double st, s_a, mean_rho, scale
     # Pool adjacent violators: a stack of blocks, each (start, state, value).
     for j in range(n):
         top += 1
         start[top] = <int32_t>j
-        state[top] = s[j]
-        value[top] = _block_value(mode, s[j], j, 1, n, eps)
+        state[top] = 0.0
+        value[top] = _block_value(mode, s[j], 0.0, j, 1, n, eps)
         while top > 0 and value[top - 1] <= value[top]:
-            st = _merged_state(mode, state[top - 1], state[top], eps)
-            state[top - 1] = st
+            a = start[top - 1]
+            right = start[top]
+            st = _merged_state(mode, state[top - 1], state[top], s[right] - s[a], j + 1 - right,
+                               eps)
             top -= 1
-            value[top] = _block_value(mode, st, start[top], j + 1 - start[top], n, eps)
+            state[top] = st
+            value[top] = _block_value(mode, s[a], st, a, j + 1 - a, n, eps)
     # Expand blocks into outputs (see docs/CONTRACT.md for the closed forms).
     for b in range(top + 1):
         a = start[b]
         e = start[b + 1] if b < top else n
         c = e - a
         st = state[b]
+        s_a = s[a]
         mean_rho = (n - a) - 0.5 * (c - 1)
         if mode == RANK_L2:
-            mean = st / c
             for j in range(a, e):
-                out[perm[j]] = <floating>((s[j] - mean) / eps + mean_rho)
+                out[perm[j]] = <floating>(((s[j] - s_a) - st / c) / eps + mean_rho)
                 blocks[j] = <int32_t>a
         elif mode == RANK_KL:
             scale = c * mean_rho
             for j in range(a, e):
-                out[perm[j]] = <floating>(exp((s[j] - st) / eps) * scale)
+                out[perm[j]] = <floating>(exp((s[j] - s_a) / eps - st) * scale)
                 blocks[j] = <int32_t>a
         elif mode == SORT_L2:
-            mean = st / c
             for j in range(a, e):
                 # + 0.0 turns -0.0 into +0.0 (hard sorts print as torch.sort's do)
-                out[j] = <floating>(sign * (mean + ((a - j) + 0.5 * (c - 1)) / eps) + 0.0)
+                out[j] = <floating>(sign * (s_a + st / c + ((a - j) + 0.5 * (c - 1)) / eps) + 0.0)
                 blocks[j] = <int32_t>a
         else:
-            shift = st - _log_geometric_sum(c, eps)
+            st = s_a + st - _log_geometric_sum(c, eps)
             for j in range(a, e):
-                out[j] = <floating>(sign * (shift - (j - a) / eps) + 0.0)
+                out[j] = <floating>(sign * (st - (j - a) / eps) + 0.0)
                 blocks[j] = <int32_t>a
 
 
@@ -304,8 +317,24 @@ cdef inline void _forward_row(int mode, const floating[::1] x, floating[::1] out
     cdef double[::1] s = reals[0:n]
     cdef double[::1] state = reals[n:2 * n]
     cdef double[::1] value = reals[2 * n:3 * n]
+    cdef Py_ssize_t j
+    cdef double largest
     if _argsort_row(x, sign, ka, kb, ia, ib, hist, perm, s):
         _nan_row_forward(out, perm, blocks)
+        return
+    largest = max(-s[n - 1], s[0])
+    if largest > HUGE and (mode == RANK_L2 or mode == SORT_L2):
+        # Differences s_j - s_a of values near the float64 limit overflow: solve the problem
+        # scaled by a power of two (exact). rank(x, eps) = rank(x/k, eps/k) and
+        # sort(x, eps) = k * sort(x/k, eps*k) for the l2 projection.
+        for j in range(n):
+            s[j] = s[j] * (1.0 / HUGE_SCALE)
+        if mode == RANK_L2:
+            _pav_row(mode, s, eps / HUGE_SCALE, sign, perm, out, blocks, start, state, value)
+        else:
+            _pav_row(mode, s, eps * HUGE_SCALE, sign, perm, out, blocks, start, state, value)
+            for j in range(n):
+                out[j] = <floating>(out[j] * HUGE_SCALE)
         return
     _pav_row(mode, s, eps, sign, perm, out, blocks, start, state, value)
 
