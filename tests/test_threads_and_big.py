@@ -1,0 +1,122 @@
+"""Concurrency (Python threads) and large inputs."""
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+import softrank
+from _helpers import OPS, REGS
+
+FUNCS = {"rank": softrank.soft_rank, "sort": softrank.soft_sort}
+VJPS = {"rank": softrank.soft_rank_vjp, "sort": softrank.soft_sort_vjp}
+
+
+def _task(spec):
+    """One unit of work: forward and gradient, NumPy or torch, returned as NumPy arrays."""
+    kind, op, reg, eps, descending, x, cot = spec
+    if kind == "numpy":
+        out, pullback = VJPS[op](x, reg, eps, descending=descending)
+        return out, pullback(cot)
+    t = torch.tensor(x, requires_grad=True)
+    out = FUNCS[op](t, reg, eps, descending=descending)
+    (grad,) = torch.autograd.grad(out, t, torch.tensor(cot))
+    return out.detach().numpy(), grad.numpy()
+
+
+def test_threads_give_sequential_results(rng):
+    specs = []
+    for i in range(96):
+        rows, n = int(rng.integers(1, 40)), int(rng.integers(1, 300))
+        dtype = np.float32 if i % 3 == 0 else np.float64
+        x = (rng.normal(size=(rows, n)) * rng.choice([0.1, 1.0, 10.0])).astype(dtype)
+        cot = rng.normal(size=(rows, n)).astype(dtype)
+        specs.append(("numpy" if i % 2 else "torch", OPS[(i // 2) % 2], REGS[(i // 4) % 2],
+                      float(rng.choice([0.01, 1.0, 10.0])), bool(i % 5 == 0), x, cot))
+    sequential = [_task(s) for s in specs]
+    for workers in (4, 16):
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            concurrent = list(pool.map(_task, specs))
+        for spec, (out_s, g_s), (out_c, g_c) in zip(specs, sequential, concurrent):
+            np.testing.assert_array_equal(out_c, out_s, err_msg=str(spec[:5]))
+            np.testing.assert_array_equal(g_c, g_s, err_msg=str(spec[:5]))
+
+
+def test_threads_share_one_input(rng):
+    """Many threads reading the same (read-only) array and tensor."""
+    x = rng.normal(size=(50, 200))
+    x.setflags(write=False)
+    expected = softrank.soft_rank(x, "kl", 0.5)
+    t = torch.tensor(x)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda _: softrank.soft_rank(x, "kl", 0.5), range(32)))
+        results_t = list(pool.map(lambda _: softrank.soft_rank(t, "kl", 0.5), range(32)))
+    for r in results:
+        np.testing.assert_array_equal(r, expected)
+    for r in results_t:
+        np.testing.assert_array_equal(r.numpy(), expected)
+
+
+@pytest.mark.parametrize("reg", REGS)
+def test_million_element_row_rank(rng, reg):
+    n = 1_000_000
+    x = rng.normal(size=n)
+    start = time.perf_counter()
+    r = softrank.soft_rank(x, reg, 1.0)
+    elapsed = time.perf_counter() - start
+    assert r.shape == (n,) and np.all(np.isfinite(r))
+    assert r.sum() == pytest.approx(n * (n + 1) / 2, rel=1e-9)
+    assert r.min() >= 1 - 1e-6 and r.max() <= n + 1e-6
+    assert elapsed < 20, f"1e6-element soft_rank took {elapsed:.1f}s"
+    # float32 torch, with a gradient
+    t = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+    rt = softrank.soft_rank(t, reg, 1.0)
+    assert torch.all(torch.isfinite(rt))
+    assert rt.double().sum().item() == pytest.approx(n * (n + 1) / 2, rel=1e-5)
+    (g,) = torch.autograd.grad(rt, t, torch.ones_like(rt) / n)
+    assert torch.all(torch.isfinite(g))
+
+
+@pytest.mark.parametrize("reg", REGS)
+def test_million_element_row_sort(rng, reg):
+    n = 1_000_000
+    x = rng.normal(size=n)
+    start = time.perf_counter()
+    s, pullback = softrank.soft_sort_vjp(x, reg, 0.01)
+    g = pullback(np.ones(n))
+    elapsed = time.perf_counter() - start
+    assert np.all(np.isfinite(s)) and np.all(np.diff(s) >= -1e-12)
+    assert s.min() >= x.min() - 1e-9 and s.max() <= x.max() + 1e-9
+    assert np.all(np.isfinite(g))
+    if reg == "l2":  # d sum(out) / dx = 1 for the L2 soft sort (sum is preserved)
+        np.testing.assert_allclose(g, 1.0, atol=1e-9)
+    assert elapsed < 20, f"1e6-element soft_sort took {elapsed:.1f}s"
+
+
+@pytest.mark.parametrize("reg", REGS)
+@pytest.mark.parametrize("op", OPS)
+def test_adversarial_pav_inputs_are_fast(op, reg):
+    """Inputs that make PAV pool everything, or pool and re-pool repeatedly."""
+    n = 200_000
+    cases = [np.arange(n, dtype=np.float64),                       # one block at large eps
+             np.arange(n, dtype=np.float64)[::-1].copy(),
+             np.tile([0.0, 1.0], n // 2) + np.arange(n) * 1e-3,     # sawtooth
+             np.zeros(n)]                                           # all ties
+    for x in cases:
+        for eps in (1e-3, 1e6):
+            start = time.perf_counter()
+            out = FUNCS[op](x, reg, eps)
+            assert np.all(np.isfinite(out))
+            assert time.perf_counter() - start < 10
+    r = softrank.soft_rank(np.zeros(n), reg)
+    np.testing.assert_allclose(r, (n + 1) / 2, rtol=1e-9)
+
+
+def test_many_rows(rng):
+    x = rng.normal(size=(20_000, 50)).astype(np.float32)
+    r = softrank.soft_rank(x, "l2", 0.1)
+    np.testing.assert_allclose(r.sum(axis=1, dtype=np.float64), 50 * 51 / 2, rtol=1e-5)
+    s = softrank.soft_sort(torch.tensor(x), "kl", 0.1)
+    assert torch.all(s[:, 1:] >= s[:, :-1] - 1e-4)
