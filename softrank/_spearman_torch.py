@@ -1,0 +1,94 @@
+"""``SpearmanLoss``: 1 - soft Spearman correlation as a ``torch.nn.Module``."""
+
+import torch
+
+from ._spearman import spearmanr
+
+__all__ = ["SpearmanLoss"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class SpearmanLoss(torch.nn.Module):
+    """Loss ``1 - rho``, where ``rho = softrank.spearmanr(pred, target, dim=dim, ...)``.
+
+    The loss is 0 for a perfectly monotone agreement, 1 for no association and 2 for a
+    reversed order.  Each slice along ``dim`` is one ranking problem (for a batch of
+    scalar predictions of shape ``(batch,)`` the whole batch is ranked at once), and
+    the per-slice losses are combined by ``reduction``.
+
+    Parameters
+    ----------
+    dim : int
+        Axis holding the items to rank.
+    regularization : {"l2", "kl"}
+    regularization_strength : float > 0
+        Passed to ``softrank.soft_rank`` for both ``pred`` and ``target``; in the units
+        of the values (standardise them, or scale the strength with them).  Do not
+        make it much smaller than the typical gap between neighbouring predictions:
+        with ``"l2"``, an item whose soft rank is not blended with a neighbour's (a
+        gap larger than the strength) gets no gradient, and a strength below every
+        gap gives an exactly zero gradient.
+    reduction : {"mean", "sum", "none"}
+        ``"none"`` returns one loss per slice (the input's shape minus ``dim``).
+
+    A constant slice (e.g. all predictions equal) has rho = 0, so its loss is 1 with a
+    zero gradient; see ``softrank.spearmanr``.
+
+    Examples
+    --------
+    >>> import torch, softrank
+    >>> loss_fn = softrank.SpearmanLoss(regularization_strength=0.3)
+    >>> pred = torch.tensor([0.3, 0.1, 0.9, 0.5], requires_grad=True)
+    >>> target = torch.tensor([1.0, 2.0, 4.0, 3.0])  # pred swaps the first two
+    >>> loss = loss_fn(pred, target)
+    >>> round(loss.item(), 4)  # the hard 1 - rho is 0.2
+    0.1685
+    >>> loss.backward()
+    >>> pred.grad.sign()  # gradient descent lowers pred[0] and raises pred[1]
+    tensor([ 1., -1., -1., -1.])
+    """
+
+    def __init__(self, *, dim=-1, regularization="l2", regularization_strength=1.0,
+                 reduction="mean"):
+        super().__init__()
+        if reduction not in _REDUCTIONS:
+            raise ValueError(
+                f"reduction must be one of {', '.join(map(repr, _REDUCTIONS))}, "
+                f"got reduction={reduction!r}"
+            )
+        if regularization not in ("l2", "kl"):
+            raise ValueError(
+                f"regularization must be 'l2' or 'kl', got regularization={regularization!r}"
+            )
+        if not regularization_strength > 0:
+            raise ValueError(
+                "regularization_strength must be > 0, got "
+                f"regularization_strength={regularization_strength!r}"
+            )
+        self.dim = dim
+        self.regularization = regularization
+        self.regularization_strength = regularization_strength
+        self.reduction = reduction
+
+    def forward(self, pred, target):
+        rho = spearmanr(
+            pred,
+            target,
+            dim=self.dim,
+            regularization=self.regularization,
+            regularization_strength=self.regularization_strength,
+        )
+        loss = 1 - rho
+        if self.reduction == "mean":
+            return loss.mean()
+        if self.reduction == "sum":
+            return loss.sum()
+        return loss
+
+    def extra_repr(self):
+        return (
+            f"dim={self.dim}, regularization={self.regularization!r}, "
+            f"regularization_strength={self.regularization_strength}, "
+            f"reduction={self.reduction!r}"
+        )
