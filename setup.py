@@ -34,12 +34,29 @@ def compiler_accepts_openmp():
         return result.returncode == 0
 
 
+def compiler_is_gcc():
+    compiler = os.environ.get("CC", "cc")
+    try:
+        version = subprocess.run(compiler.split() + ["--version"], capture_output=True, text=True)
+    except OSError:
+        return False
+    return "Free Software Foundation" in version.stdout and "clang" not in version.stdout
+
+
+# GCC leaves the small per-element helpers of the PAV loop (block value, block merge) out of line
+# at its default inlining budget; inlining them removes ~20% of the solver's instructions
+# (measured with callgrind on (32, 10000) rows).
+GCC_INLINING = ["--param", "max-inline-insns-single=2000", "--param", "max-inline-insns-auto=400",
+                "--param", "inline-unit-growth=400"]
+
 if sys.platform == "win32":
     compile_args, link_args = ["/O2", "/openmp"], []
 elif compiler_accepts_openmp():
     compile_args, link_args = ["-O3", "-fopenmp"], ["-fopenmp"]
 else:
     compile_args, link_args = ["-O3"], []
+if sys.platform != "win32" and compiler_is_gcc():
+    compile_args += GCC_INLINING
 
 extension = Extension(
     "softrank._cpu",

@@ -330,13 +330,21 @@ cdef inline void _forward_row(int mode, const floating[::1] x, floating[::1] out
         for j in range(n):
             s[j] = s[j] * (1.0 / HUGE_SCALE)
         if mode == RANK_L2:
-            _pav_row(mode, s, eps / HUGE_SCALE, sign, perm, out, blocks, start, state, value)
+            _pav_row(RANK_L2, s, eps / HUGE_SCALE, sign, perm, out, blocks, start, state, value)
         else:
-            _pav_row(mode, s, eps * HUGE_SCALE, sign, perm, out, blocks, start, state, value)
+            _pav_row(SORT_L2, s, eps * HUGE_SCALE, sign, perm, out, blocks, start, state, value)
             for j in range(n):
                 out[j] = <floating>(out[j] * HUGE_SCALE)
         return
-    _pav_row(mode, s, eps, sign, perm, out, blocks, start, state, value)
+    # A literal mode per call lets the C compiler specialise _pav_row (no mode tests per element).
+    if mode == RANK_L2:
+        _pav_row(RANK_L2, s, eps, sign, perm, out, blocks, start, state, value)
+    elif mode == RANK_KL:
+        _pav_row(RANK_KL, s, eps, sign, perm, out, blocks, start, state, value)
+    elif mode == SORT_L2:
+        _pav_row(SORT_L2, s, eps, sign, perm, out, blocks, start, state, value)
+    else:
+        _pav_row(SORT_KL, s, eps, sign, perm, out, blocks, start, state, value)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -368,7 +376,7 @@ cdef inline void _backward_row(int mode, const floating[::1] g, const int32_t[::
         elif mode == RANK_KL:
             # softmax(s_B) = out / sum_B(rho): the forward output is already max-shifted.
             for j in range(a, e):
-                total += g[perm[j]] * aux[perm[j]]
+                total += <double>g[perm[j]] * aux[perm[j]]  # product in double, not float
             mean = total / (c * ((n - a) - 0.5 * (c - 1)))
             for j in range(a, e):
                 r = aux[perm[j]]
