@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""GPU benchmark: softrank (CUDA back end) vs torch.sort on the same device, in one process.
+
+For each (batch, n) and dtype prints the median time of
+
+* ``sort``    = ``torch.sort(x, dim=-1)`` (values + indices), the reference;
+* ``fwd``     = ``soft_rank(x)`` on a tensor without grad;
+* ``fwd+bwd`` = ``soft_rank(x)`` on a leaf with ``requires_grad`` + ``out.backward(g)``;
+
+and the ratios ``fwd/sort`` and ``fb/sort`` (lower is better).  Times come from CUDA events
+around blocks of back-to-back calls (median over rounds), after warm-up (which also pays the NVRTC
+compilation).  Targets (issue 3, H100): fwd/sort <= 1.5 on every shape; (1, 1e6) fwd+bwd < 1 ms.
+
+``--sanitize-cases`` instead runs a few tiny calls of every kernel family once (for
+compute-sanitizer in benchmarks/gpu_check.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+SHAPES = [(65536, 32), (4096, 1000), (256, 10_000), (16, 100_000), (1, 1_000_000)]
+
+
+def bench(fn, torch, rounds, min_ms):
+    fn()
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    stop.record()
+    stop.synchronize()
+    once = max(start.elapsed_time(stop), 1e-3)
+    reps = max(1, int(min_ms / rounds / once))
+    samples = []
+    for _ in range(rounds):
+        start.record()
+        for _ in range(reps):
+            fn()
+        stop.record()
+        stop.synchronize()
+        samples.append(start.elapsed_time(stop) / reps)
+    return statistics.median(samples)
+
+
+def copy_bandwidth(torch):
+    x = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = bench(lambda: y.copy_(x), torch, 5, 50)
+    return 2 * x.numel() / (ms * 1e-3) / 1e12
+
+
+def sanitize_cases():
+    import cupy
+    import numpy as np
+
+    import softrank
+    from softrank.cuda import tuning
+
+    rng = np.random.default_rng(0)
+    families = ({}, {"max_group": 1, "block_threads": 64}, {"max_group": 8},
+                {"few_rows": 10**9, "split_min_n": 1, "tile": 128, "tile_threads": 32})
+    for cfg in families:
+        tuning.set_tuning(**cfg)
+        for n in (1, 33, 300):
+            x = cupy.asarray(rng.normal(size=(5, n)))
+            x[1, 0] = np.nan
+            for fn in (softrank.soft_rank_vjp, softrank.soft_sort_vjp):
+                for reg in ("l2", "kl"):
+                    for dtype in (cupy.float32, cupy.float64):
+                        out, pullback = fn(x.astype(dtype), reg, 0.5)
+                        pullback(cupy.ones_like(out))
+        tuning.set_tuning()
+    cupy.cuda.Device().synchronize()
+    print("sanitize cases ok")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--min-ms", type=float, default=150.0, help="measured time per function")
+    parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument("--op", default="rank", choices=["rank", "sort"])
+    parser.add_argument("--regularization", default="l2", choices=["l2", "kl"])
+    parser.add_argument("--sanitize-cases", action="store_true")
+    args = parser.parse_args(argv)
+    if args.sanitize_cases:
+        sanitize_cases()
+        return 0
+
+    import torch
+
+    import softrank
+    from softrank import _cuda
+    from softrank.cuda import tuning
+
+    fn = softrank.soft_rank if args.op == "rank" else softrank.soft_sort
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
+    print(f"copy bandwidth: {copy_bandwidth(torch):.2f} TB/s (read + write)")
+    print(f"tuning: {tuning.get_tuning()}")
+    print(f"op: soft_{args.op}, regularization={args.regularization}, strength=1.0")
+    header = (f"{'dtype':8} {'batch':>6} {'n':>8} {'family':>9} {'sort ms':>9} {'fwd ms':>9} "
+              f"{'f+b ms':>9} {'fwd/sort':>9} {'fb/sort':>8}")
+    print(header)
+    print("-" * len(header))
+    failures = []
+    for dtype_name in args.dtypes.split(","):
+        dtype = getattr(torch, dtype_name)
+        for batch, n in SHAPES:
+            torch.manual_seed(0)
+            x = torch.randn(batch, n, device="cuda", dtype=dtype)
+            xg = x.clone().requires_grad_()
+            g = torch.randn_like(x)
+            plan = tuning.plan_forward(batch, n, x.element_size(),
+                                       _cuda._smem_limit(torch.cuda.current_device()))
+
+            def fwd_bwd():
+                xg.grad = None
+                fn(xg, args.regularization, 1.0).backward(g)
+
+            t_sort = bench(lambda: torch.sort(x, dim=-1), torch, args.rounds, args.min_ms)
+            t_fwd = bench(lambda: fn(x, args.regularization, 1.0), torch, args.rounds, args.min_ms)
+            t_fb = bench(fwd_bwd, torch, args.rounds, args.min_ms)
+            r_f, r_fb = t_fwd / t_sort, t_fb / t_sort
+            mark = ""
+            if r_f > 1.5:
+                mark += " FAIL[fwd<=1.5x sort]"
+                failures.append((dtype_name, batch, n, "fwd"))
+            if (batch, n) == (1, 1_000_000) and t_fb >= 1.0:
+                mark += " FAIL[f+b<1ms]"
+                failures.append((dtype_name, batch, n, "1ms"))
+            print(f"{dtype_name:8} {batch:6d} {n:8d} {plan.kind:>9} {t_sort:9.4f} {t_fwd:9.4f} "
+                  f"{t_fb:9.4f} {r_f:9.2f} {r_fb:8.2f}{mark}", flush=True)
+    print(f"targets missed: {len(failures)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

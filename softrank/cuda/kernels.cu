@@ -1,0 +1,793 @@
+// softrank/cuda/kernels.cu -- batched soft rank / soft sort on the GPU (forward and VJP).
+//
+// Problem (docs/CONTRACT.md, Blondel et al. 2020, arXiv:2002.08871): for each row, z = sign * x,
+// s = z sorted decreasing (ties by index), then the DECREASING isotonic regression of the
+// operand of (op, regularization) by pool-adjacent-violators; outputs, `perm` (int32) and
+// `blocks` (int32 block start per sorted position).  A row with NaN/inf gets out = NaN,
+// perm = identity and blocks = (-1, 0, 0, ...), exactly as the CPU back end.
+//
+// Parallel PAV (GPU_NOTES.md section 2.1): a group of G threads (G a power of two) owns one row.
+// Thread t runs sequential PAV on the contiguous chunk [t*c, (t+1)*c) of sorted positions, then
+// log2(G) levels of junction merges (decomposition property: PAV of the pieces' blocks gives the
+// global solution and the same partition).  Blocks are kept as links (link[start] = end,
+// link[end] = start) with one accumulator at the block start and a head flag per position.
+// The block start of each position is a group-wide max-scan of head positions.
+//
+// Kernel families (dispatch in softrank/cuda/tuning.py, launch sequences in softrank/_cuda.py):
+//   smem   softrank_forward / softrank_backward: R = blockDim/G rows per block, every row in
+//          shared memory; the forward sorts the row in shared memory (bitonic network on
+//          (key, index)).  Small n: small G, many rows per block ("several rows per warp");
+//          large n: G = blockDim ("one block per row").
+//   tiled  rows too long for shared memory, or few long rows: `perm` comes from a global stable
+//          sort (softrank/_cuda.py), each row is cut into tiles of `tile` sorted positions, one
+//          block per tile, PAV workspace (accumulators, links) in global memory, head flags in
+//          the `blocks` output itself:
+//            forward:  softrank_tile_pav (chunk PAV + merges inside the tile),
+//                      softrank_merge_level (one thread per junction, one launch per level),
+//                      softrank_tile_max, softrank_tile_expand;
+//            backward: softrank_bwd_tile_agg (segment sums open at each tile's end),
+//                      softrank_bwd_tile_tot (block totals), softrank_bwd_tile_out.
+// Deviations from the sequential algorithm: accumulators are double for float32 data too; the
+// rho operand's block sums are closed forms (see pav.cuh).  Only __syncthreads and atomicOr are
+// used for cooperation, and blocks never wait for each other inside a kernel, so
+// tests/emulation/emu.h runs these kernels on the CPU.
+#ifndef SOFTRANK_KERNELS_CU
+#define SOFTRANK_KERNELS_CU
+#include "prelude.cuh"
+#include "pav.cuh"
+
+namespace softrank {
+
+SR_HD long long sr_align16(long long b) { return (b + 15) & ~15LL; }
+
+// Shared-memory layout (bytes).  softrank/cuda/tuning.py mirrors these formulas; the emulated
+// test checks that both agree.
+// header: A scan_u[bt], A scan_w[bt], int scan_f[bt], int flags[R]
+SR_HD long long sr_header_bytes(int asize, int bt, int R) {
+  return sr_align16((long long)bt * (2 * asize + 4) + 4LL * R);
+}
+// Per-position shared arrays of the smem forward are padded by one slot every 32 positions, so
+// that threads walking contiguous chunks of c = 4..8 positions hit distinct banks.
+SR_HD int sr_pad(int i) { return i + (i >> 5); }
+SR_HD long long sr_padded(int n) { return (long long)sr_pad(n) + 1; }
+
+// forward group: A acc[n], T key[P], int idx[P], int link[n], int head[n] (padded)
+SR_HD long long sr_forward_group_bytes(int tsize, int asize, int n, int P) {
+  return sr_align16(asize * sr_padded(n)) + sr_align16(tsize * sr_padded(P)) +
+         sr_align16(4 * sr_padded(P)) + 2 * sr_align16(4 * sr_padded(n));
+}
+// tiled forward, softrank_tile_pav: A acc[tile], int link[tile], int head[tile]
+SR_HD long long sr_tile_pav_smem_bytes(int asize, int tile) {
+  return sr_align16((long long)asize * tile) + 2 * sr_align16(4LL * tile);
+}
+// backward group: A tot_u[n], A tot_w[n], int blocks[n], int perm[n], T g[n], T aux[n]
+SR_HD long long sr_backward_group_bytes(int tsize, int asize, int n) {
+  return 2 * sr_align16((long long)asize * n) + 2 * sr_align16(4LL * n) +
+         2 * sr_align16((long long)tsize * n);
+}
+
+// Exclusive max-scan of one int per thread within each group of G threads (Hillis-Steele);
+// the first thread of a group gets -1.  Every thread of the block must call it.
+SR_DEV int sr_group_exclusive_max(int* scr, int v, int tid, int lt, int G) {
+  scr[tid] = v;
+  __syncthreads();
+  for (int off = 1; off < G; off <<= 1) {
+    const int o = lt >= off ? scr[tid - off] : -1;
+    __syncthreads();
+    if (o > scr[tid]) scr[tid] = o;
+    __syncthreads();
+  }
+  const int r = lt > 0 ? scr[tid - 1] : -1;
+  __syncthreads();
+  return r;
+}
+
+// Exclusive segmented sum of (u, w) per thread within each group; f = "this thread's chunk
+// contains a segment head".  On return (u, w) are the running sums of the segment open at the
+// start of this thread's chunk and f says whether an earlier thread of the group saw a head.
+// Every thread of the block must call it.
+template <typename A>
+SR_DEV void sr_group_exclusive_segsum(A* su, A* sw, int* sf, A& u, A& w, int& f, int tid,
+                                      int lt, int G) {
+  su[tid] = u;
+  sw[tid] = w;
+  sf[tid] = f;
+  __syncthreads();
+  for (int off = 1; off < G; off <<= 1) {
+    A ou = A(0), ow = A(0);
+    int of = 0;
+    if (lt >= off) {
+      ou = su[tid - off];
+      ow = sw[tid - off];
+      of = sf[tid - off];
+    }
+    __syncthreads();
+    if (lt >= off) {
+      if (!sf[tid]) {
+        su[tid] = ou + su[tid];
+        sw[tid] = ow + sw[tid];
+      }
+      sf[tid] |= of;
+    }
+    __syncthreads();
+  }
+  u = lt > 0 ? su[tid - 1] : A(0);
+  w = lt > 0 ? sw[tid - 1] : A(0);
+  f = lt > 0 ? sf[tid - 1] : 0;
+  __syncthreads();
+}
+
+// Block-wide reductions (blockDim a power of two); every thread gets the result.
+SR_DEV int sr_block_max(int* scr, int v) {
+  const int tid = threadIdx.x;
+  scr[tid] = v;
+  __syncthreads();
+  for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
+    if (tid < s && scr[tid + s] > scr[tid]) scr[tid] = scr[tid + s];
+    __syncthreads();
+  }
+  const int r = scr[0];
+  __syncthreads();
+  return r;
+}
+
+template <typename A>
+SR_DEV void sr_block_sum2(A* su, A* sw, A& u, A& w) {
+  const int tid = threadIdx.x;
+  su[tid] = u;
+  sw[tid] = w;
+  __syncthreads();
+  for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
+    if (tid < s) {
+      su[tid] += su[tid + s];
+      sw[tid] += sw[tid + s];
+    }
+    __syncthreads();
+  }
+  u = su[0];
+  w = sw[0];
+  __syncthreads();
+}
+
+// (key, index) order of the sort: key decreasing, ties by index increasing; padding (index >= n)
+// goes last.
+template <typename T>
+SR_DEV bool sr_before(T ka, int ia, T kb, int ib, int n) {
+  return ia < n && (ib >= n || ka > kb || (ka == kb && ia < ib));
+}
+
+// ---------------------------------------------------------------------------------------------
+// PAV building blocks on a row's arrays (positions are row-relative)
+
+// A row array in padded layout: a[j] = p[sr_pad(j)].
+template <typename V>
+struct SrPadded {
+  V* p;
+  SR_DEV V& operator[](int j) const { return p[sr_pad(j)]; }
+};
+
+// A row array held from position `base` on (e.g. one tile in shared memory): a[j] = p[j - base].
+template <typename V>
+struct SrShifted {
+  V* p;
+  int base;
+  SR_DEV V& operator[](int j) const { return p[j - base]; }
+};
+
+// The PAV helpers below take the per-position arrays as raw pointers (whole row) or SrShifted.
+
+// Sequential PAV of the sorted positions [lo, hi); s_of(j) gives s_j (read before acc[j] is
+// written, so s_of may read acc[j]).
+template <class F, typename A, class S, class AccArr, class IntArr>
+SR_DEV void sr_chunk_pav(S s_of, AccArr acc, IntArr link, IntArr head, int lo, int hi, int n,
+                         A eps) {
+  for (int j = lo; j < hi; ++j) {
+    acc[j] = F::init(s_of(j), eps);
+    link[j] = j;
+    head[j] = 1;
+    int a = j;
+    while (a > lo) {
+      const int pa = link[a - 1];
+      const int e = link[a];
+      if (F::value(acc[pa], pa, a - pa, n, eps) <= F::value(acc[a], a, e - a + 1, n, eps)) {
+        acc[pa] = F::pool(acc[pa], acc[a]);
+        link[pa] = e;
+        link[e] = pa;
+        head[a] = 0;
+        a = pa;
+      } else {
+        break;
+      }
+    }
+  }
+}
+
+// Merge two adjacent solved ranges [lo, mid) and [mid, hi) (junction at mid).
+template <class F, typename A, class AccArr, class IntArr>
+SR_DEV void sr_merge_junction(AccArr acc, IntArr link, IntArr head, int lo, int mid, int hi, int n,
+                              A eps) {
+  int cur = mid;  // start of the block that holds the junction
+  for (;;) {
+    bool changed = false;
+    while (cur > lo) {  // absorb the left neighbour
+      const int pa = link[cur - 1];
+      const int e = link[cur];
+      if (F::value(acc[pa], pa, cur - pa, n, eps) <=
+          F::value(acc[cur], cur, e - cur + 1, n, eps)) {
+        acc[pa] = F::pool(acc[pa], acc[cur]);
+        link[pa] = e;
+        link[e] = pa;
+        head[cur] = 0;
+        cur = pa;
+        changed = true;
+      } else {
+        break;
+      }
+    }
+    int e = link[cur];
+    while (e + 1 < hi) {  // absorb the right neighbour
+      const int nb = e + 1;
+      const int ne = link[nb];
+      if (F::value(acc[cur], cur, e - cur + 1, n, eps) <=
+          F::value(acc[nb], nb, ne - nb + 1, n, eps)) {
+        acc[cur] = F::pool(acc[cur], acc[nb]);
+        link[cur] = ne;
+        link[ne] = cur;
+        head[nb] = 0;
+        e = ne;
+        changed = true;
+      } else {
+        break;
+      }
+    }
+    if (!changed) break;
+  }
+}
+
+// log2(G) levels of junction merges over the chunks [base + t*c, ...) of one group, bounded by
+// `end`.  Every thread of the block must call it.
+template <class F, typename A, class AccArr, class IntArr>
+SR_DEV void sr_group_merges(AccArr acc, IntArr link, IntArr head, int base, int end, int c, int lt,
+                            int G, bool work, int n, A eps) {
+  for (int half = 1; half < G; half <<= 1) {
+    if (work && (lt & (2 * half - 1)) == 0) {
+      const int jlo = sr_min(base + lt * c, end);
+      const int mid = sr_min(base + (lt + half) * c, end);
+      const int jhi = sr_min(base + (lt + 2 * half) * c, end);
+      if (mid > jlo && mid < jhi) sr_merge_junction<F, A>(acc, link, head, jlo, mid, jhi, n, eps);
+    }
+    __syncthreads();
+  }
+}
+
+// Backward: contribution of sorted position j (block start a) to the block sums (u, w).
+// rank/l2: g'_j; rank/kl: g'_j r_j; sort/l2: g_j; sort/kl: (g_j, exp(s_j - s_a)).
+template <typename T, typename A, int OP, int REG>
+SR_DEV void sr_contrib(const T* gr, const int* pr, const T* ar, int j, int a, int sign, A& u,
+                       A& w) {
+  if (OP == OP_RANK) {
+    const int p = pr[j];
+    u = REG == REG_L2 ? A(gr[p]) : A(gr[p]) * A(ar[p]);
+    w = A(0);
+  } else {
+    u = A(gr[j]);
+    w = REG == REG_L2 ? A(0) : sr_exp(A(T(sign) * ar[pr[j]]) - A(T(sign) * ar[pr[a]]));
+  }
+}
+
+// Backward: gradient at sorted position j from its block's totals (su, sw); sw = count except
+// for sort/kl where it is sum_B exp(s - s_a).
+template <typename T, typename A, int OP, int REG>
+SR_DEV A sr_grad_value(const T* gr, const int* pr, const T* ar, int j, int a, A su, A sw, int n,
+                       A eps, int sign) {
+  const int p = pr[j];
+  if (OP == OP_RANK && REG == REG_L2) return A(sign) / eps * (A(gr[p]) - su / sw);
+  if (OP == OP_RANK && REG == REG_KL) {
+    const A rb = sw * (A(n - a) - (sw - A(1)) * A(0.5));  // R_B
+    return A(sign) / eps * A(ar[p]) * (A(gr[p]) - su / rb);
+  }
+  if (OP == OP_SORT && REG == REG_L2) return su / sw;
+  return sr_exp(A(T(sign) * ar[p]) - A(T(sign) * ar[pr[a]])) / sw * su;
+}
+
+// Backward: first pass over a chunk, sums of the segment open at its end (+ "saw a head").
+template <typename T, typename A, int OP, int REG>
+SR_DEV void sr_chunk_tail(const T* gr, const int* pr, const int* br, const T* ar, int lo, int hi,
+                          int sign, A& ru, A& rw, int& f) {
+  ru = A(0);
+  rw = A(0);
+  f = 0;
+  for (int j = lo; j < hi; ++j) {
+    const int a = br[j];
+    if (a == j) {
+      ru = A(0);
+      rw = A(0);
+      f = 1;
+    }
+    A u, w;
+    sr_contrib<T, A, OP, REG>(gr, pr, ar, j, a, sign, u, w);
+    ru += u;
+    rw += w;
+  }
+}
+
+// Backward: second pass over a chunk starting with the carried sums; totals at block ends.
+template <typename T, typename A, int OP, int REG>
+SR_DEV void sr_chunk_totals(const T* gr, const int* pr, const int* br, const T* ar, int lo, int hi,
+                            int n, int sign, A ru, A rw, A* tot_u, A* tot_w) {
+  for (int j = lo; j < hi; ++j) {
+    const int a = br[j];
+    if (a == j) {
+      ru = A(0);
+      rw = A(0);
+    }
+    A u, w;
+    sr_contrib<T, A, OP, REG>(gr, pr, ar, j, a, sign, u, w);
+    ru += u;
+    rw += w;
+    if (j + 1 == n || br[j + 1] == j + 1) {  // last position of its block
+      tot_u[a] = ru;
+      tot_w[a] = (OP == OP_SORT && REG == REG_KL) ? rw : A(j - a + 1);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// smem family
+
+template <typename T, typename A, int OP, int REG>
+SR_GLOBAL void SR_LAUNCH_BOUNDS(1024)
+softrank_forward(const T* SR_RESTRICT x, T* SR_RESTRICT out, int* SR_RESTRICT perm,
+                 int* SR_RESTRICT blocks, int n_rows, int n, int P, int log2G, double eps_d,
+                 int sign) {
+  typedef Pav<OP, REG, A> F;
+  const int bt = blockDim.x;
+  const int R = bt >> log2G;
+  const long long row0 = (long long)blockIdx.x * R;
+  if (row0 >= n_rows) return;  // uniform over the block (CuPy raises a zero grid to 1)
+  const int G = 1 << log2G;
+  const int tid = threadIdx.x;
+  const int grp = tid >> log2G;
+  const int lt = tid & (G - 1);
+  const long long row = row0 + grp;
+  const bool active = row < n_rows;
+  const int nr = (int)sr_min<long long>(R, n_rows - row0);
+  const A eps = A(eps_d);
+
+  SR_DYN_SMEM(smem);
+  A* scan_u = (A*)smem;
+  A* scan_w = scan_u + bt;
+  int* scan_f = (int*)(scan_w + bt);
+  int* flags = scan_f + bt;
+  (void)scan_u;
+  unsigned char* groups = smem + sr_header_bytes(sizeof(A), bt, R);
+  const long long gbytes = sr_forward_group_bytes(sizeof(T), sizeof(A), n, P);
+  const long long o_key = sr_align16(sizeof(A) * sr_padded(n));
+  const long long o_idx = o_key + sr_align16(sizeof(T) * sr_padded(P));
+  const long long o_link = o_idx + sr_align16(4 * sr_padded(P));
+  const long long o_head = o_link + sr_align16(4 * sr_padded(n));
+  unsigned char* gb = groups + grp * gbytes;
+  const SrPadded<A> acc = {(A*)gb};
+  const SrPadded<T> key = {(T*)(gb + o_key)};
+  const SrPadded<int> idx = {(int*)(gb + o_idx)};
+  const SrPadded<int> link = {(int*)(gb + o_link)};
+  const SrPadded<int> head = {(int*)(gb + o_head)};
+
+  // ---- load (coalesced over the block's rows) and NaN/inf detection
+  if (tid < R) flags[tid] = 0;
+  __syncthreads();
+  {
+    const int total = nr * n;
+    const T* xb = x + row0 * (long long)n;
+    for (int i = tid; i < total; i += bt) {
+      const int r = i / n;
+      const int k = i - r * n;
+      unsigned char* gr = groups + r * gbytes;
+      const T v = T(sign) * xb[i];
+      ((T*)(gr + o_key))[sr_pad(k)] = v;
+      ((int*)(gr + o_idx))[sr_pad(k)] = k;
+      if (!sr_isfinite(v)) atomicOr(&flags[r], 1);
+    }
+    if (active)
+      for (int k = n + lt; k < P; k += G) {
+        key[k] = T(0);
+        idx[k] = k;
+      }
+  }
+  __syncthreads();
+  const bool work = active && flags[grp] == 0;
+
+  // ---- bitonic sort of (key, idx) over P = next_pow2(n) slots
+  for (int k = 2; k <= P; k <<= 1) {
+    for (int j = k >> 1; j > 0; j >>= 1) {
+      if (work) {
+        for (int q = lt; q < (P >> 1); q += G) {  // pair q: i has bit j clear, l = i | j
+          const int i = ((q & ~(j - 1)) << 1) | (q & (j - 1));
+          const int l = i | j;
+          const T ki = key[i], kl = key[l];
+          const int ii = idx[i], il = idx[l];
+          const bool up = (i & k) == 0;
+          const bool swap = up ? sr_before(kl, il, ki, ii, n) : sr_before(ki, ii, kl, il, n);
+          if (swap) {
+            key[i] = kl;
+            key[l] = ki;
+            idx[i] = il;
+            idx[l] = ii;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+
+  // ---- chunk PAV, then junction merges
+  const int c = (n + G - 1) >> log2G;
+  const int lo = sr_min(lt * c, n);
+  const int hi = sr_min(lo + c, n);
+  if (work) sr_chunk_pav<F, A>([&](int j) { return A(key[j]); }, acc, link, head, lo, hi, n, eps);
+  __syncthreads();
+  sr_group_merges<F, A>(acc, link, head, 0, n, c, lt, G, work, n, eps);
+
+  // ---- expansion: block start of every position (max-scan of heads), outputs
+  int m = -1;
+  if (work)
+    for (int j = lo; j < hi; ++j)
+      if (head[j]) m = j;
+  const int carry = sr_group_exclusive_max(scan_f, m, tid, lt, G);
+  if (work) {
+    int cur = carry;
+    for (int j = lo; j < hi; ++j) {
+      if (head[j]) cur = j;
+      const int a = cur;
+      const int cnt = link[a] - a + 1;
+      key[j] = T(F::output(A(key[j]), acc[a], j, a, cnt, n, eps, sign));  // only we read key[j]
+      head[j] = a;
+    }
+  }
+  __syncthreads();
+  // soft_rank: un-permute in shared memory (into the dead accumulator array, unpadded) for a
+  // coalesced store
+  if (OP == OP_RANK) {
+    if (work) {
+      T* buf = (T*)gb;
+      for (int j = lo; j < hi; ++j) buf[idx[j]] = key[j];
+    }
+    __syncthreads();
+  }
+  {
+    const int total = nr * n;
+    const long long base = row0 * (long long)n;
+    for (int i = tid; i < total; i += bt) {
+      const int r = i / n;
+      const int k = i - r * n;
+      unsigned char* gr = groups + r * gbytes;
+      if (flags[r]) {
+        out[base + i] = sr_nan<T>();
+        perm[base + i] = k;
+        blocks[base + i] = k == 0 ? -1 : 0;  // as the CPU back end
+      } else {
+        out[base + i] = OP == OP_RANK ? ((T*)gr)[k] : ((T*)(gr + o_key))[sr_pad(k)];
+        perm[base + i] = ((int*)(gr + o_idx))[sr_pad(k)];
+        blocks[base + i] = ((int*)(gr + o_head))[sr_pad(k)];
+      }
+    }
+  }
+}
+
+// At most 512 threads per block (tuning.BACKWARD_MAX_THREADS): with 1024 the 64-register cap
+// makes some instantiations spill.
+template <typename T, typename A, int OP, int REG>
+SR_GLOBAL void SR_LAUNCH_BOUNDS(512)
+softrank_backward(const T* SR_RESTRICT g, const int* SR_RESTRICT perm,
+                  const int* SR_RESTRICT blocks, const T* SR_RESTRICT aux, T* SR_RESTRICT grad,
+                  int n_rows, int n, int log2G, double eps_d, int sign) {
+  const int bt = blockDim.x;
+  const int R = bt >> log2G;
+  const long long row0 = (long long)blockIdx.x * R;
+  if (row0 >= n_rows) return;
+  const int G = 1 << log2G;
+  const int tid = threadIdx.x;
+  const int grp = tid >> log2G;
+  const int lt = tid & (G - 1);
+  const bool active = row0 + grp < n_rows;
+  const int nr = (int)sr_min<long long>(R, n_rows - row0);
+  const A eps = A(eps_d);
+
+  SR_DYN_SMEM(smem);
+  A* scan_u = (A*)smem;
+  A* scan_w = scan_u + bt;
+  int* scan_f = (int*)(scan_w + bt);
+  unsigned char* groups = smem + sr_header_bytes(sizeof(A), bt, R);
+  const long long gbytes = sr_backward_group_bytes(sizeof(T), sizeof(A), n);
+  const long long o_w = sr_align16((long long)sizeof(A) * n);
+  const long long o_b = 2 * o_w;
+  const long long o_p = o_b + sr_align16(4LL * n);
+  const long long o_g = o_p + sr_align16(4LL * n);
+  const long long o_a = o_g + sr_align16((long long)sizeof(T) * n);
+  unsigned char* gb = groups + grp * gbytes;
+  A* tot_u = (A*)gb;
+  A* tot_w = (A*)(gb + o_w);
+  const int* br = (const int*)(gb + o_b);
+  const int* pr = (const int*)(gb + o_p);
+  T* gs = (T*)(gb + o_g);  // g, then the gradient (un-permuted in place)
+  const T* as = (const T*)(gb + o_a);
+
+  // ---- stage blocks, perm, g (and aux for KL) of the block's rows, coalesced
+  const long long base = row0 * (long long)n;
+  const int total = nr * n;
+  for (int i = tid; i < total; i += bt) {
+    const int r = i / n;
+    const int k = i - r * n;
+    unsigned char* gr = groups + r * gbytes;
+    ((int*)(gr + o_b))[k] = blocks[base + i];
+    ((int*)(gr + o_p))[k] = perm[base + i];
+    ((T*)(gr + o_g))[k] = g[base + i];
+    if (REG == REG_KL) ((T*)(gr + o_a))[k] = aux[base + i];
+  }
+  __syncthreads();
+  const bool work = active && br[0] >= 0;  // blocks[0] = -1 marks a NaN row
+
+  const int c = (n + G - 1) >> log2G;
+  const int lo = sr_min(lt * c, n);
+  const int hi = sr_min(lo + c, n);
+  A ru = A(0), rw = A(0);
+  int f = 0;
+  if (work) sr_chunk_tail<T, A, OP, REG>(gs, pr, br, as, lo, hi, sign, ru, rw, f);
+  sr_group_exclusive_segsum<A>(scan_u, scan_w, scan_f, ru, rw, f, tid, lt, G);
+  if (work) sr_chunk_totals<T, A, OP, REG>(gs, pr, br, as, lo, hi, n, sign, ru, rw, tot_u, tot_w);
+  __syncthreads();
+  if (work) {
+    // position pr[j] is read (rank) and written by this thread only; sort reads no g here
+    for (int j = lo; j < hi; ++j) {
+      const int a = br[j];
+      const T v = T(sr_grad_value<T, A, OP, REG>(gs, pr, as, j, a, tot_u[a], tot_w[a], n, eps,
+                                                 sign));
+      gs[pr[j]] = v;
+    }
+  }
+  __syncthreads();
+  for (int i = tid; i < total; i += bt) {
+    const int r = i / n;
+    const int k = i - r * n;
+    unsigned char* gr = groups + r * gbytes;
+    grad[base + i] = ((int*)(gr + o_b))[0] < 0 ? sr_nan<T>() : ((T*)(gr + o_g))[k];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// tiled family: grid = rows * tiles blocks, block b handles tile b % tiles of row b / tiles,
+// i.e. sorted positions [t * tile, min(n, (t + 1) * tile)); blockDim = G, chunks of c positions.
+
+#define SR_TILE_PROLOGUE                                                        \
+  const long long b_ = blockIdx.x;                                              \
+  const long long row = b_ / tiles;                                             \
+  const int t = (int)(b_ - row * tiles);                                        \
+  if (row >= n_rows) return;                                                    \
+  const int G = 1 << log2G;                                                     \
+  const int lt = threadIdx.x;                                                   \
+  const long long off = row * (long long)n;                                     \
+  const int t0 = t * tile;                                                      \
+  const int t1 = sr_min(n, t0 + tile);                                          \
+  const int c = (t1 - t0 + G - 1) >> log2G;                                     \
+  const int lo = sr_min(t0 + lt * c, t1);                                       \
+  const int hi = sr_min(lo + c, t1);                                            \
+  (void)lo;                                                                     \
+  (void)hi
+
+// The tile's accumulators, links and head flags live in shared memory (16 bytes per position,
+// sr_tile_pav_smem_bytes) during the chunk PAV and the in-tile merges; then they are written to
+// the global workspace (links hold absolute row positions) with coalesced stores.
+template <typename T, typename A, int OP, int REG>
+SR_GLOBAL void SR_LAUNCH_BOUNDS(1024)
+softrank_tile_pav(const T* SR_RESTRICT x, const int* SR_RESTRICT perm, int* SR_RESTRICT blocks,
+                  A* SR_RESTRICT ws_acc, int* SR_RESTRICT ws_link, int* SR_RESTRICT ws_flags,
+                  int n_rows, int n, int tile, int tiles, int log2G, double eps_d, int sign) {
+  typedef Pav<OP, REG, A> F;
+  SR_TILE_PROLOGUE;
+  const A eps = A(eps_d);
+  SR_DYN_SMEM(smem);
+  A* acc_s = (A*)smem;
+  int* link_s = (int*)(smem + sr_align16((long long)sizeof(A) * tile));
+  int* head_s = link_s + tile;
+  const int len = t1 - t0;
+  const T* xr = x + off;
+  const int* pr = perm + off;
+  for (int k = lt; k < len; k += G) {  // coalesced perm, gathered x; NaN/inf flags the row
+    const T v = T(sign) * xr[pr[t0 + k]];
+    if (!sr_isfinite(v)) atomicOr(&ws_flags[row], 1);
+    acc_s[k] = A(v);
+  }
+  __syncthreads();
+  const SrShifted<A> acc = {acc_s, t0};
+  const SrShifted<int> link = {link_s, t0};
+  const SrShifted<int> head = {head_s, t0};
+  sr_chunk_pav<F, A>([&](int j) { return acc[j]; }, acc, link, head, lo, hi, n, eps);
+  __syncthreads();
+  sr_group_merges<F, A>(acc, link, head, t0, t1, c, lt, G, true, n, eps);
+  A* acc_g = ws_acc + off + t0;
+  int* link_g = ws_link + off + t0;
+  int* head_g = blocks + off + t0;
+  for (int k = lt; k < len; k += G) {
+    acc_g[k] = acc_s[k];
+    link_g[k] = link_s[k];
+    head_g[k] = head_s[k];
+  }
+}
+
+// One thread per junction of the level that joins ranges of `span` positions: [lo, lo + span)
+// and [lo + span, lo + 2 span).  No barriers.
+template <typename A, int OP, int REG>
+SR_GLOBAL void SR_LAUNCH_BOUNDS(1024)
+softrank_merge_level(A* SR_RESTRICT ws_acc, int* SR_RESTRICT ws_link, int* SR_RESTRICT blocks,
+                     const int* SR_RESTRICT ws_flags, int n_rows, int n, int span,
+                     int junctions_per_row, double eps_d) {
+  typedef Pav<OP, REG, A> F;
+  const long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (id >= (long long)n_rows * junctions_per_row) return;
+  const long long row = id / junctions_per_row;
+  const long long jn = id - row * junctions_per_row;
+  if (ws_flags[row]) return;
+  const long long lo = jn * 2 * (long long)span;
+  const long long mid = lo + span;
+  const long long hi = sr_min<long long>(lo + 2 * (long long)span, n);
+  if (mid >= hi) return;
+  const long long off = row * (long long)n;
+  sr_merge_junction<F, A>(ws_acc + off, ws_link + off, blocks + off, (int)lo, (int)mid, (int)hi, n,
+                          A(eps_d));
+}
+
+// Last head position of every tile (-1 if none), after all merges.
+SR_GLOBAL void SR_LAUNCH_BOUNDS(1024)
+softrank_tile_max(const int* SR_RESTRICT blocks, int* SR_RESTRICT ws_tmax, int n_rows, int n,
+                  int tile, int tiles, int log2G) {
+  SR_TILE_PROLOGUE;
+  SR_DYN_SMEM(smem);
+  int m = -1;
+  for (int k = t0 + lt; k < t1; k += G)
+    if (blocks[off + k]) m = k;
+  m = sr_block_max((int*)smem, m);
+  if (lt == 0) ws_tmax[b_] = m;
+}
+
+template <typename T, typename A, int OP, int REG>
+SR_GLOBAL void SR_LAUNCH_BOUNDS(1024)
+softrank_tile_expand(const T* SR_RESTRICT x, T* SR_RESTRICT out, int* SR_RESTRICT perm,
+                     int* SR_RESTRICT blocks, const A* SR_RESTRICT ws_acc,
+                     const int* SR_RESTRICT ws_link, const int* SR_RESTRICT ws_flags,
+                     const int* SR_RESTRICT ws_tmax, int n_rows, int n, int tile, int tiles,
+                     int log2G, double eps_d, int sign) {
+  typedef Pav<OP, REG, A> F;
+  SR_TILE_PROLOGUE;
+  if (ws_flags[row]) {  // uniform over the block
+    for (int k = t0 + lt; k < t1; k += G) {
+      out[off + k] = sr_nan<T>();
+      perm[off + k] = k;
+      blocks[off + k] = k == 0 ? -1 : 0;  // as the CPU back end
+    }
+    return;
+  }
+  SR_DYN_SMEM(smem);
+  int* scr = (int*)smem;
+  const A eps = A(eps_d);
+  int v = -1;  // last head before this tile
+  for (int i = lt; i < t; i += G) v = sr_max(v, ws_tmax[row * tiles + i]);
+  const int tile_carry = sr_block_max(scr, v);
+  int* head = blocks + off;
+  const A* acc = ws_acc + off;
+  const int* link = ws_link + off;
+  const int* pr = perm + off;
+  int m = -1;
+  for (int j = lo; j < hi; ++j)
+    if (head[j]) m = j;
+  int cur = sr_max(tile_carry, sr_group_exclusive_max(scr, m, lt, lt, G));
+  for (int j = lo; j < hi; ++j) {
+    if (head[j]) cur = j;
+    const int a = cur;
+    const int cnt = link[a] - a + 1;
+    const A sj = A(T(sign) * x[off + pr[j]]);
+    out[off + (OP == OP_RANK ? pr[j] : j)] = T(F::output(sj, acc[a], j, a, cnt, n, eps, sign));
+    head[j] = a;
+  }
+}
+
+// Backward, tiled: (sum u, sum w, has head) of the segment open at the end of every tile.
+template <typename T, typename A, int OP, int REG>
+SR_GLOBAL void SR_LAUNCH_BOUNDS(1024)
+softrank_bwd_tile_agg(const T* SR_RESTRICT g, const int* SR_RESTRICT perm,
+                      const int* SR_RESTRICT blocks, const T* SR_RESTRICT aux,
+                      A* SR_RESTRICT ws_agg, int* SR_RESTRICT ws_aggf, int n_rows, int n,
+                      int tile, int tiles, int log2G, int sign) {
+  SR_TILE_PROLOGUE;
+  if (blocks[off] < 0) return;  // NaN row, uniform over the block
+  SR_DYN_SMEM(smem);
+  A* su = (A*)smem;
+  A* sw = su + G;
+  int* sf = (int*)(sw + G);
+  A ru, rw;
+  int f;
+  sr_chunk_tail<T, A, OP, REG>(g + off, perm + off, blocks + off, aux + off, lo, hi, sign, ru, rw,
+                               f);
+  A eu = ru, ew = rw;
+  int ef = f;
+  sr_group_exclusive_segsum<A>(su, sw, sf, eu, ew, ef, lt, lt, G);
+  if (lt == G - 1) {  // inclusive value of the last thread = the tile's open segment
+    ws_agg[2 * b_] = f ? ru : eu + ru;
+    ws_agg[2 * b_ + 1] = f ? rw : ew + rw;
+    ws_aggf[b_] = f | ef;
+  }
+}
+
+// Backward, tiled: totals of every block at its start position (ws_tot: rows x 2n).
+template <typename T, typename A, int OP, int REG>
+SR_GLOBAL void SR_LAUNCH_BOUNDS(1024)
+softrank_bwd_tile_tot(const T* SR_RESTRICT g, const int* SR_RESTRICT perm,
+                      const int* SR_RESTRICT blocks, const T* SR_RESTRICT aux,
+                      const A* SR_RESTRICT ws_agg, const int* SR_RESTRICT ws_aggf,
+                      A* SR_RESTRICT ws_tot, int n_rows, int n, int tile, int tiles, int log2G,
+                      int sign) {
+  SR_TILE_PROLOGUE;
+  if (blocks[off] < 0) return;
+  SR_DYN_SMEM(smem);
+  A* su = (A*)smem;
+  A* sw = su + G;
+  int* sf = (int*)(sw + G);
+  const long long tb = row * tiles;
+  // carry into this tile: open segment of the last earlier tile with a head, plus every
+  // head-less tile after it
+  int v = -1;
+  for (int i = lt; i < t; i += G)
+    if (ws_aggf[tb + i]) v = sr_max(v, i);
+  const int last = sr_block_max(sf, v);
+  A cu = A(0), cw = A(0);
+  for (int i = sr_max(last, 0) + lt; i < t; i += G) {
+    cu += ws_agg[2 * (tb + i)];
+    cw += ws_agg[2 * (tb + i) + 1];
+  }
+  sr_block_sum2<A>(su, sw, cu, cw);
+  const T* gr = g + off;
+  const int* pr = perm + off;
+  const int* br = blocks + off;
+  const T* ar = aux + off;
+  A ru, rw;
+  int f;
+  sr_chunk_tail<T, A, OP, REG>(gr, pr, br, ar, lo, hi, sign, ru, rw, f);
+  sr_group_exclusive_segsum<A>(su, sw, sf, ru, rw, f, lt, lt, G);
+  if (!f) {
+    ru += cu;
+    rw += cw;
+  }
+  A* tot_u = ws_tot + 2 * off;
+  sr_chunk_totals<T, A, OP, REG>(gr, pr, br, ar, lo, hi, n, sign, ru, rw, tot_u, tot_u + n);
+}
+
+// Backward, tiled: gradients from the block totals.
+template <typename T, typename A, int OP, int REG>
+SR_GLOBAL void SR_LAUNCH_BOUNDS(1024)
+softrank_bwd_tile_out(const T* SR_RESTRICT g, const int* SR_RESTRICT perm,
+                      const int* SR_RESTRICT blocks, const T* SR_RESTRICT aux,
+                      const A* SR_RESTRICT ws_tot, T* SR_RESTRICT grad, int n_rows, int n,
+                      int tile, int tiles, int log2G, double eps_d, int sign) {
+  SR_TILE_PROLOGUE;
+  T* out = grad + off;
+  if (blocks[off] < 0) {
+    for (int k = t0 + lt; k < t1; k += G) out[k] = sr_nan<T>();
+    return;
+  }
+  const A eps = A(eps_d);
+  const T* gr = g + off;
+  const int* pr = perm + off;
+  const int* br = blocks + off;
+  const T* ar = aux + off;
+  const A* tot_u = ws_tot + 2 * off;
+  const A* tot_w = tot_u + n;
+  for (int j = t0 + lt; j < t1; j += G) {  // strided: coalesced reads of perm and blocks
+    const int a = br[j];
+    out[pr[j]] = T(sr_grad_value<T, A, OP, REG>(gr, pr, ar, j, a, tot_u[a], tot_w[a], n, eps,
+                                                 sign));
+  }
+}
+
+#undef SR_TILE_PROLOGUE
+
+}  // namespace softrank
+#endif  // SOFTRANK_KERNELS_CU

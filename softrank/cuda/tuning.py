@@ -1,0 +1,190 @@
+"""Dispatch table of the CUDA back end: which kernel family and launch shape for a (rows, n).
+
+Every threshold of the GPU path lives here.  Override with ``set_tuning(key=value, ...)`` or the
+environment variable ``SOFTRANK_CUDA_TUNING="key=value,key=value"`` (read at first use).  The
+shared-memory formulas mirror ``sr_header_bytes``/``sr_forward_group_bytes``/
+``sr_backward_group_bytes`` in ``kernels.cu`` (the emulated test checks that they agree).
+
+Families (see docs/CUDA.md):
+
+* ``"smem"``: G threads per row (a power of two, about ``items_per_thread`` sorted positions per
+  thread), ``R = block_threads // G`` rows per block, each row sorted and solved in shared memory.
+  Small n gives small G and many rows per block ("several rows per warp"); large n gives
+  ``G = block_threads`` up to ``max_group`` ("one block per row").
+* ``"tiled"``: rows whose shared-memory footprint exceeds ``smem_limit`` (or batches of fewer than
+  ``few_rows`` rows with ``n >= split_min_n``): a global stable sort computes ``perm`` first, then
+  each row is cut into tiles of ``tile`` sorted positions, one block of ``tile_threads`` threads per
+  tile, PAV workspace in global memory, and one launch per cross-tile merge level.
+
+This module imports nothing but the standard library (no CuPy) so that tests and the emulator can
+use the very same plans without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULTS = {
+    # target number of sorted positions per thread (chunk length of the sequential PAV)
+    "items_per_thread": 8,
+    # threads per block of the smem family when one row needs fewer threads
+    "block_threads": 256,
+    # largest number of threads per row in the smem family
+    "max_group": 1024,
+    # tiled family: sorted positions per tile (one block per tile) and threads per tile
+    "tile": 4096,
+    "tile_threads": 512,
+    # tiled family also for batches of fewer than `few_rows` rows of at least `split_min_n`
+    "few_rows": 32,
+    "split_min_n": 8192,
+    # shared-memory budget per block in bytes; 0 = the device's opt-in maximum
+    "smem_limit": 0,
+}
+
+_overrides: dict[str, int] = {}
+_env_read = False
+
+ACC_SIZE = 8  # accumulators are double (kernels.cu instantiates A = double)
+BACKWARD_MAX_THREADS = 512  # __launch_bounds__ of softrank_backward
+
+
+def _read_env() -> None:
+    global _env_read
+    if _env_read:
+        return
+    _env_read = True
+    text = os.environ.get("SOFTRANK_CUDA_TUNING", "")
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in DEFAULTS:
+            raise ValueError(
+                f"SOFTRANK_CUDA_TUNING: unknown key {key!r}; allowed: {sorted(DEFAULTS)}"
+            )
+        _overrides.setdefault(key, int(value))
+
+
+def set_tuning(**kwargs: int) -> None:
+    """Override entries of the dispatch table (``set_tuning()`` with no argument resets)."""
+    _read_env()
+    for key in kwargs:
+        if key not in DEFAULTS:
+            raise ValueError(f"unknown tuning key {key!r}; allowed: {sorted(DEFAULTS)}")
+    if not kwargs:
+        _overrides.clear()
+    _overrides.update({k: int(v) for k, v in kwargs.items()})
+
+
+def get_tuning() -> dict[str, int]:
+    """The table in force (defaults, then environment, then ``set_tuning``)."""
+    _read_env()
+    cfg = dict(DEFAULTS)
+    cfg.update(_overrides)
+    return cfg
+
+
+def next_pow2(v: int) -> int:
+    p = 1
+    while p < v:
+        p <<= 1
+    return p
+
+
+def _align16(b: int) -> int:
+    return (b + 15) & ~15
+
+
+def header_bytes(block_threads: int, rows_per_block: int) -> int:
+    return _align16(block_threads * (2 * ACC_SIZE + 4) + 4 * rows_per_block)
+
+
+def _padded(n: int) -> int:
+    """Slots of a per-position shared array padded by one every 32 (kernels.cu sr_padded)."""
+    return n + (n >> 5) + 1
+
+
+def forward_group_bytes(itemsize: int, n: int, p: int) -> int:
+    return (
+        _align16(ACC_SIZE * _padded(n))
+        + _align16(itemsize * _padded(p))
+        + _align16(4 * _padded(p))
+        + 2 * _align16(4 * _padded(n))
+    )
+
+
+def tile_pav_bytes(tile: int) -> int:
+    return _align16(ACC_SIZE * tile) + 2 * _align16(4 * tile)
+
+
+def backward_group_bytes(itemsize: int, n: int) -> int:
+    return 2 * _align16(ACC_SIZE * n) + 2 * _align16(4 * n) + 2 * _align16(itemsize * n)
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: str  # "smem" or "tiled"
+    group: int  # G, threads per row (smem) or per tile (tiled); a power of two
+    log2_group: int
+    rows_per_block: int  # R (1 for tiled)
+    block_threads: int  # R * G
+    grid: int  # blocks: ceil(rows / R) (smem) or rows * tiles (tiled)
+    padded_n: int  # P = next_pow2(n), size of the bitonic sort (smem forward)
+    smem_bytes: int  # dynamic shared memory of the main kernel(s)
+    tile: int = 0  # tiled: positions per tile
+    tiles: int = 0  # tiled: tiles per row
+    tile_smem: int = 0  # tiled: dynamic shared memory of softrank_tile_pav
+
+
+def _group_size(n: int, cap: int, cfg: dict[str, int]) -> int:
+    g = next_pow2(max(1, -(-n // max(1, cfg["items_per_thread"]))))
+    return min(g, 1 << (max(1, cap).bit_length() - 1))  # largest power of two <= cap
+
+
+def _tiled(rows: int, n: int, limit: int, cfg: dict[str, int]) -> Plan:
+    tile = max(1, min(cfg["tile"], n))
+    while tile > 1 and tile_pav_bytes(tile) > limit:
+        tile //= 2
+    tiles = -(-n // tile)
+    g = _group_size(tile, cfg["tile_threads"], cfg)
+    return Plan("tiled", g, g.bit_length() - 1, 1, g, rows * tiles, next_pow2(n),
+                header_bytes(g, 1), tile, tiles, tile_pav_bytes(tile))
+
+
+def _few_rows(rows: int, n: int, cfg: dict[str, int]) -> bool:
+    return rows < cfg["few_rows"] and n >= cfg["split_min_n"]
+
+
+def plan_forward(rows: int, n: int, itemsize: int, smem_limit: int, cfg=None) -> Plan:
+    """Launch plan of the forward for ``rows`` rows of length ``n``."""
+    cfg = get_tuning() if cfg is None else {**get_tuning(), **cfg}
+    limit = cfg["smem_limit"] or smem_limit
+    p = next_pow2(n)
+    g = _group_size(n, cfg["max_group"], cfg)
+    r = max(1, min(cfg["block_threads"] // g, rows))
+
+    def need(r_: int) -> int:
+        return header_bytes(r_ * g, r_) + r_ * forward_group_bytes(itemsize, n, p)
+
+    while r > 1 and need(r) > limit:
+        r //= 2
+    if need(r) <= limit and not _few_rows(rows, n, cfg):
+        return Plan("smem", g, g.bit_length() - 1, r, r * g, -(-rows // r), p, need(r))
+    return _tiled(rows, n, limit, cfg)
+
+
+def plan_backward(rows: int, n: int, itemsize: int, smem_limit: int, cfg=None) -> Plan:
+    """Launch plan of the backward; block totals in shared memory when they fit."""
+    cfg = get_tuning() if cfg is None else {**get_tuning(), **cfg}
+    limit = cfg["smem_limit"] or smem_limit
+    g = _group_size(n, min(cfg["max_group"], BACKWARD_MAX_THREADS), cfg)
+    r = max(1, min(min(cfg["block_threads"], BACKWARD_MAX_THREADS) // g, rows))
+
+    def need(r_: int) -> int:
+        return header_bytes(r_ * g, r_) + r_ * backward_group_bytes(itemsize, n)
+
+    while r > 1 and need(r) > limit:
+        r //= 2
+    if need(r) <= limit and not _few_rows(rows, n, cfg):
+        return Plan("smem", g, g.bit_length() - 1, r, r * g, -(-rows // r), next_pow2(n), need(r))
+    return _tiled(rows, n, limit, cfg)
