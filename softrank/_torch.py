@@ -42,35 +42,25 @@ class SoftOpFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, op, regularization, eps, sign = inputs
-        out, perm, blocks = output
-        ctx.mark_non_differentiable(perm, blocks)
-        ctx.args = (op, regularization, eps, sign)
-        ctx.has_aux = regularization == "kl"
-        saved = (perm, blocks) + (((out if op == "rank" else x),) if ctx.has_aux else ())
-        ctx.save_for_backward(*saved)
-        ctx.save_for_forward(*saved)
+        ctx.save_for_forward(*formulas.save_for_derivatives(ctx, inputs, output))
 
     @staticmethod
     def backward(ctx, grad_out, _grad_perm, _grad_blocks):
-        perm, blocks, *aux = ctx.saved_tensors
-        aux = aux[0] if aux else None
+        partition, aux = formulas.saved_for_derivatives(ctx)
         op, regularization, eps, sign = ctx.args
         if torch.is_grad_enabled() or _functorch_active():
-            grad = formulas.vjp(op, regularization, grad_out, formulas.Partition(perm, blocks),
-                                aux, eps, sign)
+            grad = formulas.vjp(op, regularization, grad_out, partition, aux, eps, sign)
         else:
+            perm, blocks = ctx.saved_tensors[:2]
             grad = run_backward(op, regularization, grad_out.contiguous(), perm, blocks,
                                 None if aux is None else aux.detach(), eps, sign)
         return grad, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_tangent, *_):
-        perm, blocks, *aux = ctx.saved_tensors
+        partition, aux = formulas.saved_for_derivatives(ctx)
         op, regularization, eps, sign = ctx.args
-        tangent = formulas.jvp(op, regularization, x_tangent, formulas.Partition(perm, blocks),
-                               aux[0] if aux else None, eps, sign)
-        return tangent, None, None
+        return formulas.jvp(op, regularization, x_tangent, partition, aux, eps, sign), None, None
 
     @staticmethod
     def vmap(info, in_dims, x, op, regularization, eps, sign):

@@ -11,6 +11,29 @@ block start; segsum(v)_j = sum of v over j's block; rows marked blocks[:, 0] == 
 import torch
 
 
+def save_for_derivatives(ctx, inputs, output):
+    """setup_context shared by the eager Function and the custom op: keep what derivatives read.
+
+    That is the int32 permutation and block starts, plus out (rank/kl) or x (sort/kl) as a
+    reference; hyperparameters go on ctx. Returns the saved tensors.
+    """
+    x, op, regularization, eps, sign = inputs
+    out, perm, blocks = output
+    ctx.mark_non_differentiable(perm, blocks)
+    ctx.args = (op, regularization, eps, sign)
+    saved = (perm, blocks)
+    if regularization == "kl":
+        saved += (out if op == "rank" else x,)
+    ctx.save_for_backward(*saved)
+    return saved
+
+
+def saved_for_derivatives(ctx):
+    """(partition, aux) from what save_for_derivatives kept."""
+    perm, blocks, *aux = ctx.saved_tensors
+    return Partition(perm, blocks), (aux[0] if aux else None)
+
+
 class Partition:
     """Per-row block structure from the saved (perm, blocks) of one forward call."""
 

@@ -41,36 +41,18 @@ def _solve_backward_fake(g, perm, blocks, aux, op, regularization, eps, sign):
     return torch.empty_like(g, memory_format=torch.contiguous_format)
 
 
-def aux_for(op, regularization, x, out):
-    """What the backward reads besides the partition: out (rank/kl), x (sort/kl), or nothing."""
-    if regularization == "l2":
-        return None
-    return out if op == "rank" else x
-
-
-def _solve_setup_context(ctx, inputs, output):
-    x, op, regularization, eps, sign = inputs
-    out, perm, blocks = output
-    ctx.mark_non_differentiable(perm, blocks)
-    ctx.args = (op, regularization, eps, sign)
-    ctx.has_aux = regularization == "kl"
-    aux = aux_for(op, regularization, x, out)
-    ctx.save_for_backward(perm, blocks, *([aux] if ctx.has_aux else []))
-
-
 def _solve_backward_rule(ctx, grad_out, _grad_perm, _grad_blocks):
-    perm, blocks, *aux = ctx.saved_tensors
-    aux = aux[0] if aux else None
+    partition, aux = formulas.saved_for_derivatives(ctx)
     op, regularization, eps, sign = ctx.args
     if torch.is_grad_enabled():  # create_graph: keep the derivative differentiable
-        grad = formulas.vjp(op, regularization, grad_out, formulas.Partition(perm, blocks), aux,
-                            eps, sign)
+        grad = formulas.vjp(op, regularization, grad_out, partition, aux, eps, sign)
     else:
+        perm, blocks = ctx.saved_tensors[:2]
         grad = solve_backward(grad_out, perm, blocks, aux, op, regularization, eps, sign)
     return grad, None, None, None, None
 
 
-solve.register_autograd(_solve_backward_rule, setup_context=_solve_setup_context)
+solve.register_autograd(_solve_backward_rule, setup_context=formulas.save_for_derivatives)
 
 
 def _solve_backward_setup_context(ctx, inputs, output):
