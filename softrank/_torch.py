@@ -46,21 +46,23 @@ class SoftOpFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_perm, _grad_blocks):
-        partition, aux = formulas.saved_for_derivatives(ctx)
+        perm, blocks, aux = formulas.saved_for_derivatives(ctx)
         op, regularization, eps, sign = ctx.args
         if torch.is_grad_enabled() or _functorch_active():
-            grad = formulas.vjp(op, regularization, grad_out, partition, aux, eps, sign)
+            grad = formulas.vjp(op, regularization, grad_out, formulas.Partition(perm, blocks),
+                                aux, eps, sign)
         else:
-            perm, blocks = ctx.saved_tensors[:2]
             grad = run_backward(op, regularization, grad_out.contiguous(), perm, blocks,
                                 None if aux is None else aux.detach(), eps, sign)
         return grad, None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_tangent, *_):
-        partition, aux = formulas.saved_for_derivatives(ctx)
+        perm, blocks, aux = formulas.saved_for_derivatives(ctx)
         op, regularization, eps, sign = ctx.args
-        return formulas.jvp(op, regularization, x_tangent, partition, aux, eps, sign), None, None
+        tangent = formulas.jvp(op, regularization, x_tangent, formulas.Partition(perm, blocks),
+                               aux, eps, sign)
+        return tangent, None, None
 
     @staticmethod
     def vmap(info, in_dims, x, op, regularization, eps, sign):

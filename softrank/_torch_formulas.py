@@ -29,9 +29,9 @@ def save_for_derivatives(ctx, inputs, output):
 
 
 def saved_for_derivatives(ctx):
-    """(partition, aux) from what save_for_derivatives kept."""
+    """(perm, blocks, aux) from what save_for_derivatives kept (aux is None for l2)."""
     perm, blocks, *aux = ctx.saved_tensors
-    return Partition(perm, blocks), (aux[0] if aux else None)
+    return perm, blocks, (aux[0] if aux else None)
 
 
 class Partition:

@@ -42,12 +42,12 @@ def _solve_backward_fake(g, perm, blocks, aux, op, regularization, eps, sign):
 
 
 def _solve_backward_rule(ctx, grad_out, _grad_perm, _grad_blocks):
-    partition, aux = formulas.saved_for_derivatives(ctx)
+    perm, blocks, aux = formulas.saved_for_derivatives(ctx)
     op, regularization, eps, sign = ctx.args
     if torch.is_grad_enabled():  # create_graph: keep the derivative differentiable
-        grad = formulas.vjp(op, regularization, grad_out, partition, aux, eps, sign)
+        grad = formulas.vjp(op, regularization, grad_out, formulas.Partition(perm, blocks), aux,
+                            eps, sign)
     else:
-        perm, blocks = ctx.saved_tensors[:2]
         grad = solve_backward(grad_out, perm, blocks, aux, op, regularization, eps, sign)
     return grad, None, None, None, None
 
