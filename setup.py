@@ -61,6 +61,7 @@ if sys.platform != "win32" and compiler_is_gcc():
 extension = Extension(
     "softrank._cpu",
     ["softrank/_cpu.pyx"],
+    language="c++",  # std::sort for short rows
     include_dirs=[numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=compile_args,

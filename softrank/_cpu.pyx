@@ -16,8 +16,8 @@ Deviations from the textbook algorithm, and why:
   sums of a block have closed forms, so no y/w arrays exist and x/eps never overflows.
 * Every block stores its start; the solver writes the start of each element's block
   (``blocks``), so the backward never re-detects blocks by comparing floats.
-* Sorting is an LSD radix sort on order-preserving integer keys (stable; ties keep index order),
-  an insertion sort for short rows. -0.0 is keyed as +0.0.
+* Sorting is on order-preserving integer keys, ties in index order: an LSD radix sort for long
+  rows, std::sort for short ones. -0.0 is keyed as +0.0.
 * A row holding NaN or +-inf is marked with blocks[0] = -1; its outputs and gradients are NaN.
 * Accumulation is in float64 for both float32 and float64 data.
 """
@@ -42,9 +42,28 @@ cdef double HUGE = 1.0715086071862673e301
 cdef double HUGE_SCALE = 18446744073709551616.0
 
 cdef enum:
-    # Rows up to this length are sorted by insertion: below it a radix pass costs more than it saves.
-    INSERTION_MAX = 24
+    # Rows up to this length are sorted by comparison (std::sort): below it the radix histograms
+    # and passes cost more than they save (measured, benchmarks/bench_cpu.py).
+    COMPARISON_MAX = 24
     RADIX_BUCKETS = 256
+
+cdef extern from *:
+    """
+    #include <algorithm>
+    #include <stdint.h>
+    /* float32 rows: (key << 32 | index) words, so plain integer order is (key, index) order. */
+    static inline void softrank_sort_packed(uint64_t *first, Py_ssize_t n) {
+        std::sort(first, first + n);
+    }
+    /* float64 rows: sort the indices by their 64-bit key, ties by index (stable order). */
+    static inline void softrank_sort_by_key(const uint64_t *keys, int32_t *idx, Py_ssize_t n) {
+        std::sort(idx, idx + n, [keys](int32_t a, int32_t b) {
+            return keys[a] < keys[b] || (keys[a] == keys[b] && a < b);
+        });
+    }
+    """
+    void softrank_sort_packed(uint64_t *first, Py_ssize_t n) noexcept nogil
+    void softrank_sort_by_key(const uint64_t *keys, int32_t *idx, Py_ssize_t n) noexcept nogil
 
 
 # ----------------------------------------------------------------------------- keys and sorting
@@ -72,26 +91,6 @@ cdef inline uint64_t _descending_key64(double z) noexcept nogil:
     else:
         u = u | 0x8000000000000000u
     return ~u
-
-
-cdef inline void _insertion_sort(uint64_t[::1] keys, int32_t[::1] idx, bint with_idx,
-                                 Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef uint64_t k
-    cdef int32_t t = 0
-    for i in range(1, n):
-        k = keys[i]
-        if with_idx:
-            t = idx[i]
-        j = i - 1
-        while j >= 0 and keys[j] > k:
-            keys[j + 1] = keys[j]
-            if with_idx:
-                idx[j + 1] = idx[j]
-            j -= 1
-        keys[j + 1] = k
-        if with_idx:
-            idx[j + 1] = t
 
 
 cdef inline void _scatter_pass(uint64_t[::1] src, uint64_t[::1] dst, int32_t[::1] isrc,
@@ -150,16 +149,17 @@ cdef inline bint _argsort_row(const floating[::1] x, double sign, uint64_t[::1] 
     Returns True if the row holds a NaN or an infinity (perm and s are then not filled).
     float32 keys are packed with their index into one uint64 (key << 32 | index) so that a radix
     pass moves a single word; float64 keys carry a separate int32 index array.
+    (The comparison sorts take raw pointers: Cython's debug bounds checks do not cover them.)
     """
     cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t j, d
     cdef bint nonfinite = False
-    cdef bint use_radix = n > INSERTION_MAX
+    cdef bint use_radix = n > COMPARISON_MAX
     cdef bint in_b = False
     cdef double v
     cdef uint64_t key
-    if use_radix:
-        for j in range(8 * RADIX_BUCKETS):
+    if use_radix:  # clear the histograms of the key bytes that are sorted on
+        for j in range((4 if floating is float else 0) * RADIX_BUCKETS, 8 * RADIX_BUCKETS):
             hist[j] = 0
     for j in range(n):
         v = x[j]
@@ -183,14 +183,14 @@ cdef inline bint _argsort_row(const floating[::1] x, double sign, uint64_t[::1] 
         if use_radix:
             in_b = _radix_sort(ka, kb, ia, ib, False, n, 4, hist)
         else:
-            _insertion_sort(ka, ia, False, n)
+            softrank_sort_packed(&ka[0], n)
         for j in range(n):
             perm[j] = <int32_t>((kb[j] if in_b else ka[j]) & 0xFFFFFFFFu)
     else:
         if use_radix:
             in_b = _radix_sort(ka, kb, ia, ib, True, n, 0, hist)
         else:
-            _insertion_sort(ka, ia, True, n)
+            softrank_sort_by_key(&ka[0], &ia[0], n)
         for j in range(n):
             perm[j] = ib[j] if in_b else ia[j]
     for j in range(n):
