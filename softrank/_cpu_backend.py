@@ -3,6 +3,7 @@
 Same signatures as the CUDA back end (docs/CONTRACT.md); callers validate and allocate.
 """
 import os
+import threading
 
 import numpy as np
 
@@ -36,12 +37,30 @@ def _threads_for(rows, n):
     return min(MAX_THREADS, rows)
 
 
+# Rows up to this length reuse per-thread workspaces instead of allocating them per call.
+_CACHED_WORKSPACE_MAX_N = 4096
+_workspaces = threading.local()
+
+
+def _forward_workspaces(threads, n):
+    if threads == 1 and n <= _CACHED_WORKSPACE_MAX_N:
+        cached = getattr(_workspaces, "forward", None)
+        if cached is None or cached[1].shape[1] < 3 * n:
+            size = _CACHED_WORKSPACE_MAX_N
+            cached = (np.empty((1, 2 * size + _HISTOGRAM_WORDS), dtype=np.uint64),
+                      np.empty((1, 3 * size), dtype=np.int32),
+                      np.empty((1, 3 * size), dtype=np.float64))
+            _workspaces.forward = cached
+        return cached
+    return (np.empty((threads, 2 * n + _HISTOGRAM_WORDS), dtype=np.uint64),
+            np.empty((threads, 3 * n), dtype=np.int32),
+            np.empty((threads, 3 * n), dtype=np.float64))
+
+
 def forward(op, regularization, x, eps, sign, out, perm, blocks):
     rows, n = x.shape
     threads = _threads_for(rows, n)
-    keys = np.empty((threads, 2 * n + _HISTOGRAM_WORDS), dtype=np.uint64)
-    ints = np.empty((threads, 3 * n), dtype=np.int32)
-    reals = np.empty((threads, 3 * n), dtype=np.float64)
+    keys, ints, reals = _forward_workspaces(threads, n)
     solver = _cpu.forward_f32 if x.dtype == np.float32 else _cpu.forward_f64
     solver(_MODES[op, regularization], x, out, perm, blocks, eps, sign, keys, ints, reals,
            threads)
