@@ -22,7 +22,7 @@ Deviations from the textbook algorithm, and why:
 * Accumulation is in float64 for both float32 and float64 data.
 """
 from cython.parallel cimport prange, threadid
-from libc.math cimport exp, log, log1p, expm1, NAN
+from libc.math cimport exp, log, expm1, NAN
 from libc.stdint cimport uint64_t, uint32_t, int32_t
 from libc.string cimport memcpy
 cimport cython
@@ -200,47 +200,82 @@ cdef inline bint _argsort_row(const floating[::1] x, double sign, uint64_t[::1] 
 
 # ----------------------------------------------------------------------------- PAV
 
-cdef inline double _log_add_exp(double a, double b, double scale) noexcept nogil:
-    """scale * log(exp(a/scale) + exp(b/scale)), shifted by the larger argument."""
-    if a < b:
-        a, b = b, a
-    return a + scale * log1p(exp((b - a) / scale))
+cdef inline double _log_geometric_ratio(Py_ssize_t c, double eps, double log_q1) noexcept nogil:
+    """log(sum_{k<c} exp(-k/eps)) = logsumexp(rho_B/eps) - rho_a/eps for a block of c elements.
 
-
-cdef inline double _log_geometric_sum(Py_ssize_t c, double eps) noexcept nogil:
-    """log(sum_{k<c} exp(-k/eps)): logsumexp(rho_B/eps) - rho_a/eps for a block of c elements."""
-    if c == 1:
-        return 0.0
-    return log(-expm1(-c / eps)) - log(-expm1(-1.0 / eps))
+    log_q1 = log(1 - exp(-1/eps)) is the same for every block of a row (computed once).
+    """
+    return log(-expm1(-c / eps)) - log_q1
 
 
 # Block state, relative to the block's first (largest) element s_a, so that a large common offset
-# (values like 1e29, or 1e8 + noise) costs no precision:
-#   l2: d = sum_B (s_j - s_a);  rank/kl: l = log sum_B exp((s_j - s_a)/eps);
-#   sort/kl: l = log sum_B exp(s_j - s_a).  A single element has state 0.
+# (values like 1e29, or 1e8 + noise) costs no precision and nothing overflows:
+#   l2:      d = sum_B (s_j - s_a)
+#   rank/kl: S = sum_B exp((s_j - s_a)/eps), in [1, c]
+#   sort/kl: S = sum_B exp(s_j - s_a), in [1, c]
+# A single element has state 0 (l2) or 1 (kl). Pooling a kl block costs one exp (no log-add-exp).
+
+cdef inline double _initial_state(int mode) noexcept nogil:
+    return 1.0 if (mode == RANK_KL or mode == SORT_KL) else 0.0
+
 
 cdef inline double _block_value(int mode, double s_a, double state, Py_ssize_t a, Py_ssize_t c,
-                                Py_ssize_t n, double eps) noexcept nogil:
+                                Py_ssize_t n, double eps, double log_q1) noexcept nogil:
     cdef double mean_rho = (n - a) - 0.5 * (c - 1)
     if mode == RANK_L2:      # eps * mean_B(s/eps - rho)
         return s_a + state / c - eps * mean_rho
     elif mode == RANK_KL:    # eps * (logsumexp(s_B/eps) - log sum_B rho)
-        return s_a + eps * (state - log(c * mean_rho))
+        return s_a + eps * log(state / (c * mean_rho))
     elif mode == SORT_L2:    # mean_B(rho/eps - s)
         return mean_rho / eps - (s_a + state / c)
     else:                    # logsumexp(rho_B/eps) - logsumexp(s_B)
-        return (n - a) / eps + _log_geometric_sum(c, eps) - (s_a + state)
+        if c == 1:
+            return (n - a) / eps - s_a
+        return (n - a) / eps - s_a + _log_geometric_ratio(c, eps, log_q1) - log(state)
 
 
 cdef inline double _merged_state(int mode, double left, double right, double shift,
                                  Py_ssize_t right_count, double eps) noexcept nogil:
-    """State of two adjacent blocks pooled; shift = s_b - s_a (head of right minus head of left)."""
+    """State of two adjacent blocks pooled; shift = s_b - s_a <= 0 (right head minus left head)."""
     if mode == RANK_L2 or mode == SORT_L2:
         return left + right + right_count * shift
     elif mode == RANK_KL:
-        return _log_add_exp(left, right + shift / eps, 1.0)
+        return left + right * exp(shift / eps)
     else:
-        return _log_add_exp(left, right + shift, 1.0)
+        return left + right * exp(shift)
+
+
+cdef inline double _rho_sum(Py_ssize_t a, Py_ssize_t c, Py_ssize_t n) noexcept nogil:
+    """sum of rho_k = n - k over the block [a, a + c)."""
+    return c * ((n - a) - 0.5 * (c - 1))
+
+
+cdef inline Py_ssize_t _pav_rank_kl(const double[::1] s, double eps, int32_t[::1] start,
+                                    double[::1] state) noexcept nogil:
+    """PAV of soft_rank/kl; returns the index of the top block.
+
+    Same pooling rule as the generic loop (value(previous) <= value(top), with
+    value = s_a + eps * log(S / R)), compared in the linear domain:
+    exp((s_prev - s_top)/eps) * S_prev * R_top <= S_top * R_prev. That exponential also pools the
+    states, so each comparison costs one exp instead of an exp and a log.
+    """
+    cdef Py_ssize_t n = s.shape[0]
+    cdef Py_ssize_t j, top = -1, a, right
+    cdef double ratio
+    for j in range(n):
+        top += 1
+        start[top] = <int32_t>j
+        state[top] = 1.0
+        while top > 0:
+            a = start[top - 1]
+            right = start[top]
+            ratio = exp((s[a] - s[right]) / eps)  # >= 1; inf means "far apart": no pooling
+            if not (ratio * state[top - 1] * _rho_sum(right, j + 1 - right, n)
+                    <= state[top] * _rho_sum(a, right - a, n)):
+                break
+            state[top - 1] = state[top - 1] + state[top] / ratio
+            top -= 1
+    return top
 
 
 cdef inline void _pav_row(int mode, const double[::1] s, double eps, double sign,
@@ -250,20 +285,24 @@ cdef inline void _pav_row(int mode, const double[::1] s, double eps, double sign
     cdef Py_ssize_t n = s.shape[0]
     cdef Py_ssize_t j, top = -1, b, a, e, c, right
     cdef double st, s_a, mean_rho, scale
-    # Pool adjacent violators: a stack of blocks, each (start, state, value).
-    for j in range(n):
-        top += 1
-        start[top] = <int32_t>j
-        state[top] = 0.0
-        value[top] = _block_value(mode, s[j], 0.0, j, 1, n, eps)
-        while top > 0 and value[top - 1] <= value[top]:
-            a = start[top - 1]
-            right = start[top]
-            st = _merged_state(mode, state[top - 1], state[top], s[right] - s[a], j + 1 - right,
-                               eps)
-            top -= 1
-            state[top] = st
-            value[top] = _block_value(mode, s[a], st, a, j + 1 - a, n, eps)
+    cdef double log_q1 = log(-expm1(-1.0 / eps)) if mode == SORT_KL else 0.0
+    if mode == RANK_KL:
+        top = _pav_rank_kl(s, eps, start, state)
+    else:
+        # Pool adjacent violators: a stack of blocks, each (start, state, value).
+        for j in range(n):
+            top += 1
+            start[top] = <int32_t>j
+            state[top] = _initial_state(mode)
+            value[top] = _block_value(mode, s[j], state[top], j, 1, n, eps, log_q1)
+            while top > 0 and value[top - 1] <= value[top]:
+                a = start[top - 1]
+                right = start[top]
+                st = _merged_state(mode, state[top - 1], state[top], s[right] - s[a],
+                                   j + 1 - right, eps)
+                top -= 1
+                state[top] = st
+                value[top] = _block_value(mode, s[a], st, a, j + 1 - a, n, eps, log_q1)
     # Expand blocks into outputs (see docs/CONTRACT.md for the closed forms).
     for b in range(top + 1):
         a = start[b]
@@ -277,9 +316,9 @@ cdef inline void _pav_row(int mode, const double[::1] s, double eps, double sign
                 out[perm[j]] = <floating>(((s[j] - s_a) - st / c) / eps + mean_rho)
                 blocks[j] = <int32_t>a
         elif mode == RANK_KL:
-            scale = c * mean_rho
+            scale = c * mean_rho / st
             for j in range(a, e):
-                out[perm[j]] = <floating>(exp((s[j] - s_a) / eps - st) * scale)
+                out[perm[j]] = <floating>(exp((s[j] - s_a) / eps) * scale)
                 blocks[j] = <int32_t>a
         elif mode == SORT_L2:
             for j in range(a, e):
@@ -287,7 +326,7 @@ cdef inline void _pav_row(int mode, const double[::1] s, double eps, double sign
                 out[j] = <floating>(sign * (s_a + st / c + ((a - j) + 0.5 * (c - 1)) / eps) + 0.0)
                 blocks[j] = <int32_t>a
         else:
-            st = s_a + st - _log_geometric_sum(c, eps)
+            st = s_a + log(st) - (_log_geometric_ratio(c, eps, log_q1) if c > 1 else 0.0)
             for j in range(a, e):
                 out[j] = <floating>(sign * (st - (j - a) / eps) + 0.0)
                 blocks[j] = <int32_t>a
