@@ -170,3 +170,31 @@ def test_autocast_cpu_bfloat16_returns_float32(op):
     torch.testing.assert_close(out, OPS[op](h.float()))
     if op == "rank":  # ranks up to 300 survive (bfloat16 could not hold them)
         torch.testing.assert_close(out.sum(-1), torch.full((4,), 300 * 301 / 2))
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("regularization", REGULARIZATIONS)
+def test_forward_mode_dual_tensors(op, regularization):
+    import torch.autograd.forward_ad as fwAD
+
+    x, tangent = _rows(13, 3, 5), _rows(14, 3, 5)
+
+    def f(t):
+        return OPS[op](t, regularization, 0.5)
+
+    with fwAD.dual_level():
+        out_tangent = fwAD.unpack_dual(f(fwAD.make_dual(x, tangent))).tangent
+    assert out_tangent is not None
+    torch.testing.assert_close(out_tangent, torch.autograd.functional.jvp(f, x, tangent)[1])
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_inference_path_equals_autograd_path(op):
+    # Without anything to differentiate, the autograd.Function is skipped: same numbers, no graph.
+    x = _rows(15, 4, 9)
+    with torch.no_grad():
+        plain = OPS[op](x.clone().requires_grad_())
+    tracked = OPS[op](x.clone().requires_grad_())
+    assert plain.grad_fn is None and tracked.grad_fn is not None
+    torch.testing.assert_close(plain, tracked.detach())
+    torch.testing.assert_close(OPS[op](x), plain)
