@@ -9,11 +9,17 @@ def _is_torch_tensor(values):
     return torch is not None and isinstance(values, torch.Tensor)
 
 
-def _front_end(values):
-    if _is_torch_tensor(values):
-        from . import _torch  # on first use only: NumPy users never import torch
+_torch_front_end = None  # softrank._torch, imported on first use: NumPy users never import torch
 
-        return _torch
+
+def _front_end(values):
+    global _torch_front_end
+    if _is_torch_tensor(values):
+        if _torch_front_end is None:
+            from . import _torch
+
+            _torch_front_end = _torch
+        return _torch_front_end
     return _array
 
 

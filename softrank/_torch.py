@@ -110,9 +110,9 @@ def soft_op(op, values, regularization, regularization_strength, dim, descending
     regularization = V.check_regularization(regularization)
     eps = V.check_regularization_strength(regularization_strength)
     descending = V.check_descending(descending)
-    if values.layout != torch.strided:
+    if values.layout is not torch.strided:
         raise TypeError(f"values must be a dense (strided) tensor, got layout {values.layout}")
-    if values.device.type not in ("cpu", "cuda"):
+    if not (values.is_cpu or values.is_cuda):
         raise ValueError(f"values must be on a CPU or CUDA device, got {values.device}")
     compute_dtype, out_dtype = _dtypes(values)
     if out_dtype in _HALF_DTYPES and torch.is_autocast_enabled(values.device.type):

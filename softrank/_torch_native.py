@@ -13,7 +13,7 @@ from . import _cpu_backend
 
 def run_forward(op, regularization, x, eps, sign):
     """(out, perm, blocks) for contiguous (rows, n) float32/float64 rows (docs/CONTRACT.md)."""
-    if x.device.type == "cuda":
+    if x.is_cuda:
         out = torch.empty_like(x)
         perm = torch.empty(x.shape, dtype=torch.int32, device=x.device)
         blocks = torch.empty(x.shape, dtype=torch.int32, device=x.device)
@@ -33,7 +33,7 @@ def run_forward(op, regularization, x, eps, sign):
 
 def run_backward(op, regularization, g, perm, blocks, aux, eps, sign):
     """Gradient w.r.t. the rows from the cotangent g of out; aux is out (rank/kl) or x (sort/kl)."""
-    if g.device.type == "cuda":
+    if g.is_cuda:
         grad = torch.empty_like(g)
         if g.numel():
             from . import _interop
