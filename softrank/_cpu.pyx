@@ -450,13 +450,31 @@ cdef void _forward(int mode, const floating[:, ::1] x, floating[:, ::1] out,
     with nogil:
         if n_threads <= 1:
             for r in range(rows):
-                _forward_row(mode, x[r], out[r], perm[r], blocks[r], eps, sign,
-                             keys[0], ints[0], reals[0])
+                _forward_indexed(mode, x, out, perm, blocks, r, 0, eps, sign, keys, ints, reals)
         else:
-            for r in prange(rows, num_threads=n_threads, schedule="dynamic"):
+            for r in prange(rows, num_threads=n_threads, schedule="static"):
                 tid = threadid()
-                _forward_row(mode, x[r], out[r], perm[r], blocks[r], eps, sign,
-                             keys[tid], ints[tid], reals[tid])
+                _forward_indexed(mode, x, out, perm, blocks, r, tid, eps, sign, keys, ints,
+                                 reals)
+
+
+# Row slices are taken inside these helpers, not in the prange body: slices made in a prange body
+# are reference-counted atomically on the shared memoryview, and that contention made two threads
+# slower than one on short rows.
+cdef inline void _forward_indexed(int mode, const floating[:, ::1] x, floating[:, ::1] out,
+                                  int32_t[:, ::1] perm, int32_t[:, ::1] blocks, Py_ssize_t r,
+                                  int tid, double eps, double sign, uint64_t[:, ::1] keys,
+                                  int32_t[:, ::1] ints, double[:, ::1] reals) noexcept nogil:
+    _forward_row(mode, x[r], out[r], perm[r], blocks[r], eps, sign, keys[tid], ints[tid],
+                 reals[tid])
+
+
+cdef inline void _backward_indexed(int mode, const floating[:, ::1] g,
+                                   const int32_t[:, ::1] perm, const int32_t[:, ::1] blocks,
+                                   const floating[:, ::1] aux, Py_ssize_t r, int tid, double eps,
+                                   double sign, floating[:, ::1] grad,
+                                   double[:, ::1] reals) noexcept nogil:
+    _backward_row(mode, g[r], perm[r], blocks[r], aux[r], eps, sign, grad[r], reals[tid])
 
 
 cdef void _backward(int mode, const floating[:, ::1] g, const int32_t[:, ::1] perm,
@@ -467,13 +485,11 @@ cdef void _backward(int mode, const floating[:, ::1] g, const int32_t[:, ::1] pe
     with nogil:
         if n_threads <= 1:
             for r in range(rows):
-                _backward_row(mode, g[r], perm[r], blocks[r], aux[r], eps, sign, grad[r],
-                              reals[0])
+                _backward_indexed(mode, g, perm, blocks, aux, r, 0, eps, sign, grad, reals)
         else:
-            for r in prange(rows, num_threads=n_threads, schedule="dynamic"):
+            for r in prange(rows, num_threads=n_threads, schedule="static"):
                 tid = threadid()
-                _backward_row(mode, g[r], perm[r], blocks[r], aux[r], eps, sign, grad[r],
-                              reals[tid])
+                _backward_indexed(mode, g, perm, blocks, aux, r, tid, eps, sign, grad, reals)
 
 
 # Entry points: one per dtype (a fused `def` would pay Cython's runtime dtype dispatch per call).
