@@ -31,6 +31,23 @@ ctypedef fused floating:
     float
     double
 
+# Compile-time mode tags: _pav_row and its per-element helpers are specialised per
+# (op, regularization) through this fused type, so the inner loops carry no mode tests.
+ctypedef struct RankL2:
+    char unused
+ctypedef struct RankKL:
+    char unused
+ctypedef struct SortL2:
+    char unused
+ctypedef struct SortKL:
+    char unused
+
+ctypedef fused Mode:
+    RankL2
+    RankKL
+    SortL2
+    SortKL
+
 cdef enum:
     RANK_L2 = 0
     RANK_KL = 1
@@ -215,31 +232,33 @@ cdef inline double _log_geometric_ratio(Py_ssize_t c, double eps, double log_q1)
 #   sort/kl: S = sum_B exp(s_j - s_a), in [1, c]
 # A single element has state 0 (l2) or 1 (kl). Pooling a kl block costs one exp (no log-add-exp).
 
-cdef inline double _initial_state(int mode) noexcept nogil:
-    return 1.0 if (mode == RANK_KL or mode == SORT_KL) else 0.0
+cdef inline double _initial_state(Mode* mode) noexcept nogil:
+    if Mode is RankKL or Mode is SortKL:
+        return 1.0
+    return 0.0
 
 
-cdef inline double _block_value(int mode, double s_a, double state, Py_ssize_t a, Py_ssize_t c,
+cdef inline double _block_value(Mode* mode, double s_a, double state, Py_ssize_t a, Py_ssize_t c,
                                 Py_ssize_t n, double eps, double log_q1) noexcept nogil:
     cdef double mean_rho = (n - a) - 0.5 * (c - 1)
-    if mode == RANK_L2:      # eps * mean_B(s/eps - rho)
+    if Mode is RankL2:      # eps * mean_B(s/eps - rho)
         return s_a + state / c - eps * mean_rho
-    elif mode == RANK_KL:    # eps * (logsumexp(s_B/eps) - log sum_B rho)
+    elif Mode is RankKL:    # eps * (logsumexp(s_B/eps) - log sum_B rho)
         return s_a + eps * log(state / (c * mean_rho))
-    elif mode == SORT_L2:    # mean_B(rho/eps - s)
+    elif Mode is SortL2:    # mean_B(rho/eps - s)
         return mean_rho / eps - (s_a + state / c)
-    else:                    # logsumexp(rho_B/eps) - logsumexp(s_B)
+    else:                   # logsumexp(rho_B/eps) - logsumexp(s_B)
         if c == 1:
             return (n - a) / eps - s_a
         return (n - a) / eps - s_a + _log_geometric_ratio(c, eps, log_q1) - log(state)
 
 
-cdef inline double _merged_state(int mode, double left, double right, double shift,
+cdef inline double _merged_state(Mode* mode, double left, double right, double shift,
                                  Py_ssize_t right_count, double eps) noexcept nogil:
     """State of two adjacent blocks pooled; shift = s_b - s_a <= 0 (right head minus left head)."""
-    if mode == RANK_L2 or mode == SORT_L2:
+    if Mode is RankL2 or Mode is SortL2:
         return left + right + right_count * shift
-    elif mode == RANK_KL:
+    elif Mode is RankKL:
         return left + right * exp(shift / eps)
     else:
         return left + right * exp(shift)
@@ -278,15 +297,15 @@ cdef inline Py_ssize_t _pav_rank_kl(const double[::1] s, double eps, int32_t[::1
     return top
 
 
-cdef inline void _pav_row(int mode, const double[::1] s, double eps, double sign,
+cdef inline void _pav_row(Mode* mode, const double[::1] s, double eps, double sign,
                           const int32_t[::1] perm, floating[::1] out, int32_t[::1] blocks,
                           int32_t[::1] start, double[::1] state,
                           double[::1] value) noexcept nogil:
     cdef Py_ssize_t n = s.shape[0]
     cdef Py_ssize_t j, top = -1, b, a, e, c, right
     cdef double st, s_a, mean_rho, scale
-    cdef double log_q1 = log(-expm1(-1.0 / eps)) if mode == SORT_KL else 0.0
-    if mode == RANK_KL:
+    cdef double log_q1 = log(-expm1(-1.0 / eps)) if Mode is SortKL else 0.0
+    if Mode is RankKL:
         top = _pav_rank_kl(s, eps, start, state)
     else:
         # Pool adjacent violators: a stack of blocks, each (start, state, value).
@@ -311,16 +330,16 @@ cdef inline void _pav_row(int mode, const double[::1] s, double eps, double sign
         st = state[b]
         s_a = s[a]
         mean_rho = (n - a) - 0.5 * (c - 1)
-        if mode == RANK_L2:
+        if Mode is RankL2:
             for j in range(a, e):
                 out[perm[j]] = <floating>(((s[j] - s_a) - st / c) / eps + mean_rho)
                 blocks[j] = <int32_t>a
-        elif mode == RANK_KL:
+        elif Mode is RankKL:
             scale = c * mean_rho / st
             for j in range(a, e):
                 out[perm[j]] = <floating>(exp((s[j] - s_a) / eps) * scale)
                 blocks[j] = <int32_t>a
-        elif mode == SORT_L2:
+        elif Mode is SortL2:
             for j in range(a, e):
                 # + 0.0 turns -0.0 into +0.0 (hard sorts print as torch.sort's do)
                 out[j] = <floating>(sign * (s_a + st / c + ((a - j) + 0.5 * (c - 1)) / eps) + 0.0)
@@ -369,21 +388,21 @@ cdef inline void _forward_row(int mode, const floating[::1] x, floating[::1] out
         for j in range(n):
             s[j] = s[j] * (1.0 / HUGE_SCALE)
         if mode == RANK_L2:
-            _pav_row(RANK_L2, s, eps / HUGE_SCALE, sign, perm, out, blocks, start, state, value)
+            _pav_row(<RankL2*>NULL, s, eps / HUGE_SCALE, sign, perm, out, blocks, start, state, value)
         else:
-            _pav_row(SORT_L2, s, eps * HUGE_SCALE, sign, perm, out, blocks, start, state, value)
+            _pav_row(<SortL2*>NULL, s, eps * HUGE_SCALE, sign, perm, out, blocks, start, state, value)
             for j in range(n):
                 out[j] = <floating>(out[j] * HUGE_SCALE)
         return
-    # A literal mode per call lets the C compiler specialise _pav_row (no mode tests per element).
+    # Dispatch once per row to the _pav_row specialised for the mode.
     if mode == RANK_L2:
-        _pav_row(RANK_L2, s, eps, sign, perm, out, blocks, start, state, value)
+        _pav_row(<RankL2*>NULL, s, eps, sign, perm, out, blocks, start, state, value)
     elif mode == RANK_KL:
-        _pav_row(RANK_KL, s, eps, sign, perm, out, blocks, start, state, value)
+        _pav_row(<RankKL*>NULL, s, eps, sign, perm, out, blocks, start, state, value)
     elif mode == SORT_L2:
-        _pav_row(SORT_L2, s, eps, sign, perm, out, blocks, start, state, value)
+        _pav_row(<SortL2*>NULL, s, eps, sign, perm, out, blocks, start, state, value)
     else:
-        _pav_row(SORT_KL, s, eps, sign, perm, out, blocks, start, state, value)
+        _pav_row(<SortKL*>NULL, s, eps, sign, perm, out, blocks, start, state, value)
 
 
 # ----------------------------------------------------------------------------- backward
