@@ -1,7 +1,8 @@
 """Build the Cython extension softrank._cpu. Needs only Cython and NumPy: no torch, no CUDA.
 
-SOFTRANK_CYTHON_DEBUG=1 turns Cython's bounds checking on (CI builds this way so that an
-out-of-bounds index fails a test instead of passing silently).
+SOFTRANK_CYTHON_DEBUG=1 turns bounds checking on: Cython's, and the index checks of the solver's
+spans (SOFTRANK_BOUNDS_CHECK), which abort on an out-of-bounds index. CI builds this way so that
+such an index fails a test instead of passing silently.
 OpenMP is used when the compiler accepts -fopenmp; without it rows run one after another.
 """
 import os
@@ -63,7 +64,8 @@ extension = Extension(
     ["softrank/_cpu.pyx"],
     language="c++",  # std::sort for short rows
     include_dirs=[numpy.get_include()],
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+    + ([("SOFTRANK_BOUNDS_CHECK", "1")] if DEBUG else []),
     extra_compile_args=compile_args,
     extra_link_args=link_args,
 )

@@ -25,7 +25,57 @@ from cython.parallel cimport prange, threadid
 from libc.math cimport exp, log, expm1, NAN
 from libc.stdint cimport uint64_t, uint32_t, int32_t
 from libc.string cimport memcpy
+from libcpp.vector cimport vector
 cimport cython
+cimport numpy as cnp
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #include <stdio.h>
+    #include <stdlib.h>
+    /* A pointer and a length. The kernels index rows through spans instead of Cython
+       memoryviews: a memoryview slice per row costs reference counting (atomic inside prange)
+       that dominated short rows. Debug builds (SOFTRANK_CYTHON_DEBUG=1 defines
+       SOFTRANK_BOUNDS_CHECK) check every index and abort on an out-of-bounds one, so a
+       test fails loudly instead of passing on corrupted memory. */
+    #ifdef SOFTRANK_BOUNDS_CHECK
+    static void softrank_out_of_bounds(Py_ssize_t i, Py_ssize_t n) {
+        fprintf(stderr, "softrank: index %zd out of bounds for a span of %zd\\n", i, n);
+        fflush(stderr);
+        abort();
+    }
+    #define SOFTRANK_CHECK(cond, i, n) do { if (!(cond)) softrank_out_of_bounds((i), (n)); } while (0)
+    static const int softrank_bounds_checked = 1;
+    #else
+    #define SOFTRANK_CHECK(cond, i, n) ((void)0)
+    static const int softrank_bounds_checked = 0;
+    #endif
+    template <typename T>
+    struct softrank_span {
+        T *ptr;
+        Py_ssize_t len;
+        softrank_span() : ptr(0), len(0) {}
+        softrank_span(T *p, Py_ssize_t n) : ptr(p), len(n) {}
+        inline T &operator[](Py_ssize_t i) const {
+            SOFTRANK_CHECK(0 <= i && i < len, i, len);
+            return ptr[i];
+        }
+        inline softrank_span sub(Py_ssize_t start, Py_ssize_t n) const {
+            SOFTRANK_CHECK(0 <= start && 0 <= n && start + n <= len, start + n, len);
+            return softrank_span(ptr + start, n);
+        }
+    };
+    """
+    cdef cppclass Span "softrank_span"[T]:
+        Span() nogil
+        Span(T*, Py_ssize_t) nogil
+        T& operator[](Py_ssize_t) nogil
+        Span[T] sub(Py_ssize_t, Py_ssize_t) nogil
+        T* ptr
+        Py_ssize_t len
+    const int softrank_bounds_checked
 
 ctypedef fused floating:
     float
@@ -83,6 +133,14 @@ cdef extern from *:
     void softrank_sort_by_key(const uint64_t *keys, int32_t *idx, Py_ssize_t n) noexcept nogil
 
 
+# One thread's scratch space for one row of n elements (carved out of 64-bit words).
+cdef struct Workspace:
+    Span[uint64_t] keys    # 2n sort keys (two radix buffers) + 8 x 256 histogram words
+    Span[int32_t] ints     # 3n: two index buffers (float64 radix sort) + PAV block starts
+    Span[double] reals     # 3n: sorted values, PAV block states, PAV block values
+
+
+
 # ----------------------------------------------------------------------------- keys and sorting
 
 cdef inline uint64_t _descending_key32(float z) noexcept nogil:
@@ -110,9 +168,9 @@ cdef inline uint64_t _descending_key64(double z) noexcept nogil:
     return ~u
 
 
-cdef inline void _scatter_pass(uint64_t[::1] src, uint64_t[::1] dst, int32_t[::1] isrc,
-                               int32_t[::1] idst, bint with_idx, Py_ssize_t n, int shift,
-                               uint64_t[::1] offsets, Py_ssize_t base) noexcept nogil:
+cdef inline void _scatter_pass(Span[uint64_t] src, Span[uint64_t] dst, Span[int32_t] isrc,
+                               Span[int32_t] idst, bint with_idx, Py_ssize_t n, int shift,
+                               Span[uint64_t] offsets, Py_ssize_t base) noexcept nogil:
     cdef Py_ssize_t i, pos
     cdef uint64_t k
     cdef int digit
@@ -126,9 +184,9 @@ cdef inline void _scatter_pass(uint64_t[::1] src, uint64_t[::1] dst, int32_t[::1
             idst[pos] = isrc[i]
 
 
-cdef inline bint _radix_sort(uint64_t[::1] ka, uint64_t[::1] kb, int32_t[::1] ia,
-                             int32_t[::1] ib, bint with_idx, Py_ssize_t n, int first_byte,
-                             uint64_t[::1] hist) noexcept nogil:
+cdef inline bint _radix_sort(Span[uint64_t] ka, Span[uint64_t] kb, Span[int32_t] ia,
+                             Span[int32_t] ib, bint with_idx, Py_ssize_t n, int first_byte,
+                             Span[uint64_t] hist) noexcept nogil:
     """LSD radix sort of bytes first_byte..7 of the keys; hist holds their byte histograms.
 
     Returns False if the result is in (ka, ia), True if it is in (kb, ib). A byte on which every
@@ -157,18 +215,18 @@ cdef inline bint _radix_sort(uint64_t[::1] ka, uint64_t[::1] kb, int32_t[::1] ia
     return in_b
 
 
-cdef inline bint _argsort_row(const floating[::1] x, double sign, uint64_t[::1] ka,
-                              uint64_t[::1] kb, int32_t[::1] ia, int32_t[::1] ib,
-                              uint64_t[::1] hist, int32_t[::1] perm,
-                              double[::1] s) noexcept nogil:
+cdef inline bint _argsort_row(Span[floating] x, double sign, Span[uint64_t] ka,
+                              Span[uint64_t] kb, Span[int32_t] ia, Span[int32_t] ib,
+                              Span[uint64_t] hist, Span[int32_t] perm,
+                              Span[double] s) noexcept nogil:
     """perm <- indices of sign*x in decreasing order (stable), s <- the sorted sign*x.
 
     Returns True if the row holds a NaN or an infinity (perm and s are then not filled).
     float32 keys are packed with their index into one uint64 (key << 32 | index) so that a radix
     pass moves a single word; float64 keys carry a separate int32 index array.
-    (The comparison sorts take raw pointers: Cython's debug bounds checks do not cover them.)
+    (The comparison sorts take raw pointers: the debug bounds checks do not cover them.)
     """
-    cdef Py_ssize_t n = x.shape[0]
+    cdef Py_ssize_t n = x.len
     cdef Py_ssize_t j, d
     cdef bint nonfinite = False
     cdef bint use_radix = n > COMPARISON_MAX
@@ -200,14 +258,14 @@ cdef inline bint _argsort_row(const floating[::1] x, double sign, uint64_t[::1] 
         if use_radix:
             in_b = _radix_sort(ka, kb, ia, ib, False, n, 4, hist)
         else:
-            softrank_sort_packed(&ka[0], n)
+            softrank_sort_packed(ka.ptr, n)
         for j in range(n):
             perm[j] = <int32_t>((kb[j] if in_b else ka[j]) & 0xFFFFFFFFu)
     else:
         if use_radix:
             in_b = _radix_sort(ka, kb, ia, ib, True, n, 0, hist)
         else:
-            softrank_sort_by_key(&ka[0], &ia[0], n)
+            softrank_sort_by_key(ka.ptr, ia.ptr, n)
         for j in range(n):
             perm[j] = ib[j] if in_b else ia[j]
     for j in range(n):
@@ -269,8 +327,8 @@ cdef inline double _rho_sum(Py_ssize_t a, Py_ssize_t c, Py_ssize_t n) noexcept n
     return c * ((n - a) - 0.5 * (c - 1))
 
 
-cdef inline Py_ssize_t _pav_rank_kl(const double[::1] s, double eps, int32_t[::1] start,
-                                    double[::1] state) noexcept nogil:
+cdef inline Py_ssize_t _pav_rank_kl(Span[double] s, double eps, Span[int32_t] start,
+                                    Span[double] state) noexcept nogil:
     """PAV of soft_rank/kl; returns the index of the top block.
 
     Same pooling rule as the generic loop (value(previous) <= value(top), with
@@ -278,7 +336,7 @@ cdef inline Py_ssize_t _pav_rank_kl(const double[::1] s, double eps, int32_t[::1
     exp((s_prev - s_top)/eps) * S_prev * R_top <= S_top * R_prev. That exponential also pools the
     states, so each comparison costs one exp instead of an exp and a log.
     """
-    cdef Py_ssize_t n = s.shape[0]
+    cdef Py_ssize_t n = s.len
     cdef Py_ssize_t j, top = -1, a, right
     cdef double ratio
     for j in range(n):
@@ -297,11 +355,11 @@ cdef inline Py_ssize_t _pav_rank_kl(const double[::1] s, double eps, int32_t[::1
     return top
 
 
-cdef inline void _pav_row(Mode* mode, const double[::1] s, double eps, double sign,
-                          const int32_t[::1] perm, floating[::1] out, int32_t[::1] blocks,
-                          int32_t[::1] start, double[::1] state,
-                          double[::1] value) noexcept nogil:
-    cdef Py_ssize_t n = s.shape[0]
+cdef inline void _pav_row(Mode* mode, Span[double] s, double eps, double sign,
+                          Span[int32_t] perm, Span[floating] out, Span[int32_t] blocks,
+                          Span[int32_t] start, Span[double] state,
+                          Span[double] value) noexcept nogil:
+    cdef Py_ssize_t n = s.len
     cdef Py_ssize_t j, top = -1, b, a, e, c, right
     cdef double st, s_a, mean_rho, scale
     cdef double log_q1 = log(-expm1(-1.0 / eps)) if Mode is SortKL else 0.0
@@ -351,30 +409,29 @@ cdef inline void _pav_row(Mode* mode, const double[::1] s, double eps, double si
                 blocks[j] = <int32_t>a
 
 
-cdef inline void _nan_row_forward(floating[::1] out, int32_t[::1] perm,
-                                  int32_t[::1] blocks) noexcept nogil:
+cdef inline void _nan_row_forward(Span[floating] out, Span[int32_t] perm,
+                                  Span[int32_t] blocks) noexcept nogil:
     cdef Py_ssize_t j
-    for j in range(out.shape[0]):
+    for j in range(out.len):
         out[j] = NAN
         perm[j] = <int32_t>j
         blocks[j] = 0
     blocks[0] = -1
 
 
-cdef inline void _forward_row(int mode, const floating[::1] x, floating[::1] out,
-                              int32_t[::1] perm, int32_t[::1] blocks, double eps, double sign,
-                              uint64_t[::1] keys, int32_t[::1] ints,
-                              double[::1] reals) noexcept nogil:
-    cdef Py_ssize_t n = x.shape[0]
-    cdef uint64_t[::1] ka = keys[0:n]
-    cdef uint64_t[::1] kb = keys[n:2 * n]
-    cdef uint64_t[::1] hist = keys[2 * n:]
-    cdef int32_t[::1] ia = ints[0:n]
-    cdef int32_t[::1] ib = ints[n:2 * n]
-    cdef int32_t[::1] start = ints[2 * n:3 * n]
-    cdef double[::1] s = reals[0:n]
-    cdef double[::1] state = reals[n:2 * n]
-    cdef double[::1] value = reals[2 * n:3 * n]
+cdef inline void _forward_row(int mode, Span[floating] x, Span[floating] out,
+                              Span[int32_t] perm, Span[int32_t] blocks, double eps, double sign,
+                              Workspace* work) noexcept nogil:
+    cdef Py_ssize_t n = x.len
+    cdef Span[uint64_t] ka = work.keys.sub(0, n)
+    cdef Span[uint64_t] kb = work.keys.sub(n, n)
+    cdef Span[uint64_t] hist = work.keys.sub(2 * n, 8 * RADIX_BUCKETS)
+    cdef Span[int32_t] ia = work.ints.sub(0, n)
+    cdef Span[int32_t] ib = work.ints.sub(n, n)
+    cdef Span[int32_t] start = work.ints.sub(2 * n, n)
+    cdef Span[double] s = work.reals.sub(0, n)
+    cdef Span[double] state = work.reals.sub(n, n)
+    cdef Span[double] value = work.reals.sub(2 * n, n)
     cdef Py_ssize_t j
     cdef double largest
     if _argsort_row(x, sign, ka, kb, ia, ib, hist, perm, s):
@@ -407,11 +464,11 @@ cdef inline void _forward_row(int mode, const floating[::1] x, floating[::1] out
 
 # ----------------------------------------------------------------------------- backward
 
-cdef inline void _backward_row(int mode, const floating[::1] g, const int32_t[::1] perm,
-                               const int32_t[::1] blocks, const floating[::1] aux, double eps,
-                               double sign, floating[::1] grad,
-                               double[::1] weights) noexcept nogil:
-    cdef Py_ssize_t n = g.shape[0]
+cdef inline void _backward_row(int mode, Span[floating] g, Span[int32_t] perm,
+                               Span[int32_t] blocks, Span[floating] aux, double eps,
+                               double sign, Span[floating] grad,
+                               Span[double] weights) noexcept nogil:
+    cdef Py_ssize_t n = g.len
     cdef Py_ssize_t a, e, j, c
     cdef double total, norm, mean, scale = sign / eps, ref, r
     if blocks[0] < 0:
@@ -460,82 +517,248 @@ cdef inline void _backward_row(int mode, const floating[::1] g, const int32_t[::
 
 # ----------------------------------------------------------------------------- batched drivers
 
-cdef void _forward(int mode, const floating[:, ::1] x, floating[:, ::1] out,
-                   int32_t[:, ::1] perm, int32_t[:, ::1] blocks, double eps, double sign,
-                   uint64_t[:, ::1] keys, int32_t[:, ::1] ints, double[:, ::1] reals,
-                   int n_threads):
-    cdef Py_ssize_t rows = x.shape[0], r
-    cdef int tid
+cdef extern from *:
+    """
+    #include <vector>
+    /* Per-call workspace. Up to SOFTRANK_CACHED_WORDS (8 MiB) it is a buffer kept per calling
+       thread and reused, so short calls allocate nothing; larger ones are allocated for the call
+       (uninitialised: a solve overwrites everything it reads) and freed after it. */
+    enum { SOFTRANK_CACHED_WORDS = 1 << 20 };
+    static thread_local std::vector<uint64_t> softrank_cached_words;
+    struct softrank_workspace_buffer {
+        uint64_t *owned;
+        softrank_workspace_buffer() : owned(0) {}
+        ~softrank_workspace_buffer() { delete[] owned; }
+        uint64_t *acquire(size_t words) {
+            if (words <= SOFTRANK_CACHED_WORDS) {
+                if (softrank_cached_words.size() < words) softrank_cached_words.resize(words);
+                return softrank_cached_words.data();
+            }
+            owned = new uint64_t[words];
+            return owned;
+        }
+    };
+    """
+    cdef cppclass WorkspaceBuffer "softrank_workspace_buffer":
+        WorkspaceBuffer()
+        uint64_t* acquire(size_t words) except +
+
+
+cdef inline Py_ssize_t _forward_words(Py_ssize_t n) noexcept nogil:
+    """Words of one thread's forward workspace, padded to whole cache lines plus one line."""
+    cdef Py_ssize_t words = (2 * n + 8 * RADIX_BUCKETS) + (3 * n + 1) // 2 + 3 * n
+    return (words + 7) // 8 * 8 + 8
+
+
+cdef inline Workspace _forward_workspace(uint64_t* words, Py_ssize_t n) noexcept nogil:
+    cdef Workspace work
+    cdef Py_ssize_t key_words = 2 * n + 8 * RADIX_BUCKETS
+    cdef Py_ssize_t int_words = (3 * n + 1) // 2
+    work.keys = Span[uint64_t](words, key_words)
+    work.ints = Span[int32_t](<int32_t*>(words + key_words), 3 * n)
+    work.reals = Span[double](<double*>(words + key_words + int_words), 3 * n)
+    return work
+
+
+cdef inline void _forward_one(int mode, Span[floating] x, Span[floating] out,
+                              Span[int32_t] perm, Span[int32_t] blocks, Py_ssize_t r,
+                              Py_ssize_t n, double eps, double sign,
+                              uint64_t* words) noexcept nogil:
+    cdef Workspace work = _forward_workspace(words, n)
+    _forward_row(mode, x.sub(r * n, n), out.sub(r * n, n), perm.sub(r * n, n),
+                 blocks.sub(r * n, n), eps, sign, &work)
+
+
+cdef void _forward_rows(int mode, Span[floating] x, Span[floating] out, Span[int32_t] perm,
+                        Span[int32_t] blocks, Py_ssize_t rows, Py_ssize_t n, double eps,
+                        double sign, uint64_t* words, int n_threads) noexcept nogil:
+    cdef Py_ssize_t r, per_thread = _forward_words(n)
+    if n_threads <= 1:
+        for r in range(rows):
+            _forward_one(mode, x, out, perm, blocks, r, n, eps, sign, words)
+    else:
+        for r in prange(rows, num_threads=n_threads, schedule="static"):
+            _forward_one(mode, x, out, perm, blocks, r, n, eps, sign,
+                         words + threadid() * per_thread)
+
+
+cdef inline Py_ssize_t _backward_words(int mode, Py_ssize_t n) noexcept nogil:
+    """Words of one thread's backward workspace (softmax weights of sort/kl), padded."""
+    return (n + 7) // 8 * 8 + 8 if mode == SORT_KL else 0
+
+
+cdef void _backward_rows(int mode, Span[floating] g, Span[int32_t] perm, Span[int32_t] blocks,
+                         Span[floating] aux, Span[floating] grad, Py_ssize_t rows, Py_ssize_t n,
+                         double eps, double sign, uint64_t* words, int n_threads) noexcept nogil:
+    cdef Py_ssize_t r, per_thread = _backward_words(mode, n)
+    cdef Py_ssize_t weights = n if mode == SORT_KL else 0
+    if n_threads <= 1:
+        for r in range(rows):
+            _backward_row(mode, g.sub(r * n, n), perm.sub(r * n, n), blocks.sub(r * n, n),
+                          aux.sub(r * n, n), eps, sign, grad.sub(r * n, n),
+                          Span[double](<double*>words, weights))
+    else:
+        for r in prange(rows, num_threads=n_threads, schedule="static"):
+            _backward_row(mode, g.sub(r * n, n), perm.sub(r * n, n), blocks.sub(r * n, n),
+                          aux.sub(r * n, n), eps, sign, grad.sub(r * n, n),
+                          Span[double](<double*>(words + threadid() * per_thread), weights))
+
+
+# ----------------------------------------------------------------------------- entry points
+# Private: softrank/_cpu_backend.py chooses the threads. Two forms of each:
+# * forward/backward take ndarrays, read through the NumPy C API (a typed memoryview per argument
+#   cost ~0.2 us each, most of a short call), and check their layout, so a wrong call raises
+#   instead of corrupting memory;
+# * forward_at/backward_at take the address of C-contiguous (rows, n) data that the caller
+#   guarantees (the torch layer: x.numpy() and x.detach() cost ~1.2 us per short call) and
+#   allocate the outputs themselves.
+
+cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* perm,
+                         int32_t* blocks, Py_ssize_t rows, Py_ssize_t n, double eps, double sign,
+                         int n_threads) except *:
+    if rows == 0 or n == 0:
+        return
+    n_threads = max(1, min(n_threads, rows))
+    cdef WorkspaceBuffer buffer
+    cdef uint64_t* words = buffer.acquire(n_threads * _forward_words(n))
+    cdef Py_ssize_t size = rows * n
     with nogil:
-        if n_threads <= 1:
-            for r in range(rows):
-                _forward_indexed(mode, x, out, perm, blocks, r, 0, eps, sign, keys, ints, reals)
+        if typenum == cnp.NPY_FLOAT:
+            _forward_rows(mode, Span[float](<float*>x, size), Span[float](<float*>out, size),
+                          Span[int32_t](perm, size), Span[int32_t](blocks, size), rows, n, eps,
+                          sign, words, n_threads)
         else:
-            for r in prange(rows, num_threads=n_threads, schedule="static"):
-                tid = threadid()
-                _forward_indexed(mode, x, out, perm, blocks, r, tid, eps, sign, keys, ints,
-                                 reals)
+            _forward_rows(mode, Span[double](<double*>x, size), Span[double](<double*>out, size),
+                          Span[int32_t](perm, size), Span[int32_t](blocks, size), rows, n, eps,
+                          sign, words, n_threads)
 
 
-# Row slices are taken inside these helpers, not in the prange body: slices made in a prange body
-# are reference-counted atomically on the shared memoryview, and that contention made two threads
-# slower than one on short rows.
-cdef inline void _forward_indexed(int mode, const floating[:, ::1] x, floating[:, ::1] out,
-                                  int32_t[:, ::1] perm, int32_t[:, ::1] blocks, Py_ssize_t r,
-                                  int tid, double eps, double sign, uint64_t[:, ::1] keys,
-                                  int32_t[:, ::1] ints, double[:, ::1] reals) noexcept nogil:
-    _forward_row(mode, x[r], out[r], perm[r], blocks[r], eps, sign, keys[tid], ints[tid],
-                 reals[tid])
-
-
-cdef inline void _backward_indexed(int mode, const floating[:, ::1] g,
-                                   const int32_t[:, ::1] perm, const int32_t[:, ::1] blocks,
-                                   const floating[:, ::1] aux, Py_ssize_t r, int tid, double eps,
-                                   double sign, floating[:, ::1] grad,
-                                   double[:, ::1] reals) noexcept nogil:
-    _backward_row(mode, g[r], perm[r], blocks[r], aux[r], eps, sign, grad[r], reals[tid])
-
-
-cdef void _backward(int mode, const floating[:, ::1] g, const int32_t[:, ::1] perm,
-                    const int32_t[:, ::1] blocks, const floating[:, ::1] aux, double eps,
-                    double sign, floating[:, ::1] grad, double[:, ::1] reals, int n_threads):
-    cdef Py_ssize_t rows = g.shape[0], r
-    cdef int tid
+cdef void _solve_backward(int mode, int typenum, void* g, int32_t* perm, int32_t* blocks,
+                          void* aux, void* grad, Py_ssize_t rows, Py_ssize_t n, double eps,
+                          double sign, int n_threads) except *:
+    if rows == 0 or n == 0:
+        return
+    n_threads = max(1, min(n_threads, rows))
+    cdef WorkspaceBuffer buffer
+    cdef uint64_t* words = buffer.acquire(max(1, n_threads * _backward_words(mode, n)))
+    cdef Py_ssize_t size = rows * n
     with nogil:
-        if n_threads <= 1:
-            for r in range(rows):
-                _backward_indexed(mode, g, perm, blocks, aux, r, 0, eps, sign, grad, reals)
+        if typenum == cnp.NPY_FLOAT:
+            _backward_rows(mode, Span[float](<float*>g, size), Span[int32_t](perm, size),
+                           Span[int32_t](blocks, size), Span[float](<float*>aux, size),
+                           Span[float](<float*>grad, size), rows, n, eps, sign, words, n_threads)
         else:
-            for r in prange(rows, num_threads=n_threads, schedule="static"):
-                tid = threadid()
-                _backward_indexed(mode, g, perm, blocks, aux, r, tid, eps, sign, grad, reals)
+            _backward_rows(mode, Span[double](<double*>g, size), Span[int32_t](perm, size),
+                           Span[int32_t](blocks, size), Span[double](<double*>aux, size),
+                           Span[double](<double*>grad, size), rows, n, eps, sign, words,
+                           n_threads)
 
 
-# Entry points: one per dtype (a fused `def` would pay Cython's runtime dtype dispatch per call).
-# They are private and unchecked: softrank/_cpu_backend.py validates and allocates.
-
-def forward_f32(int mode, const float[:, ::1] x, float[:, ::1] out, int32_t[:, ::1] perm,
-                int32_t[:, ::1] blocks, double eps, double sign, uint64_t[:, ::1] keys,
-                int32_t[:, ::1] ints, double[:, ::1] reals, int n_threads):
-    _forward(mode, x, out, perm, blocks, eps, sign, keys, ints, reals, n_threads)
-
-
-def forward_f64(int mode, const double[:, ::1] x, double[:, ::1] out, int32_t[:, ::1] perm,
-                int32_t[:, ::1] blocks, double eps, double sign, uint64_t[:, ::1] keys,
-                int32_t[:, ::1] ints, double[:, ::1] reals, int n_threads):
-    _forward(mode, x, out, perm, blocks, eps, sign, keys, ints, reals, n_threads)
+cdef int _check_array(cnp.ndarray a, str name, int typenum, Py_ssize_t rows, Py_ssize_t n,
+                      bint writable) except -1:
+    if (cnp.PyArray_NDIM(a) != 2 or cnp.PyArray_TYPE(a) != typenum
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            or cnp.PyArray_DIM(a, 0) != rows or cnp.PyArray_DIM(a, 1) != n
+            or (writable and not cnp.PyArray_ISWRITEABLE(a))):
+        raise ValueError(
+            f"{name} must be a C-contiguous {'writable ' if writable else ''}"
+            f"({rows}, {n}) array of {cnp.PyArray_DescrFromType(typenum)}, got "
+            f"{a.dtype} {(<object>a).shape} (contiguous: {bool(cnp.PyArray_IS_C_CONTIGUOUS(a))})")
+    return 0
 
 
-def backward_f32(int mode, const float[:, ::1] g, const int32_t[:, ::1] perm,
-                 const int32_t[:, ::1] blocks, const float[:, ::1] aux, double eps, double sign,
-                 float[:, ::1] grad, double[:, ::1] reals, int n_threads):
-    _backward(mode, g, perm, blocks, aux, eps, sign, grad, reals, n_threads)
+cdef int _check_rows(cnp.ndarray x, str name) except -1:
+    """The typenum of (rows, n) float32/float64 rows, or a ValueError."""
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    if typenum != cnp.NPY_FLOAT and typenum != cnp.NPY_DOUBLE:
+        raise ValueError(f"{name} must be float32 or float64, got {x.dtype}")
+    if cnp.PyArray_NDIM(x) != 2:
+        raise ValueError(f"{name} must be 2-D (rows, n), got shape {(<object>x).shape}")
+    return typenum
 
 
-def backward_f64(int mode, const double[:, ::1] g, const int32_t[:, ::1] perm,
-                 const int32_t[:, ::1] blocks, const double[:, ::1] aux, double eps, double sign,
-                 double[:, ::1] grad, double[:, ::1] reals, int n_threads):
-    _backward(mode, g, perm, blocks, aux, eps, sign, grad, reals, n_threads)
+cdef int _check_mode(int mode) except -1:
+    if not 0 <= mode <= 3:
+        raise ValueError(f"mode must be 0..3, got {mode}")
+    return 0
+
+
+cdef inline cnp.ndarray _empty(Py_ssize_t rows, Py_ssize_t n, int typenum):
+    cdef cnp.npy_intp dims[2]
+    dims[0] = rows
+    dims[1] = n
+    return cnp.PyArray_EMPTY(2, dims, typenum, 0)
+
+
+cdef inline void* _data(cnp.ndarray a) noexcept:
+    return cnp.PyArray_DATA(a)
+
+
+def forward(int mode, cnp.ndarray x, cnp.ndarray out, cnp.ndarray perm, cnp.ndarray blocks,
+            double eps, double sign, int n_threads):
+    """Solve every row of x (mode: 0 rank/l2, 1 rank/kl, 2 sort/l2, 3 sort/kl) into out, perm
+    and blocks (docs/CONTRACT.md)."""
+    cdef int typenum = _check_rows(x, "x")
+    cdef Py_ssize_t rows = cnp.PyArray_DIM(x, 0), n = cnp.PyArray_DIM(x, 1)
+    _check_array(x, "x", typenum, rows, n, False)
+    _check_array(out, "out", typenum, rows, n, True)
+    _check_array(perm, "perm", cnp.NPY_INT32, rows, n, True)
+    _check_array(blocks, "blocks", cnp.NPY_INT32, rows, n, True)
+    _check_mode(mode)
+    _solve_forward(mode, typenum, _data(x), _data(out), <int32_t*>_data(perm),
+                   <int32_t*>_data(blocks), rows, n, eps, sign, n_threads)
+
+
+def forward_at(int mode, size_t x_address, Py_ssize_t rows, Py_ssize_t n, bint single,
+               double eps, double sign, int n_threads):
+    """forward() of the float32 (single) or float64 rows at x_address; returns new
+    (out, perm, blocks) arrays."""
+    _check_mode(mode)
+    cdef int typenum = cnp.NPY_FLOAT if single else cnp.NPY_DOUBLE
+    cdef cnp.ndarray out = _empty(rows, n, typenum)
+    cdef cnp.ndarray perm = _empty(rows, n, cnp.NPY_INT32)
+    cdef cnp.ndarray blocks = _empty(rows, n, cnp.NPY_INT32)
+    _solve_forward(mode, typenum, <void*>x_address, _data(out), <int32_t*>_data(perm),
+                   <int32_t*>_data(blocks), rows, n, eps, sign, n_threads)
+    return out, perm, blocks
+
+
+def backward(int mode, cnp.ndarray g, cnp.ndarray perm, cnp.ndarray blocks, cnp.ndarray aux,
+             double eps, double sign, cnp.ndarray grad, int n_threads):
+    """Gradient of every row from the cotangent g and the forward's perm and blocks; aux is the
+    output (rank/kl) or the input (sort/kl), ignored for l2."""
+    cdef int typenum = _check_rows(g, "g")
+    cdef Py_ssize_t rows = cnp.PyArray_DIM(g, 0), n = cnp.PyArray_DIM(g, 1)
+    _check_array(g, "g", typenum, rows, n, False)
+    _check_array(perm, "perm", cnp.NPY_INT32, rows, n, False)
+    _check_array(blocks, "blocks", cnp.NPY_INT32, rows, n, False)
+    _check_array(aux, "aux", typenum, rows, n, False)
+    _check_array(grad, "grad", typenum, rows, n, True)
+    _check_mode(mode)
+    _solve_backward(mode, typenum, _data(g), <int32_t*>_data(perm), <int32_t*>_data(blocks),
+                    _data(aux), _data(grad), rows, n, eps, sign, n_threads)
+
+
+def backward_at(int mode, size_t g_address, cnp.ndarray perm, cnp.ndarray blocks,
+                size_t aux_address, bint single, double eps, double sign, int n_threads):
+    """backward() of the float32 (single) or float64 cotangent at g_address, shaped like perm
+    (the arrays forward_at returned); returns a new grad array. aux_address (the output for
+    rank/kl, the input for sort/kl) is not read for l2 and may then be 0.
+    """
+    _check_mode(mode)
+    if cnp.PyArray_NDIM(perm) != 2:
+        raise ValueError(f"perm must be 2-D (rows, n), got shape {(<object>perm).shape}")
+    cdef Py_ssize_t rows = cnp.PyArray_DIM(perm, 0), n = cnp.PyArray_DIM(perm, 1)
+    _check_array(perm, "perm", cnp.NPY_INT32, rows, n, False)
+    _check_array(blocks, "blocks", cnp.NPY_INT32, rows, n, False)
+    if aux_address == 0 and (mode == RANK_KL or mode == SORT_KL):
+        raise ValueError("aux_address is required for the kl regularization")
+    cdef int typenum = cnp.NPY_FLOAT if single else cnp.NPY_DOUBLE
+    cdef cnp.ndarray grad = _empty(rows, n, typenum)
+    _solve_backward(mode, typenum, <void*>g_address, <int32_t*>_data(perm),
+                    <int32_t*>_data(blocks), <void*>aux_address, _data(grad), rows, n, eps, sign,
+                    n_threads)
+    return grad
 
 
 cdef extern from *:
@@ -552,3 +775,16 @@ cdef extern from *:
 def openmp_enabled():
     """True when this extension was compiled with OpenMP (rows then run in parallel)."""
     return bool(softrank_openmp)
+
+
+def bounds_checked():
+    """True for a debug build (SOFTRANK_CYTHON_DEBUG=1): every span index is checked."""
+    return bool(softrank_bounds_checked)
+
+
+def _index_span_for_test(Py_ssize_t i):
+    """Read element i of a 4-element span (tests: a debug build must abort for i outside 0..3)."""
+    cdef double data[4]
+    data[:] = [0.0, 1.0, 2.0, 3.0]
+    cdef Span[double] span = Span[double](data, 4)
+    return span[i] if 0 <= i < 4 or softrank_bounds_checked else None

@@ -1,11 +1,10 @@
-"""CPU back end: thin, unchecked wrapper of the Cython solver (softrank/_cpu.pyx).
+"""CPU back end: thin wrapper of the Cython solver (softrank/_cpu.pyx) that picks the threads.
 
-Same signatures as the CUDA back end (docs/CONTRACT.md); callers validate and allocate.
+forward/backward have the CUDA back end's signatures (docs/CONTRACT.md): callers validate and
+allocate. forward_at/backward_at are the torch layer's cheaper form: data by address, outputs
+allocated by the solver.
 """
 import os
-import threading
-
-import numpy as np
 
 from . import _cpu
 
@@ -15,8 +14,6 @@ _MODES = {("rank", "l2"): 0, ("rank", "kl"): 1, ("sort", "l2"): 2, ("sort", "kl"
 # 32 x 100 rows gain 1.6x on 2 threads; rows of 10 elements gain nothing).
 PARALLEL_MIN_ELEMENTS = 2048
 PARALLEL_MIN_N = 32
-# Histograms of the 8 key bytes, 256 buckets each (matches RADIX_BUCKETS in _cpu.pyx).
-_HISTOGRAM_WORDS = 8 * 256
 
 
 def _default_threads():
@@ -39,47 +36,28 @@ def _threads_for(rows, n):
     return min(MAX_THREADS, rows)
 
 
-# Rows up to this length reuse per-thread workspaces instead of allocating them per call.
-_CACHED_WORKSPACE_MAX_N = 4096
-_workspaces = threading.local()
-
-
-def _forward_workspaces(threads, n):
-    if threads == 1 and n <= _CACHED_WORKSPACE_MAX_N:
-        cached = getattr(_workspaces, "forward", None)
-        if cached is None or cached[1].shape[1] < 3 * n:
-            size = _CACHED_WORKSPACE_MAX_N
-            cached = (np.empty((1, 2 * size + _HISTOGRAM_WORDS), dtype=np.uint64),
-                      np.empty((1, 3 * size), dtype=np.int32),
-                      np.empty((1, 3 * size), dtype=np.float64))
-            _workspaces.forward = cached
-        return cached
-    return (_per_thread(threads, 2 * n + _HISTOGRAM_WORDS, np.uint64),
-            _per_thread(threads, 3 * n, np.int32),
-            _per_thread(threads, 3 * n, np.float64))
-
-
-def _per_thread(threads, length, dtype):
-    """(threads, >= length) workspace whose rows never share a cache line (no false sharing)."""
-    per_line = 64 // np.dtype(dtype).itemsize
-    padded = -(-length // per_line) * per_line + per_line
-    return np.empty((threads, padded), dtype=dtype)
-
-
 def forward(op, regularization, x, eps, sign, out, perm, blocks):
     rows, n = x.shape
-    threads = _threads_for(rows, n)
-    keys, ints, reals = _forward_workspaces(threads, n)
-    solver = _cpu.forward_f32 if x.dtype == np.float32 else _cpu.forward_f64
-    solver(_MODES[op, regularization], x, out, perm, blocks, eps, sign, keys, ints, reals,
-           threads)
+    _cpu.forward(_MODES[op, regularization], x, out, perm, blocks, eps, sign,
+                 _threads_for(rows, n))
 
 
 def backward(op, regularization, g, perm, blocks, aux, eps, sign, grad):
     rows, n = g.shape
-    threads = _threads_for(rows, n)
-    needs_weights = op == "sort" and regularization == "kl"
-    reals = _per_thread(threads, n if needs_weights else 1, np.float64)
-    solver = _cpu.backward_f32 if g.dtype == np.float32 else _cpu.backward_f64
-    solver(_MODES[op, regularization], g, perm, blocks, g if aux is None else aux, eps, sign,
-           grad, reals, threads)
+    _cpu.backward(_MODES[op, regularization], g, perm, blocks, g if aux is None else aux, eps,
+                  sign, grad, _threads_for(rows, n))
+
+
+def forward_at(op, regularization, x_address, rows, n, single, eps, sign):
+    """forward() of the C-contiguous (rows, n) float32 (single) or float64 rows at x_address,
+    which the caller keeps alive; returns new (out, perm, blocks) arrays."""
+    return _cpu.forward_at(_MODES[op, regularization], x_address, rows, n, single, eps, sign,
+                           _threads_for(rows, n))
+
+
+def backward_at(op, regularization, g_address, perm, blocks, aux_address, single, eps, sign):
+    """backward() of the C-contiguous cotangent at g_address, shaped like perm; aux_address is
+    out (rank/kl), x (sort/kl) or 0 (l2). Returns a new grad array."""
+    rows, n = perm.shape
+    return _cpu.backward_at(_MODES[op, regularization], g_address, perm, blocks, aux_address,
+                            single, eps, sign, _threads_for(rows, n))

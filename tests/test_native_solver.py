@@ -1,0 +1,152 @@
+"""The compiled solver's private entry points, its debug bounds checks and its workspaces,
+and the eager torch route that reads tensors by address."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import softrank
+from softrank import _cpu, _cpu_backend
+from softrank import _torch as softrank_torch
+from _helpers import OPS, REGS
+
+FUNCS = {"rank": softrank.soft_rank, "sort": softrank.soft_sort}
+
+
+def _arrays(rows, n, dtype=np.float64):
+    x = np.random.default_rng(0).normal(size=(rows, n)).astype(dtype)
+    return x, np.empty_like(x), np.empty((rows, n), np.int32), np.empty((rows, n), np.int32)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda x, o, p, b: (x.astype(np.float16), o, p, b), "x must be float32 or float64"),
+    (lambda x, o, p, b: (x[:, ::2], o, p, b), "x must be a C-contiguous"),
+    (lambda x, o, p, b: (x, o[:1], p, b), "out must be a C-contiguous writable (3, 8)"),
+    (lambda x, o, p, b: (x, o.astype(np.float32), p, b), "out must be"),
+    (lambda x, o, p, b: (x, o, p.astype(np.int64), b), "perm must be"),
+    (lambda x, o, p, b: (x, o, p, b.ravel()), "blocks must be"),
+    (lambda x, o, p, b: (x.ravel(), o, p, b), "x must be 2-D"),
+])
+def test_forward_rejects_wrong_arrays(bad, message):
+    x, out, perm, blocks = bad(*_arrays(3, 8))
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _cpu.forward(0, x, out, perm, blocks, 1.0, 1.0, 1)
+
+
+def test_forward_rejects_read_only_output_and_bad_mode():
+    x, out, perm, blocks = _arrays(2, 5)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        _cpu.forward(0, x, out, perm, blocks, 1.0, 1.0, 1)
+    out = np.empty_like(x)
+    with pytest.raises(ValueError, match="mode must be 0..3"):
+        _cpu.forward(7, x, out, perm, blocks, 1.0, 1.0, 1)
+    with pytest.raises(ValueError, match="mode must be 0..3"):
+        _cpu.forward_at(-1, x.ctypes.data, 2, 5, False, 1.0, 1.0, 1)
+
+
+def test_backward_checks_its_arrays():
+    x, out, perm, blocks = _arrays(2, 5)
+    _cpu.forward(0, x, out, perm, blocks, 1.0, 1.0, 1)
+    grad = np.empty_like(x)
+    with pytest.raises(ValueError, match="aux must be"):
+        _cpu.backward(0, x, perm, blocks, x[:1], 1.0, 1.0, grad, 1)
+    with pytest.raises(ValueError, match="perm must be 2-D"):
+        _cpu.backward_at(0, x.ctypes.data, perm.ravel(), blocks, 0, False, 1.0, 1.0, 1)
+    with pytest.raises(ValueError, match="aux_address is required"):
+        _cpu.backward_at(1, x.ctypes.data, perm, blocks, 0, False, 1.0, 1.0, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", range(4))
+def test_address_entry_points_equal_array_entry_points(mode, dtype):
+    x, out, perm, blocks = _arrays(5, 40, dtype)
+    _cpu.forward(mode, x, out, perm, blocks, 0.5, -1.0, 1)
+    out2, perm2, blocks2 = _cpu.forward_at(mode, x.ctypes.data, 5, 40, dtype == np.float32,
+                                           0.5, -1.0, 2)
+    np.testing.assert_array_equal(out2, out)
+    np.testing.assert_array_equal(perm2, perm)
+    np.testing.assert_array_equal(blocks2, blocks)
+    g = np.random.default_rng(1).normal(size=x.shape).astype(dtype)
+    aux = out if mode == 1 else x
+    grad = np.empty_like(x)
+    _cpu.backward(mode, g, perm, blocks, aux, 0.5, -1.0, grad, 1)
+    grad2 = _cpu.backward_at(mode, g.ctypes.data, perm, blocks, aux.ctypes.data,
+                             dtype == np.float32, 0.5, -1.0, 2)
+    np.testing.assert_array_equal(grad2, grad)
+
+
+def test_workspace_reuse_across_sizes():
+    """Calls alternate between the cached per-thread workspace and per-call buffers (> 8 MiB);
+    every result must equal a fresh solve in another process-independent way: the hard ranks."""
+    rng = np.random.default_rng(3)
+    for n in (5, 3000, 5, 1_200_000, 30, 200_000, 7):
+        x = rng.permutation(n).astype(np.float64)
+        r = softrank.soft_rank(x[None, :], "l2", 1e-6)
+        np.testing.assert_array_equal(r[0], x + 1)
+
+
+def test_bounds_checks_abort_in_debug_builds():
+    assert _cpu._index_span_for_test(3) == 3.0
+    if not _cpu.bounds_checked():
+        pytest.skip("release build: span indices are not checked (SOFTRANK_CYTHON_DEBUG=1 is)")
+    result = subprocess.run(
+        [sys.executable, "-c", "from softrank import _cpu; _cpu._index_span_for_test(4)"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "index 4 out of bounds for a span of 4" in result.stderr
+
+
+@pytest.mark.parametrize("reg", REGS)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_eager_route_equals_transform_route(op, reg, dtype):
+    """EagerSoftOp (address-based, partition on ctx) and SoftOpFunction give the same numbers."""
+    x = torch.randn(4, 33, dtype=dtype)
+    g = torch.randn(4, 33, dtype=dtype)
+    spec = (op, reg, 0.7, -1)
+    leaf = x.clone().requires_grad_()
+    out = softrank_torch.EagerSoftOp.apply(leaf, spec)
+    (grad,) = torch.autograd.grad(out, leaf, g)
+    leaf2 = x.clone().requires_grad_()
+    out2 = softrank_torch.SoftOpFunction.apply(leaf2, *spec)[0]
+    (grad2,) = torch.autograd.grad(out2, leaf2, g)
+    torch.testing.assert_close(out, out2, rtol=0, atol=0)
+    torch.testing.assert_close(grad, grad2, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_in_place_change_of_a_saved_tensor_is_detected(op):
+    """kl keeps a reference to the output (rank) or the input (sort): changing it in place
+    before backward must raise, as for torch's own operators, not give a wrong gradient."""
+    x = torch.randn(3, 6, requires_grad=True)
+    rows = x * 1.0
+    out = FUNCS[op](rows, "kl", 1.0)
+    with torch.no_grad():
+        (out if op == "rank" else rows).add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_expanded_and_non_contiguous_cotangents():
+    """The cotangent reaches the native backward by address: expanded (sum().backward()) and
+    transposed cotangents must be made contiguous first."""
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    for reg in REGS:
+        out = softrank.soft_rank(x, reg, 0.3)
+        (g1,) = torch.autograd.grad(out.sum(), x, retain_graph=True)
+        (g2,) = torch.autograd.grad(out, x, torch.ones(5, 7, dtype=torch.float64),
+                                    retain_graph=True)
+        torch.testing.assert_close(g1, g2, rtol=0, atol=0)
+        cot = torch.randn(7, 5, dtype=torch.float64).t()
+        (g3,) = torch.autograd.grad(out, x, cot, retain_graph=True)
+        (g4,) = torch.autograd.grad(out, x, cot.contiguous())
+        torch.testing.assert_close(g3, g4, rtol=0, atol=0)
+
+
+def test_threads_for_is_bounded():
+    assert _cpu_backend._threads_for(1, 10**6) == 1
+    assert 1 <= _cpu_backend._threads_for(1024, 1000) <= max(1, _cpu_backend.MAX_THREADS)
