@@ -17,7 +17,7 @@ Deviations from the textbook algorithm, and why:
 * Every block stores its start; the solver writes the start of each element's block
   (``blocks``), so the backward never re-detects blocks by comparing floats.
 * Sorting is on order-preserving integer keys, ties in index order: an LSD radix sort for long
-  rows, std::sort for short ones. -0.0 is keyed as +0.0.
+  rows, counting (O(n^2), branch-free) for short ones. -0.0 is keyed as +0.0.
 * A row holding NaN or +-inf is marked with blocks[0] = -1; its outputs and gradients are NaN.
 * Accumulation is in float64 for both float32 and float64 data.
 """
@@ -109,28 +109,31 @@ cdef double HUGE = 1.0715086071862673e301
 cdef double HUGE_SCALE = 18446744073709551616.0
 
 cdef enum:
-    # Rows up to this length are sorted by comparison (std::sort): below it the radix histograms
-    # and passes cost more than they save (measured, benchmarks/bench_cpu.py).
-    COMPARISON_MAX = 24
+    # Rows up to this length are ordered by counting (branch-free, O(n^2)), longer ones by
+    # radix sort. Crossovers measured against the radix sort and std::sort (which never won by
+    # more than noise), interleaved in one process: float32 radix sorts need 4 passes, float64 8.
+    COUNTING_MAX_F32 = 32
+    COUNTING_MAX_F64 = 48
     RADIX_BUCKETS = 256
 
 cdef extern from *:
     """
-    #include <algorithm>
     #include <stdint.h>
-    /* float32 rows: (key << 32 | index) words, so plain integer order is (key, index) order. */
-    static inline void softrank_sort_packed(uint64_t *first, Py_ssize_t n) {
-        std::sort(first, first + n);
-    }
-    /* float64 rows: sort the indices by their 64-bit key, ties by index (stable order). */
-    static inline void softrank_sort_by_key(const uint64_t *keys, int32_t *idx, Py_ssize_t n) {
-        std::sort(idx, idx + n, [keys](int32_t a, int32_t b) {
-            return keys[a] < keys[b] || (keys[a] == keys[b] && a < b);
-        });
+    /* Short rows: the position of key i is the number of keys ordered before it (ties by
+       index). O(n^2) compares but branch-free: on short rows the mispredicted branches of a
+       comparison sort cost more than these compares. Writes perm directly. */
+    static inline void softrank_rank_by_counting(const uint64_t *keys, int32_t *perm,
+                                                 Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; ++i) {
+            const uint64_t k = keys[i];
+            Py_ssize_t before = 0;
+            for (Py_ssize_t j = 0; j < i; ++j) before += keys[j] <= k;
+            for (Py_ssize_t j = i + 1; j < n; ++j) before += keys[j] < k;
+            perm[before] = (int32_t)i;
+        }
     }
     """
-    void softrank_sort_packed(uint64_t *first, Py_ssize_t n) noexcept nogil
-    void softrank_sort_by_key(const uint64_t *keys, int32_t *idx, Py_ssize_t n) noexcept nogil
+    void softrank_rank_by_counting(const uint64_t *keys, int32_t *perm, Py_ssize_t n) noexcept nogil
 
 
 # One thread's scratch space for one row of n elements (carved out of 64-bit words).
@@ -222,14 +225,15 @@ cdef inline bint _argsort_row(Span[floating] x, double sign, Span[uint64_t] ka,
     """perm <- indices of sign*x in decreasing order (stable), s <- the sorted sign*x.
 
     Returns True if the row holds a NaN or an infinity (perm and s are then not filled).
-    float32 keys are packed with their index into one uint64 (key << 32 | index) so that a radix
-    pass moves a single word; float64 keys carry a separate int32 index array.
-    (The comparison sorts take raw pointers: the debug bounds checks do not cover them.)
+    Short rows are ranked by counting, longer ones radix sorted. float32 keys are packed with
+    their index into one uint64 (key << 32 | index) so that a radix pass moves a single word;
+    float64 keys carry a separate int32 index array.
+    (The counting sort takes raw pointers: the debug bounds checks do not cover it.)
     """
     cdef Py_ssize_t n = x.len
     cdef Py_ssize_t j, d
     cdef bint nonfinite = False
-    cdef bint use_radix = n > COMPARISON_MAX
+    cdef bint use_radix = n > (COUNTING_MAX_F32 if sizeof(floating) == 4 else COUNTING_MAX_F64)
     cdef bint in_b = False
     cdef double v
     cdef uint64_t key
@@ -247,25 +251,22 @@ cdef inline bint _argsort_row(Span[floating] x, double sign, Span[uint64_t] ka,
                     hist[d * RADIX_BUCKETS + ((key >> (8 * d)) & 255)] += 1
         else:
             key = _descending_key64(sign * v)
-            ia[j] = <int32_t>j
             if use_radix:
                 for d in range(8):
                     hist[d * RADIX_BUCKETS + ((key >> (8 * d)) & 255)] += 1
         ka[j] = key
     if nonfinite:
         return True
-    if floating is float:
-        if use_radix:
-            in_b = _radix_sort(ka, kb, ia, ib, False, n, 4, hist)
-        else:
-            softrank_sort_packed(ka.ptr, n)
+    if not use_radix:
+        softrank_rank_by_counting(ka.ptr, perm.ptr, n)
+    elif floating is float:
+        in_b = _radix_sort(ka, kb, ia, ib, False, n, 4, hist)
         for j in range(n):
             perm[j] = <int32_t>((kb[j] if in_b else ka[j]) & 0xFFFFFFFFu)
     else:
-        if use_radix:
-            in_b = _radix_sort(ka, kb, ia, ib, True, n, 0, hist)
-        else:
-            softrank_sort_by_key(ka.ptr, ia.ptr, n)
+        for j in range(n):
+            ia[j] = <int32_t>j
+        in_b = _radix_sort(ka, kb, ia, ib, True, n, 0, hist)
         for j in range(n):
             perm[j] = ib[j] if in_b else ia[j]
     for j in range(n):

@@ -150,3 +150,19 @@ def test_expanded_and_non_contiguous_cotangents():
 def test_threads_for_is_bounded():
     assert _cpu_backend._threads_for(1, 10**6) == 1
     assert 1 <= _cpu_backend._threads_for(1024, 1000) <= max(1, _cpu_backend.MAX_THREADS)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 2, 31, 32, 33, 47, 48, 49, 300])
+def test_permutation_is_the_stable_descending_argsort(n, dtype):
+    """Around the counting/radix crossovers (32 float32, 48 float64): perm is numpy's stable
+    argsort of -sign*x, ties (including -0.0 == +0.0) in index order."""
+    rng = np.random.default_rng(n)
+    x = rng.integers(-4, 5, size=(6, n)).astype(dtype)  # many ties
+    x[0] = rng.normal(size=n)
+    x[1, ::3] = -0.0
+    for sign in (1.0, -1.0):
+        out, perm, blocks = _cpu.forward_at(0, x.ctypes.data, 6, n, dtype == np.float32, 1.0,
+                                            sign, 1)
+        expected = np.argsort(-sign * x.astype(np.float64) + 0.0, axis=1, kind="stable")
+        np.testing.assert_array_equal(perm, expected)
