@@ -118,7 +118,14 @@ cdef enum:
 
 cdef extern from *:
     """
+    #include <algorithm>
     #include <stdint.h>
+    /* float64 rows: sort indices by their 64-bit key, ties by index (stable order). */
+    static inline void softrank_sort_by_key(const uint64_t *keys, int32_t *idx, Py_ssize_t n) {
+        std::sort(idx, idx + n, [keys](int32_t a, int32_t b) {
+            return keys[a] < keys[b] || (keys[a] == keys[b] && a < b);
+        });
+    }
     /* Short rows: the position of key i is the number of keys ordered before it (ties by
        index). O(n^2) compares but branch-free: on short rows the mispredicted branches of a
        comparison sort cost more than these compares. Writes perm directly. */
@@ -133,13 +140,14 @@ cdef extern from *:
         }
     }
     """
+    void softrank_sort_by_key(const uint64_t *keys, int32_t *idx, Py_ssize_t n) noexcept nogil
     void softrank_rank_by_counting(const uint64_t *keys, int32_t *perm, Py_ssize_t n) noexcept nogil
 
 
 # One thread's scratch space for one row of n elements (carved out of 64-bit words).
 cdef struct Workspace:
-    Span[uint64_t] keys    # 2n sort keys (two radix buffers) + 8 x 256 histogram words
-    Span[int32_t] ints     # 3n: two index buffers (float64 radix sort) + PAV block starts
+    Span[uint64_t] keys    # 3n: two radix buffers, full float64 keys; + 8 x 256 histogram words
+    Span[int32_t] ints     # n: PAV block starts
     Span[double] reals     # 3n: sorted values, PAV block states, PAV block values
 
 
@@ -171,8 +179,7 @@ cdef inline uint64_t _descending_key64(double z) noexcept nogil:
     return ~u
 
 
-cdef inline void _scatter_pass(Span[uint64_t] src, Span[uint64_t] dst, Span[int32_t] isrc,
-                               Span[int32_t] idst, bint with_idx, Py_ssize_t n, int shift,
+cdef inline void _scatter_pass(Span[uint64_t] src, Span[uint64_t] dst, Py_ssize_t n, int shift,
                                Span[uint64_t] offsets, Py_ssize_t base) noexcept nogil:
     cdef Py_ssize_t i, pos
     cdef uint64_t k
@@ -183,23 +190,21 @@ cdef inline void _scatter_pass(Span[uint64_t] src, Span[uint64_t] dst, Span[int3
         pos = <Py_ssize_t>offsets[base + digit]
         offsets[base + digit] = pos + 1
         dst[pos] = k
-        if with_idx:
-            idst[pos] = isrc[i]
 
 
-cdef inline bint _radix_sort(Span[uint64_t] ka, Span[uint64_t] kb, Span[int32_t] ia,
-                             Span[int32_t] ib, bint with_idx, Py_ssize_t n, int first_byte,
+cdef inline bint _radix_sort(Span[uint64_t] ka, Span[uint64_t] kb, Py_ssize_t n,
                              Span[uint64_t] hist) noexcept nogil:
-    """LSD radix sort of bytes first_byte..7 of the keys; hist holds their byte histograms.
+    """LSD radix sort of the high 32 bits of the words (bytes 4..7); hist holds their byte
+    histograms. The low 32 bits (the element's index) ride along and keep the sort stable.
 
-    Returns False if the result is in (ka, ia), True if it is in (kb, ib). A byte on which every
-    key agrees is skipped (common for the exponent byte of similar-magnitude data).
+    Returns False if the result is in ka, True if it is in kb. A byte on which every key agrees
+    is skipped (common for the exponent byte of similar-magnitude data).
     """
     cdef bint in_b = False
     cdef int d, digit
     cdef Py_ssize_t base, b
     cdef uint64_t total, c, first_key
-    for d in range(first_byte, 8):
+    for d in range(4, 8):
         base = d * RADIX_BUCKETS
         first_key = kb[0] if in_b else ka[0]
         digit = <int>((first_key >> (8 * d)) & 255)
@@ -211,64 +216,80 @@ cdef inline bint _radix_sort(Span[uint64_t] ka, Span[uint64_t] kb, Span[int32_t]
             hist[base + b] = total
             total += c
         if in_b:
-            _scatter_pass(kb, ka, ib, ia, with_idx, n, 8 * d, hist, base)
+            _scatter_pass(kb, ka, n, 8 * d, hist, base)
         else:
-            _scatter_pass(ka, kb, ia, ib, with_idx, n, 8 * d, hist, base)
+            _scatter_pass(ka, kb, n, 8 * d, hist, base)
         in_b = not in_b
     return in_b
 
 
 cdef inline bint _argsort_row(Span[floating] x, double sign, Span[uint64_t] ka,
-                              Span[uint64_t] kb, Span[int32_t] ia, Span[int32_t] ib,
-                              Span[uint64_t] hist, Span[int32_t] perm,
-                              Span[double] s) noexcept nogil:
+                              Span[uint64_t] kb, Span[uint64_t] full, Span[uint64_t] hist,
+                              Span[int32_t] perm, Span[double] s) noexcept nogil:
     """perm <- indices of sign*x in decreasing order (stable), s <- the sorted sign*x.
 
     Returns True if the row holds a NaN or an infinity (perm and s are then not filled).
-    Short rows are ranked by counting, longer ones radix sorted. float32 keys are packed with
-    their index into one uint64 (key << 32 | index) so that a radix pass moves a single word;
-    float64 keys carry a separate int32 index array.
-    (The counting sort takes raw pointers: the debug bounds checks do not cover it.)
+    Short rows are ranked by counting. Longer rows are radix sorted on words
+    (high 32 bits of the key << 32 | index), so that a pass moves a single word: for float32
+    that is the whole key; float64 rows then sort each run of equal high halves by the full key
+    (runs are short unless many values agree in their top 32 bits; std::sort bounds the worst
+    case). Half the passes of a 64-bit radix sort.
+    (The counting sort and std::sort take raw pointers: the debug bounds checks do not cover
+    them.)
     """
     cdef Py_ssize_t n = x.len
-    cdef Py_ssize_t j, d
+    cdef Py_ssize_t j, d, e
     cdef bint nonfinite = False
     cdef bint use_radix = n > (COUNTING_MAX_F32 if sizeof(floating) == 4 else COUNTING_MAX_F64)
     cdef bint in_b = False
     cdef double v
-    cdef uint64_t key
+    cdef uint64_t key, high
     if use_radix:  # clear the histograms of the key bytes that are sorted on
-        for j in range((4 if floating is float else 0) * RADIX_BUCKETS, 8 * RADIX_BUCKETS):
+        for j in range(4 * RADIX_BUCKETS, 8 * RADIX_BUCKETS):
             hist[j] = 0
-    for j in range(n):
-        v = x[j]
-        if not (v - v == 0):  # NaN or +-inf
-            nonfinite = True
-        if floating is float:
-            key = (_descending_key32(<float>(sign * v)) << 32) | <uint64_t>j
-            if use_radix:
-                for d in range(4, 8):
-                    hist[d * RADIX_BUCKETS + ((key >> (8 * d)) & 255)] += 1
-        else:
-            key = _descending_key64(sign * v)
-            if use_radix:
-                for d in range(8):
-                    hist[d * RADIX_BUCKETS + ((key >> (8 * d)) & 255)] += 1
-        ka[j] = key
+    if not use_radix:
+        for j in range(n):
+            v = x[j]
+            if not (v - v == 0):  # NaN or +-inf
+                nonfinite = True
+            if floating is float:
+                ka[j] = _descending_key32(<float>(sign * v)) << 32
+            else:
+                ka[j] = _descending_key64(sign * v)
+    else:
+        for j in range(n):
+            v = x[j]
+            if not (v - v == 0):
+                nonfinite = True
+            if floating is float:
+                key = (_descending_key32(<float>(sign * v)) << 32) | <uint64_t>j
+            else:
+                key = _descending_key64(sign * v)
+                full[j] = key
+                key = (key & 0xFFFFFFFF00000000u) | <uint64_t>j
+            for d in range(4, 8):
+                hist[d * RADIX_BUCKETS + ((key >> (8 * d)) & 255)] += 1
+            ka[j] = key
     if nonfinite:
         return True
     if not use_radix:
         softrank_rank_by_counting(ka.ptr, perm.ptr, n)
-    elif floating is float:
-        in_b = _radix_sort(ka, kb, ia, ib, False, n, 4, hist)
-        for j in range(n):
-            perm[j] = <int32_t>((kb[j] if in_b else ka[j]) & 0xFFFFFFFFu)
     else:
+        in_b = _radix_sort(ka, kb, n, hist)
+        if in_b:
+            ka = kb
         for j in range(n):
-            ia[j] = <int32_t>j
-        in_b = _radix_sort(ka, kb, ia, ib, True, n, 0, hist)
-        for j in range(n):
-            perm[j] = ib[j] if in_b else ia[j]
+            perm[j] = <int32_t>(ka[j] & 0xFFFFFFFFu)
+        if floating is double:
+            j = 0
+            while j < n:
+                high = ka[j] >> 32
+                e = j + 1
+                while e < n and (ka[e] >> 32) == high:
+                    e += 1
+                if e - j > 1:
+                    softrank_sort_by_key(full.ptr, perm.ptr + j, e - j)
+                j = e
     for j in range(n):
         s[j] = sign * x[perm[j]]
     return False
@@ -329,29 +350,33 @@ cdef inline double _rho_sum(Py_ssize_t a, Py_ssize_t c, Py_ssize_t n) noexcept n
 
 
 cdef inline Py_ssize_t _pav_rank_kl(Span[double] s, double eps, Span[int32_t] start,
-                                    Span[double] state) noexcept nogil:
+                                    Span[double] state, Span[double] ratio) noexcept nogil:
     """PAV of soft_rank/kl; returns the index of the top block.
 
     Same pooling rule as the generic loop (value(previous) <= value(top), with
     value = s_a + eps * log(S / R)), compared in the linear domain:
     exp((s_prev - s_top)/eps) * S_prev * R_top <= S_top * R_prev. That exponential also pools the
-    states, so each comparison costs one exp instead of an exp and a log.
+    states, so each comparison costs one exp instead of an exp and a log. It is kept per block
+    (ratio[b], against block b - 1): pooling b into b - 1 changes neither head of block b - 1 and
+    its predecessor, so each block's exp is computed once, when it is pushed.
     """
     cdef Py_ssize_t n = s.len
     cdef Py_ssize_t j, top = -1, a, right
-    cdef double ratio
+    cdef double r
     for j in range(n):
         top += 1
         start[top] = <int32_t>j
         state[top] = 1.0
+        if top > 0:
+            ratio[top] = exp((s[start[top - 1]] - s[j]) / eps)  # >= 1; inf: far apart, no pooling
         while top > 0:
             a = start[top - 1]
             right = start[top]
-            ratio = exp((s[a] - s[right]) / eps)  # >= 1; inf means "far apart": no pooling
-            if not (ratio * state[top - 1] * _rho_sum(right, j + 1 - right, n)
+            r = ratio[top]
+            if not (r * state[top - 1] * _rho_sum(right, j + 1 - right, n)
                     <= state[top] * _rho_sum(a, right - a, n)):
                 break
-            state[top - 1] = state[top - 1] + state[top] / ratio
+            state[top - 1] = state[top - 1] + state[top] / r
             top -= 1
     return top
 
@@ -365,7 +390,7 @@ cdef inline void _pav_row(Mode* mode, Span[double] s, double eps, double sign,
     cdef double st, s_a, mean_rho, scale
     cdef double log_q1 = log(-expm1(-1.0 / eps)) if Mode is SortKL else 0.0
     if Mode is RankKL:
-        top = _pav_rank_kl(s, eps, start, state)
+        top = _pav_rank_kl(s, eps, start, state, value)
     else:
         # Pool adjacent violators: a stack of blocks, each (start, state, value).
         for j in range(n):
@@ -395,7 +420,9 @@ cdef inline void _pav_row(Mode* mode, Span[double] s, double eps, double sign,
                 blocks[j] = <int32_t>a
         elif Mode is RankKL:
             scale = c * mean_rho / st
-            for j in range(a, e):
+            out[perm[a]] = <floating>scale  # the head: exp(0) = 1
+            blocks[a] = <int32_t>a
+            for j in range(a + 1, e):
                 out[perm[j]] = <floating>(exp((s[j] - s_a) / eps) * scale)
                 blocks[j] = <int32_t>a
         elif Mode is SortL2:
@@ -426,16 +453,15 @@ cdef inline void _forward_row(int mode, Span[floating] x, Span[floating] out,
     cdef Py_ssize_t n = x.len
     cdef Span[uint64_t] ka = work.keys.sub(0, n)
     cdef Span[uint64_t] kb = work.keys.sub(n, n)
-    cdef Span[uint64_t] hist = work.keys.sub(2 * n, 8 * RADIX_BUCKETS)
-    cdef Span[int32_t] ia = work.ints.sub(0, n)
-    cdef Span[int32_t] ib = work.ints.sub(n, n)
-    cdef Span[int32_t] start = work.ints.sub(2 * n, n)
+    cdef Span[uint64_t] full = work.keys.sub(2 * n, n)
+    cdef Span[uint64_t] hist = work.keys.sub(3 * n, 8 * RADIX_BUCKETS)
+    cdef Span[int32_t] start = work.ints.sub(0, n)
     cdef Span[double] s = work.reals.sub(0, n)
     cdef Span[double] state = work.reals.sub(n, n)
     cdef Span[double] value = work.reals.sub(2 * n, n)
     cdef Py_ssize_t j
     cdef double largest
-    if _argsort_row(x, sign, ka, kb, ia, ib, hist, perm, s):
+    if _argsort_row(x, sign, ka, kb, full, hist, perm, s):
         _nan_row_forward(out, perm, blocks)
         return
     largest = max(-s[n - 1], s[0])
@@ -547,16 +573,16 @@ cdef extern from *:
 
 cdef inline Py_ssize_t _forward_words(Py_ssize_t n) noexcept nogil:
     """Words of one thread's forward workspace, padded to whole cache lines plus one line."""
-    cdef Py_ssize_t words = (2 * n + 8 * RADIX_BUCKETS) + (3 * n + 1) // 2 + 3 * n
+    cdef Py_ssize_t words = (3 * n + 8 * RADIX_BUCKETS) + (n + 1) // 2 + 3 * n
     return (words + 7) // 8 * 8 + 8
 
 
 cdef inline Workspace _forward_workspace(uint64_t* words, Py_ssize_t n) noexcept nogil:
     cdef Workspace work
-    cdef Py_ssize_t key_words = 2 * n + 8 * RADIX_BUCKETS
-    cdef Py_ssize_t int_words = (3 * n + 1) // 2
+    cdef Py_ssize_t key_words = 3 * n + 8 * RADIX_BUCKETS
+    cdef Py_ssize_t int_words = (n + 1) // 2
     work.keys = Span[uint64_t](words, key_words)
-    work.ints = Span[int32_t](<int32_t*>(words + key_words), 3 * n)
+    work.ints = Span[int32_t](<int32_t*>(words + key_words), n)
     work.reals = Span[double](<double*>(words + key_words + int_words), 3 * n)
     return work
 
@@ -617,6 +643,8 @@ cdef void _backward_rows(int mode, Span[floating] g, Span[int32_t] perm, Span[in
 cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* perm,
                          int32_t* blocks, Py_ssize_t rows, Py_ssize_t n, double eps, double sign,
                          int n_threads) except *:
+    if n > 2147483647:  # positions are int32 (the message of softrank/_validation.py)
+        raise ValueError(f"values has {n} elements along dim; at most 2147483647 are supported")
     if rows == 0 or n == 0:
         return
     n_threads = max(1, min(n_threads, rows))

@@ -161,8 +161,20 @@ def test_permutation_is_the_stable_descending_argsort(n, dtype):
     x = rng.integers(-4, 5, size=(6, n)).astype(dtype)  # many ties
     x[0] = rng.normal(size=n)
     x[1, ::3] = -0.0
+    # float64 values that agree in their top 32 key bits: the radix sort leaves them in one run
+    # that is then sorted by the full key
+    x[2] = 1.0 + rng.integers(0, 50, size=n) * 2.0**-40
     for sign in (1.0, -1.0):
         out, perm, blocks = _cpu.forward_at(0, x.ctypes.data, 6, n, dtype == np.float32, 1.0,
                                             sign, 1)
         expected = np.argsort(-sign * x.astype(np.float64) + 0.0, axis=1, kind="stable")
+        if dtype == np.float32:  # 1 + k 2**-40 rounds to 1 in float32: all ties
+            expected[2] = np.arange(n)
         np.testing.assert_array_equal(perm, expected)
+
+
+def test_float64_values_sharing_their_high_bits_sort_fast():
+    """One run of 400,000 equal high halves: sorted by std::sort (n log n), not quadratically."""
+    x = 1.0 + np.random.default_rng(0).permutation(400_000) * 2.0**-40
+    out, perm, blocks = _cpu.forward_at(0, x.ctypes.data, 1, x.size, False, 1.0, 1.0, 1)
+    np.testing.assert_array_equal(perm[0], np.argsort(-x, kind="stable"))
