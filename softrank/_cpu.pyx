@@ -109,11 +109,6 @@ cdef double HUGE = 1.0715086071862673e301
 cdef double HUGE_SCALE = 18446744073709551616.0
 
 cdef enum:
-    # Rows up to this length are ordered by counting (branch-free, O(n^2)), longer ones by
-    # radix sort. Crossovers measured against the radix sort and std::sort (which never won by
-    # more than noise), interleaved in one process: float32 radix sorts need 4 passes, float64 8.
-    COUNTING_MAX_F32 = 32
-    COUNTING_MAX_F64 = 48
     RADIX_BUCKETS = 256
 
 cdef extern from *:
@@ -128,9 +123,14 @@ cdef extern from *:
     }
     /* Short rows: the position of key i is the number of keys ordered before it (ties by
        index). O(n^2) compares but branch-free: on short rows the mispredicted branches of a
-       comparison sort cost more than these compares. Writes perm directly. */
-    static inline void softrank_rank_by_counting(const uint64_t *keys, int32_t *perm,
-                                                 Py_ssize_t n) {
+       comparison sort cost more than these compares. Writes perm directly. On x86-64 Linux with
+       GCC an AVX2 clone (4 compares per instruction) is chosen at load time where the CPU has
+       AVX2, and longer rows are then ranked this way (softrank_counting_max). */
+    #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+    #define SOFTRANK_AVX2_CLONES 1
+    __attribute__((target_clones("avx2", "default")))
+    #endif
+    static void softrank_rank_by_counting(const uint64_t *keys, int32_t *perm, Py_ssize_t n) {
         for (Py_ssize_t i = 0; i < n; ++i) {
             const uint64_t k = keys[i];
             Py_ssize_t before = 0;
@@ -139,9 +139,29 @@ cdef extern from *:
             perm[before] = (int32_t)i;
         }
     }
+    /* Longest rows ranked by counting, float32 and float64 (radix sorted above): crossovers
+       measured against the radix sort, interleaved in one process. A float32 radix sort is
+       cheaper (4 passes over one word, no fix-up), hence the lower bound. */
+    static int softrank_counting_max_f32 = 32;
+    static int softrank_counting_max_f64 = 48;
+    static void softrank_choose_counting_max(void) {
+    #ifdef SOFTRANK_AVX2_CLONES
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx2")) {
+            softrank_counting_max_f32 = 48;
+            softrank_counting_max_f64 = 96;
+        }
+    #endif
+    }
     """
     void softrank_sort_by_key(const uint64_t *keys, int32_t *idx, Py_ssize_t n) noexcept nogil
     void softrank_rank_by_counting(const uint64_t *keys, int32_t *perm, Py_ssize_t n) noexcept nogil
+    int softrank_counting_max_f32
+    int softrank_counting_max_f64
+    void softrank_choose_counting_max() noexcept nogil
+
+
+softrank_choose_counting_max()
 
 
 # One thread's scratch space for one row of n elements (carved out of 64-bit words).
@@ -240,7 +260,8 @@ cdef inline bint _argsort_row(Span[floating] x, double sign, Span[uint64_t] ka,
     cdef Py_ssize_t n = x.len
     cdef Py_ssize_t j, d, e
     cdef bint nonfinite = False
-    cdef bint use_radix = n > (COUNTING_MAX_F32 if sizeof(floating) == 4 else COUNTING_MAX_F64)
+    cdef bint use_radix = n > (softrank_counting_max_f32 if sizeof(floating) == 4
+                               else softrank_counting_max_f64)
     cdef bint in_b = False
     cdef double v
     cdef uint64_t key, high
@@ -799,6 +820,11 @@ cdef extern from *:
     #endif
     """
     const int softrank_openmp
+
+
+def counting_max():
+    """(float32, float64): the longest rows ranked by counting instead of radix sorted."""
+    return softrank_counting_max_f32, softrank_counting_max_f64
 
 
 def openmp_enabled():
