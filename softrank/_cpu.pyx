@@ -187,6 +187,18 @@ cdef inline uint64_t _descending_key32(float z) noexcept nogil:
     return <uint64_t>(~u)
 
 
+cdef inline float _value_of_key32(uint32_t key) noexcept nogil:
+    """The float32 z of a _descending_key32 key (-0.0 comes back as +0.0, its key's value)."""
+    cdef uint32_t u = ~key
+    cdef float z
+    if u & 0x80000000u:
+        u = u & 0x7FFFFFFFu
+    else:
+        u = ~u
+    memcpy(&z, &u, 4)
+    return z
+
+
 cdef inline uint64_t _descending_key64(double z) noexcept nogil:
     cdef uint64_t u
     if z == 0:
@@ -299,6 +311,14 @@ cdef inline bint _argsort_row(Span[floating] x, double sign, Span[uint64_t] ka,
         in_b = _radix_sort(ka, kb, n, hist)
         if in_b:
             ka = kb
+        if floating is float:
+            # The float32 key is exact: decode s from the sorted words (sequential reads)
+            # instead of gathering x[perm[j]] (random reads, most of this step on long rows).
+            for j in range(n):
+                key = ka[j]
+                perm[j] = <int32_t>(key & 0xFFFFFFFFu)
+                s[j] = _value_of_key32(<uint32_t>(key >> 32))
+            return False
         for j in range(n):
             perm[j] = <int32_t>(ka[j] & 0xFFFFFFFFu)
         if floating is double:
