@@ -10,10 +10,11 @@ from . import _cpu
 
 _MODES = {("rank", "l2"): 0, ("rank", "kl"): 1, ("sort", "l2"): 2, ("sort", "kl"): 3}
 
-# Rows run in parallel from this many elements, for rows of at least PARALLEL_MIN_N (measured:
-# 32 x 100 rows gain 1.6x on 2 threads; rows of 10 elements gain nothing).
-PARALLEL_MIN_ELEMENTS = 2048
-PARALLEL_MIN_N = 32
+# Rows run in parallel from this many elements (measured with benchmarks/bench_threads.py: a
+# parallel region costs ~1-2 us, so two threads already gain on a (32, 10) forward; the
+# backward does less work per element and gains from about 4096 elements).
+PARALLEL_MIN_ELEMENTS = 256
+PARALLEL_MIN_ELEMENTS_BACKWARD = 4096
 
 
 def _default_threads():
@@ -30,8 +31,8 @@ def _default_threads():
 MAX_THREADS = _default_threads() if _cpu.openmp_enabled() else 1
 
 
-def _threads_for(rows, n):
-    if rows < 2 or n < PARALLEL_MIN_N or rows * n < PARALLEL_MIN_ELEMENTS:
+def _threads_for(rows, n, min_elements=PARALLEL_MIN_ELEMENTS):
+    if rows < 2 or rows * n < min_elements:
         return 1
     return min(MAX_THREADS, rows)
 
@@ -45,7 +46,7 @@ def forward(op, regularization, x, eps, sign, out, perm, blocks):
 def backward(op, regularization, g, perm, blocks, aux, eps, sign, grad):
     rows, n = g.shape
     _cpu.backward(_MODES[op, regularization], g, perm, blocks, g if aux is None else aux, eps,
-                  sign, grad, _threads_for(rows, n))
+                  sign, grad, _threads_for(rows, n, PARALLEL_MIN_ELEMENTS_BACKWARD))
 
 
 def forward_at(op, regularization, x_address, rows, n, single, eps, sign):
@@ -59,5 +60,6 @@ def backward_at(op, regularization, g_address, perm, blocks, aux_address, single
     """backward() of the C-contiguous cotangent at g_address, shaped like perm; aux_address is
     out (rank/kl), x (sort/kl) or 0 (l2). Returns a new grad array."""
     rows, n = perm.shape
+    threads = _threads_for(rows, n, PARALLEL_MIN_ELEMENTS_BACKWARD)
     return _cpu.backward_at(_MODES[op, regularization], g_address, perm, blocks, aux_address,
-                            single, eps, sign, _threads_for(rows, n))
+                            single, eps, sign, threads)
