@@ -491,6 +491,8 @@ def agreement_check(sr: Impl, ts: Impl, ops, regs, dtypes, eps: float) -> List[s
 def _tensors_in(obj, depth=0):
     if isinstance(obj, torch.Tensor):
         yield obj
+    elif isinstance(obj, np.ndarray):  # e.g. a partition kept on ctx as the solver returned it
+        yield torch.from_numpy(obj)
     elif depth < 2 and isinstance(obj, (list, tuple)):
         for o in obj:
             yield from _tensors_in(o, depth + 1)
