@@ -472,7 +472,10 @@ cdef inline void _pav_row(Mode* mode, Span[double] s, double eps, double sign,
                 out[j] = <floating>(sign * (s_a + st / c + ((a - j) + 0.5 * (c - 1)) / eps) + 0.0)
                 blocks[j] = <int32_t>a
         else:
-            st = s_a + log(st) - (_log_geometric_ratio(c, eps, log_q1) if c > 1 else 0.0)
+            if c > 1:
+                st = s_a + log(st) - _log_geometric_ratio(c, eps, log_q1)
+            else:  # a singleton's state is exactly 1: no log (the + 0.0 below fixes -0.0)
+                st = s_a
             for j in range(a, e):
                 out[j] = <floating>(sign * (st - (j - a) / eps) + 0.0)
                 blocks[j] = <int32_t>a
@@ -570,6 +573,8 @@ cdef inline void _backward_row(int mode, Span[floating] g, Span[int32_t] perm,
             mean = total / c
             for j in range(a, e):
                 grad[perm[j]] = <floating>mean
+        elif c == 1:  # a singleton block: softmax weight exactly 1
+            grad[perm[a]] = g[a]
         else:
             # softmax of s over the block, shifted by its maximum s_a (s is sorted decreasingly).
             ref = sign * aux[perm[a]]
