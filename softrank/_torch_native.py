@@ -60,7 +60,7 @@ def run_backward(op, regularization, g, perm, blocks, aux, eps, sign):
                                          grad)
         return grad
     perm = _as_array(perm)
-    if g.shape != perm.shape or (aux is not None and aux.dtype is not g.dtype):
+    if g.numel() != perm.size or (aux is not None and aux.dtype is not g.dtype):
         raise ValueError(f"internal: cotangent {g.dtype} {tuple(g.shape)} does not match the "
                          f"forward's {perm.shape}")
     grad = _cpu_backend.backward_at(op, regularization, g.data_ptr(), perm, _as_array(blocks),
