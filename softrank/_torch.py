@@ -117,6 +117,12 @@ class EagerSoftOp(torch.autograd.Function):
         return grad, None
 
 
+# Function.apply's Python wrapper (functorch checks, unwrapping of dead functorch wrappers) costs
+# ~1 us; _solve only comes here outside functorch transforms, so it calls the C++ apply directly,
+# as SoftOpFunction.apply does.
+_eager_apply = super(torch.autograd.Function, EagerSoftOp).apply
+
+
 def _solve(rows, op, regularization, eps, sign):
     """Soft op of contiguous (rows, n) rows through the cheapest route that can be differentiated
     as the caller may (see the module docstring); returns out."""
@@ -127,7 +133,7 @@ def _solve(rows, op, regularization, eps, sign):
             return torch.ops.softrank.solve(rows, op, regularization, eps, sign)[0]
         return SoftOpFunction.apply(rows, op, regularization, eps, sign)[0]
     if rows.requires_grad and torch.is_grad_enabled():
-        return EagerSoftOp.apply(rows, (op, regularization, eps, sign))
+        return _eager_apply(rows, (op, regularization, eps, sign))
     return solve(op, regularization, rows, eps, sign)[0]
 
 
