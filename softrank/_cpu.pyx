@@ -124,31 +124,44 @@ cdef extern from *:
     /* Short rows: the position of key i is the number of keys ordered before it (ties by
        index). O(n^2) compares but branch-free: on short rows the mispredicted branches of a
        comparison sort cost more than these compares. Writes perm directly. On x86-64 Linux with
-       GCC an AVX2 clone (4 compares per instruction) is chosen at load time where the CPU has
-       AVX2, and longer rows are then ranked this way (softrank_counting_max). */
-    #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-    #define SOFTRANK_AVX2_CLONES 1
-    __attribute__((target_clones("avx2", "default")))
-    #endif
-    static void softrank_rank_by_counting(const uint64_t *keys, int32_t *perm, Py_ssize_t n) {
+       GCC an AVX2 clone (8 float32 or 4 float64 key compares per instruction) is chosen at load
+       time where the CPU has AVX2, and longer rows are then ranked this way
+       (softrank_counting_max). */
+    template <typename Key>
+    static inline __attribute__((always_inline)) void softrank_count_ranks(
+            const Key *keys, int32_t *perm, Py_ssize_t n) {
         for (Py_ssize_t i = 0; i < n; ++i) {
-            const uint64_t k = keys[i];
+            const Key k = keys[i];
             Py_ssize_t before = 0;
             for (Py_ssize_t j = 0; j < i; ++j) before += keys[j] <= k;
             for (Py_ssize_t j = i + 1; j < n; ++j) before += keys[j] < k;
             perm[before] = (int32_t)i;
         }
     }
+    #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+    #define SOFTRANK_AVX2_CLONES 1
+    #define SOFTRANK_CLONES __attribute__((target_clones("avx2", "default")))
+    #else
+    #define SOFTRANK_CLONES
+    #endif
+    /* float32 keys compare as 32-bit words (8 per AVX2 instruction), float64 keys as 64-bit. */
+    SOFTRANK_CLONES static void softrank_rank_by_counting32(const uint32_t *keys, int32_t *perm,
+                                                            Py_ssize_t n) {
+        softrank_count_ranks(keys, perm, n);
+    }
+    SOFTRANK_CLONES static void softrank_rank_by_counting(const uint64_t *keys, int32_t *perm,
+                                                          Py_ssize_t n) {
+        softrank_count_ranks(keys, perm, n);
+    }
     /* Longest rows ranked by counting, float32 and float64 (radix sorted above): crossovers
-       measured against the radix sort, interleaved in one process. A float32 radix sort is
-       cheaper (4 passes over one word, no fix-up), hence the lower bound. */
+       measured against the radix sort, interleaved in one process. */
     static int softrank_counting_max_f32 = 32;
     static int softrank_counting_max_f64 = 48;
     static void softrank_choose_counting_max(void) {
     #ifdef SOFTRANK_AVX2_CLONES
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx2")) {
-            softrank_counting_max_f32 = 48;
+            softrank_counting_max_f32 = 96;
             softrank_counting_max_f64 = 96;
         }
     #endif
@@ -156,6 +169,7 @@ cdef extern from *:
     """
     void softrank_sort_by_key(const uint64_t *keys, int32_t *idx, Py_ssize_t n) noexcept nogil
     void softrank_rank_by_counting(const uint64_t *keys, int32_t *perm, Py_ssize_t n) noexcept nogil
+    void softrank_rank_by_counting32(const uint32_t *keys, int32_t *perm, Py_ssize_t n) noexcept nogil
     int softrank_counting_max_f32
     int softrank_counting_max_f64
     void softrank_choose_counting_max() noexcept nogil
@@ -277,6 +291,8 @@ cdef inline bint _argsort_row(Span[floating] x, double sign, Span[uint64_t] ka,
     cdef bint in_b = False
     cdef double v
     cdef uint64_t key, high
+    # float32 keys for counting: 32-bit words in the space of ka
+    cdef Span[uint32_t] keys32 = Span[uint32_t](<uint32_t*>ka.ptr, 2 * ka.len)
     if use_radix:  # clear the histograms of the key bytes that are sorted on
         for j in range(4 * RADIX_BUCKETS, 8 * RADIX_BUCKETS):
             hist[j] = 0
@@ -286,7 +302,7 @@ cdef inline bint _argsort_row(Span[floating] x, double sign, Span[uint64_t] ka,
             if not (v - v == 0):  # NaN or +-inf
                 nonfinite = True
             if floating is float:
-                ka[j] = _descending_key32(<float>(sign * v)) << 32
+                keys32[j] = <uint32_t>_descending_key32(<float>(sign * v))
             else:
                 ka[j] = _descending_key64(sign * v)
     else:
@@ -306,7 +322,10 @@ cdef inline bint _argsort_row(Span[floating] x, double sign, Span[uint64_t] ka,
     if nonfinite:
         return True
     if not use_radix:
-        softrank_rank_by_counting(ka.ptr, perm.ptr, n)
+        if floating is float:
+            softrank_rank_by_counting32(keys32.ptr, perm.ptr, n)
+        else:
+            softrank_rank_by_counting(ka.ptr, perm.ptr, n)
     else:
         in_b = _radix_sort(ka, kb, n, hist)
         if in_b:
