@@ -162,7 +162,7 @@ cdef extern from *:
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx2")) {
             softrank_counting_max_f32 = 96;
-            softrank_counting_max_f64 = 96;
+            softrank_counting_max_f64 = 120;
         }
     #endif
     }

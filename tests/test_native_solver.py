@@ -153,7 +153,8 @@ def test_threads_for_is_bounded():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n", [1, 2, "max", "max+1", 31, 32, 33, 47, 48, 49, 95, 96, 97, 300])
+@pytest.mark.parametrize("n", [1, 2, "max", "max+1", 31, 32, 33, 47, 48, 49, 95, 96, 97, 119, 120,
+                               121, 300])
 def test_permutation_is_the_stable_descending_argsort(n, dtype):
     """Around the counting/radix crossovers (_cpu.counting_max(), by CPU): perm is numpy's
     stable argsort of -sign*x, ties (including -0.0 == +0.0) in index order."""
