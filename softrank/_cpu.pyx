@@ -25,49 +25,14 @@ from cython.parallel cimport prange, threadid
 from libc.math cimport exp, log, expm1, NAN
 from libc.stdint cimport uint64_t, uint32_t, int32_t
 from libc.string cimport memcpy
-from libcpp.vector cimport vector
 cimport cython
 cimport numpy as cnp
 
 cnp.import_array()
 
-cdef extern from *:
-    """
-    #include <stdio.h>
-    #include <stdlib.h>
-    /* A pointer and a length. The kernels index rows through spans instead of Cython
-       memoryviews: a memoryview slice per row costs reference counting (atomic inside prange)
-       that dominated short rows. Debug builds (SOFTRANK_CYTHON_DEBUG=1 defines
-       SOFTRANK_BOUNDS_CHECK) check every index and abort on an out-of-bounds one, so a
-       test fails loudly instead of passing on corrupted memory. */
-    #ifdef SOFTRANK_BOUNDS_CHECK
-    static void softrank_out_of_bounds(Py_ssize_t i, Py_ssize_t n) {
-        fprintf(stderr, "softrank: index %zd out of bounds for a span of %zd\\n", i, n);
-        fflush(stderr);
-        abort();
-    }
-    #define SOFTRANK_CHECK(cond, i, n) do { if (!(cond)) softrank_out_of_bounds((i), (n)); } while (0)
-    static const int softrank_bounds_checked = 1;
-    #else
-    #define SOFTRANK_CHECK(cond, i, n) ((void)0)
-    static const int softrank_bounds_checked = 0;
-    #endif
-    template <typename T>
-    struct softrank_span {
-        T *ptr;
-        Py_ssize_t len;
-        softrank_span() : ptr(0), len(0) {}
-        softrank_span(T *p, Py_ssize_t n) : ptr(p), len(n) {}
-        inline T &operator[](Py_ssize_t i) const {
-            SOFTRANK_CHECK(0 <= i && i < len, i, len);
-            return ptr[i];
-        }
-        inline softrank_span sub(Py_ssize_t start, Py_ssize_t n) const {
-            SOFTRANK_CHECK(0 <= start && 0 <= n && start + n <= len, start + n, len);
-            return softrank_span(ptr + start, n);
-        }
-    };
-    """
+# Plain C++ helpers live in headers next to this file: _span.h (bounds-checked rows),
+# _sort_kernels.h (std::sort by key, counting ranks) and _workspace.h (scratch memory).
+cdef extern from "_span.h":
     cdef cppclass Span "softrank_span"[T]:
         Span() nogil
         Span(T*, Py_ssize_t) nogil
@@ -111,62 +76,7 @@ cdef double HUGE_SCALE = 18446744073709551616.0
 cdef enum:
     RADIX_BUCKETS = 256
 
-cdef extern from *:
-    """
-    #include <algorithm>
-    #include <stdint.h>
-    /* float64 rows: sort indices by their 64-bit key, ties by index (stable order). */
-    static inline void softrank_sort_by_key(const uint64_t *keys, int32_t *idx, Py_ssize_t n) {
-        std::sort(idx, idx + n, [keys](int32_t a, int32_t b) {
-            return keys[a] < keys[b] || (keys[a] == keys[b] && a < b);
-        });
-    }
-    /* Short rows: the position of key i is the number of keys ordered before it (ties by
-       index). O(n^2) compares but branch-free: on short rows the mispredicted branches of a
-       comparison sort cost more than these compares. Writes perm directly. On x86-64 Linux with
-       GCC an AVX2 clone (8 float32 or 4 float64 key compares per instruction) is chosen at load
-       time where the CPU has AVX2, and longer rows are then ranked this way
-       (softrank_counting_max). */
-    template <typename Key>
-    static inline __attribute__((always_inline)) void softrank_count_ranks(
-            const Key *keys, int32_t *perm, Py_ssize_t n) {
-        for (Py_ssize_t i = 0; i < n; ++i) {
-            const Key k = keys[i];
-            Py_ssize_t before = 0;
-            for (Py_ssize_t j = 0; j < i; ++j) before += keys[j] <= k;
-            for (Py_ssize_t j = i + 1; j < n; ++j) before += keys[j] < k;
-            perm[before] = (int32_t)i;
-        }
-    }
-    #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-    #define SOFTRANK_AVX2_CLONES 1
-    #define SOFTRANK_CLONES __attribute__((target_clones("avx2", "default")))
-    #else
-    #define SOFTRANK_CLONES
-    #endif
-    /* float32 keys compare as 32-bit words (8 per AVX2 instruction), float64 keys as 64-bit. */
-    SOFTRANK_CLONES static void softrank_rank_by_counting32(const uint32_t *keys, int32_t *perm,
-                                                            Py_ssize_t n) {
-        softrank_count_ranks(keys, perm, n);
-    }
-    SOFTRANK_CLONES static void softrank_rank_by_counting(const uint64_t *keys, int32_t *perm,
-                                                          Py_ssize_t n) {
-        softrank_count_ranks(keys, perm, n);
-    }
-    /* Longest rows ranked by counting, float32 and float64 (radix sorted above): crossovers
-       measured against the radix sort, interleaved in one process. */
-    static int softrank_counting_max_f32 = 32;
-    static int softrank_counting_max_f64 = 48;
-    static void softrank_choose_counting_max(void) {
-    #ifdef SOFTRANK_AVX2_CLONES
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx2")) {
-            softrank_counting_max_f32 = 96;
-            softrank_counting_max_f64 = 120;
-        }
-    #endif
-    }
-    """
+cdef extern from "_sort_kernels.h":
     void softrank_sort_by_key(const uint64_t *keys, int32_t *idx, Py_ssize_t n) noexcept nogil
     void softrank_rank_by_counting(const uint64_t *keys, int32_t *perm, Py_ssize_t n) noexcept nogil
     void softrank_rank_by_counting32(const uint32_t *keys, int32_t *perm, Py_ssize_t n) noexcept nogil
@@ -609,28 +519,7 @@ cdef inline void _backward_row(int mode, Span[floating] g, Span[int32_t] perm,
 
 # ----------------------------------------------------------------------------- batched drivers
 
-cdef extern from *:
-    """
-    #include <vector>
-    /* Per-call workspace. Up to SOFTRANK_CACHED_WORDS (8 MiB) it is a buffer kept per calling
-       thread and reused, so short calls allocate nothing; larger ones are allocated for the call
-       (uninitialised: a solve overwrites everything it reads) and freed after it. */
-    enum { SOFTRANK_CACHED_WORDS = 1 << 20 };
-    static thread_local std::vector<uint64_t> softrank_cached_words;
-    struct softrank_workspace_buffer {
-        uint64_t *owned;
-        softrank_workspace_buffer() : owned(0) {}
-        ~softrank_workspace_buffer() { delete[] owned; }
-        uint64_t *acquire(size_t words) {
-            if (words <= SOFTRANK_CACHED_WORDS) {
-                if (softrank_cached_words.size() < words) softrank_cached_words.resize(words);
-                return softrank_cached_words.data();
-            }
-            owned = new uint64_t[words];
-            return owned;
-        }
-    };
-    """
+cdef extern from "_workspace.h":
     cdef cppclass WorkspaceBuffer "softrank_workspace_buffer":
         WorkspaceBuffer()
         uint64_t* acquire(size_t words) except +

@@ -1,0 +1,60 @@
+/* Row sorting helpers of softrank/_cpu.pyx that are plain C++: std::sort by key, counting ranks. */
+#ifndef SOFTRANK_SORT_KERNELS_H
+#define SOFTRANK_SORT_KERNELS_H
+
+#include <Python.h>
+#include <algorithm>
+#include <stdint.h>
+/* float64 rows: sort indices by their 64-bit key, ties by index (stable order). */
+static inline void softrank_sort_by_key(const uint64_t *keys, int32_t *idx, Py_ssize_t n) {
+    std::sort(idx, idx + n, [keys](int32_t a, int32_t b) {
+        return keys[a] < keys[b] || (keys[a] == keys[b] && a < b);
+    });
+}
+/* Short rows: the position of key i is the number of keys ordered before it (ties by
+   index). O(n^2) compares but branch-free: on short rows the mispredicted branches of a
+   comparison sort cost more than these compares. Writes perm directly. On x86-64 Linux with
+   GCC an AVX2 clone (8 float32 or 4 float64 key compares per instruction) is chosen at load
+   time where the CPU has AVX2, and longer rows are then ranked this way
+   (softrank_counting_max). */
+template <typename Key>
+static inline __attribute__((always_inline)) void softrank_count_ranks(
+        const Key *keys, int32_t *perm, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        const Key k = keys[i];
+        Py_ssize_t before = 0;
+        for (Py_ssize_t j = 0; j < i; ++j) before += keys[j] <= k;
+        for (Py_ssize_t j = i + 1; j < n; ++j) before += keys[j] < k;
+        perm[before] = (int32_t)i;
+    }
+}
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define SOFTRANK_AVX2_CLONES 1
+#define SOFTRANK_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SOFTRANK_CLONES
+#endif
+/* float32 keys compare as 32-bit words (8 per AVX2 instruction), float64 keys as 64-bit. */
+SOFTRANK_CLONES static void softrank_rank_by_counting32(const uint32_t *keys, int32_t *perm,
+                                                        Py_ssize_t n) {
+    softrank_count_ranks(keys, perm, n);
+}
+SOFTRANK_CLONES static void softrank_rank_by_counting(const uint64_t *keys, int32_t *perm,
+                                                      Py_ssize_t n) {
+    softrank_count_ranks(keys, perm, n);
+}
+/* Longest rows ranked by counting, float32 and float64 (radix sorted above): crossovers
+   measured against the radix sort, interleaved in one process. */
+static int softrank_counting_max_f32 = 32;
+static int softrank_counting_max_f64 = 48;
+static void softrank_choose_counting_max(void) {
+#ifdef SOFTRANK_AVX2_CLONES
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) {
+        softrank_counting_max_f32 = 96;
+        softrank_counting_max_f64 = 120;
+    }
+#endif
+}
+
+#endif  /* SOFTRANK_SORT_KERNELS_H */
