@@ -32,14 +32,21 @@ def _env():
     return env
 
 
-def _run(args, cwd, timeout=240):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=_env(),
+def _launch(args, cwd, timeout=240):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def _check_exit(args, proc):
     assert proc.returncode == 0, (
         f"{args} exited with {proc.returncode}\n--- stdout\n{proc.stdout}\n"
         f"--- stderr\n{proc.stderr[-4000:]}"
     )
     return proc.stdout
+
+
+def _run(args, cwd, timeout=240):
+    return _check_exit(args, _launch(args, cwd, timeout))
 
 
 def _result(stdout):
@@ -103,6 +110,20 @@ def test_numpy_spearman_without_torch(tmp_path):
     assert "torch imported: False" in out
 
 
+def _gloo_teardown_abort(proc):
+    """True if a worker aborted in torch's teardown after the script had finished and passed.
+
+    With torch 2.13, once a DistributedDataParallel has been built its gloo process group and
+    gloo's worker threads outlive destroy_process_group (a reference torch keeps; a bare gloo
+    group without DDP does stop them). Rarely (2 runs in about 200 on this 2-core machine type,
+    one of them in CI) a worker then aborts at exit with "terminate called without an active
+    exception", after the check has passed and the group was destroyed. Only that failure is
+    retried, and only once.
+    """
+    return ("DDP_CHECK PASSED" in proc.stdout
+            and "terminate called without an active exception" in proc.stderr)
+
+
 @pytest.mark.slow
 def test_ddp_spearman_two_gloo_processes(tmp_path):
     _need("sklearn", "torch")
@@ -111,9 +132,13 @@ def test_ddp_spearman_two_gloo_processes(tmp_path):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     # --standalone: torchrun picks a free port for its rendezvous itself.
-    out = _run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                EXAMPLES / "ddp_spearman.py", "--steps", "15", "--global-batch", "64",
-                "--log-every", "0"], cwd=tmp_path, timeout=300)
+    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            EXAMPLES / "ddp_spearman.py", "--steps", "15", "--global-batch", "64",
+            "--log-every", "0"]
+    proc = _launch(args, tmp_path, timeout=300)
+    if proc.returncode != 0 and _gloo_teardown_abort(proc):
+        proc = _launch(args, tmp_path, timeout=300)  # once: see _gloo_teardown_abort
+    out = _check_exit(args, proc)
     assert "world size 2 (gloo)" in out, out
     assert "DDP_CHECK PASSED world_size=2" in out, out
     m = re.search(r"max \|loss diff\| = ([-\d.e+]+), max grad diff / max \|grad\| = "
