@@ -184,3 +184,32 @@ def test_float64_values_sharing_their_high_bits_sort_fast():
     x = 1.0 + np.random.default_rng(0).permutation(400_000) * 2.0**-40
     out, perm, blocks = _cpu.forward_at(0, x.ctypes.data, 1, x.size, False, 1.0, 1.0, 1)
     np.testing.assert_array_equal(perm[0], np.argsort(-x, kind="stable"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [7, 200, "wide"])
+def test_nonfinite_rows_on_every_sort_path(n, dtype):
+    """Counting, 8-bit and 11-bit radix rows: a NaN or +-inf anywhere makes its row NaN (output
+    and gradient) and leaves the other rows exactly as when solved alone."""
+    if n == "wide":
+        n = _cpu.radix_wide_min() + 5
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(5, n)).astype(dtype)
+    x[1, n - 1] = np.nan
+    x[2, 0] = np.inf
+    x[3, n // 2] = -np.inf
+    good = [0, 4]
+    for mode in range(4):
+        out, perm, blocks = _cpu.forward_at(mode, x.ctypes.data, 5, n, dtype == np.float32,
+                                            0.5, 1.0, 2)
+        g = rng.normal(size=x.shape).astype(dtype)
+        aux = out if mode == 1 else x
+        grad = _cpu.backward_at(mode, g.ctypes.data, perm, blocks, aux.ctypes.data,
+                                dtype == np.float32, 0.5, 1.0, 2)
+        assert np.all(np.isnan(out[1:4])) and np.all(np.isnan(grad[1:4]))
+        for r in good:
+            row = np.ascontiguousarray(x[r:r + 1])
+            o1, p1, b1 = _cpu.forward_at(mode, row.ctypes.data, 1, n, dtype == np.float32, 0.5,
+                                         1.0, 1)
+            np.testing.assert_array_equal(out[r], o1[0])
+            np.testing.assert_array_equal(perm[r], p1[0])
