@@ -12,9 +12,10 @@ _MODES = {("rank", "l2"): 0, ("rank", "kl"): 1, ("sort", "l2"): 2, ("sort", "kl"
 
 # Rows run in parallel from this many elements (measured with benchmarks/bench_threads.py: a
 # parallel region costs ~1-2 us, so two threads already gain on a (32, 10) forward; the
-# backward does less work per element and gains from about 4096 elements).
+# backward does less work per element: two threads tie with one at 1300-2000 elements and gain
+# 1.5-4 us from about 2500 (l2; kl from about 1600)).
 PARALLEL_MIN_ELEMENTS = 256
-PARALLEL_MIN_ELEMENTS_BACKWARD = 4096
+PARALLEL_MIN_ELEMENTS_BACKWARD = 2048
 
 
 def _default_threads():
