@@ -77,7 +77,7 @@ cdef enum:
     HIST_WORDS = 3 * 2048 // 2  # workspace words of the largest radix histograms (3 x 2048 uint32)
 
 # Rows radix sorted with 11-bit digits from this length on (8-bit below): measured crossover
-# ~2000 (float32) and ~700 (float64); 3-10% faster on long rows.
+# ~2000 (float32) and ~700 (float64); 1-10% faster on long rows (interleaved A/Bs; noisy VM).
 cdef Py_ssize_t RADIX_WIDE_MIN = 2048
 
 cdef extern from "_sort_kernels.h":
