@@ -8,7 +8,11 @@ import os
 
 from . import _cpu
 
-_MODES = {("rank", "l2"): 0, ("rank", "kl"): 1, ("sort", "l2"): 2, ("sort", "kl"): 3}
+# The solver's mode numbers (the enum in softrank/_cpu.pyx); odd modes are kl.
+MODES = {("rank", "l2"): 0, ("rank", "kl"): 1, ("sort", "l2"): 2, ("sort", "kl"): 3}
+MODE_NAMES = {mode: names for names, mode in MODES.items()}
+# MODES[op][regularization] without building a tuple: a lookup on every torch call.
+MODE_OF = {"rank": {"l2": 0, "kl": 1}, "sort": {"l2": 2, "kl": 3}}
 
 # Rows run in parallel from this many elements (measured with benchmarks/bench_threads.py: a
 # parallel region costs ~1-2 us, so two threads already gain on a (32, 10) forward; the
@@ -32,7 +36,7 @@ def _default_threads():
 MAX_THREADS = _default_threads() if _cpu.openmp_enabled() else 1
 
 
-def _threads_for(rows, n, min_elements=PARALLEL_MIN_ELEMENTS):
+def threads_for(rows, n, min_elements=PARALLEL_MIN_ELEMENTS):
     if rows < 2 or rows * n < min_elements:
         return 1
     return min(MAX_THREADS, rows)
@@ -40,27 +44,27 @@ def _threads_for(rows, n, min_elements=PARALLEL_MIN_ELEMENTS):
 
 def forward(op, regularization, x, eps, sign, out, perm, blocks):
     rows, n = x.shape
-    _cpu.forward(_MODES[op, regularization], x, out, perm, blocks, eps, sign,
-                 _threads_for(rows, n))
+    _cpu.forward(MODES[op, regularization], x, out, perm, blocks, eps, sign,
+                 threads_for(rows, n))
 
 
 def backward(op, regularization, g, perm, blocks, aux, eps, sign, grad):
     rows, n = g.shape
-    _cpu.backward(_MODES[op, regularization], g, perm, blocks, g if aux is None else aux, eps,
-                  sign, grad, _threads_for(rows, n, PARALLEL_MIN_ELEMENTS_BACKWARD))
+    _cpu.backward(MODES[op, regularization], g, perm, blocks, g if aux is None else aux, eps,
+                  sign, grad, threads_for(rows, n, PARALLEL_MIN_ELEMENTS_BACKWARD))
 
 
 def forward_at(op, regularization, x_address, rows, n, single, eps, sign):
     """forward() of the C-contiguous (rows, n) float32 (single) or float64 rows at x_address,
     which the caller keeps alive; returns new (out, perm, blocks) arrays."""
-    return _cpu.forward_at(_MODES[op, regularization], x_address, rows, n, single, eps, sign,
-                           _threads_for(rows, n))
+    return _cpu.forward_at(MODES[op, regularization], x_address, rows, n, single, eps, sign,
+                           threads_for(rows, n))
 
 
 def backward_at(op, regularization, g_address, perm, blocks, aux_address, single, eps, sign):
     """backward() of the C-contiguous cotangent at g_address, shaped like perm; aux_address is
     out (rank/kl), x (sort/kl) or 0 (l2). Returns a new grad array."""
     rows, n = perm.shape
-    threads = _threads_for(rows, n, PARALLEL_MIN_ELEMENTS_BACKWARD)
-    return _cpu.backward_at(_MODES[op, regularization], g_address, perm, blocks, aux_address,
+    threads = threads_for(rows, n, PARALLEL_MIN_ELEMENTS_BACKWARD)
+    return _cpu.backward_at(MODES[op, regularization], g_address, perm, blocks, aux_address,
                             single, eps, sign, threads)

@@ -1,8 +1,9 @@
 """PyTorch front end: validation and layout, then the native solver through autograd.
 
 Three routes to the same solver, from the cheapest:
-* nothing can differentiate the call: the solver alone, no autograd.Function;
-* eager autograd: EagerSoftOp, one output, the partition kept on ctx;
+* CPU rows, eager: softrank/_torch_cpu.py (the solver alone when nothing can differentiate the
+  call, else CpuSoftOp, one output, the partition kept on ctx);
+* CUDA rows, eager: the solver alone, or EagerSoftOp when the call can be differentiated;
 * torch.func transforms and forward-mode AD: SoftOpFunction (setup_context style, jvp, vmap);
   under torch.compile the custom op softrank::solve (softrank/_torch_ops.py).
 Only what the backward needs is kept: the int32 permutation and the int32 block starts
@@ -13,11 +14,15 @@ import math
 import torch
 from torch.autograd import forward_ad as _forward_ad
 
+from . import _torch_cpu
 from . import _torch_formulas as formulas
 from . import _validation as V
+from ._cpu_backend import MODE_OF as _MODE_OF
 from ._torch_native import as_tensor, run_backward, run_forward, solve
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
+# V.sign_for(op, descending) as a lookup: _SIGN_OF[op][descending].
+_SIGN_OF = {op: (V.sign_for(op, False), V.sign_for(op, True)) for op in ("rank", "sort")}
 
 
 _functorch_active = torch._C._are_functorch_transforms_active
@@ -83,6 +88,7 @@ class SoftOpFunction(torch.autograd.Function):
 
 class EagerSoftOp(torch.autograd.Function):
     """Soft rank/sort of contiguous (rows, n) rows for eager autograd; returns out only.
+    _solve sends CUDA rows here (CPU rows go to softrank/_torch_cpu.py's shorter route).
 
     The cheapest autograd.Function for the common case (about 40% less per call than
     SoftOpFunction on short rows): one tensor argument plus the packed hyperparameters, a single
@@ -132,6 +138,8 @@ def _solve(rows, op, regularization, eps, sign):
 
             return torch.ops.softrank.solve(rows, op, regularization, eps, sign)[0]
         return SoftOpFunction.apply(rows, op, regularization, eps, sign)[0]
+    if rows.is_cpu:
+        return _torch_cpu.soft_op(rows, _MODE_OF[op][regularization], eps, sign)
     if rows.requires_grad and torch.is_grad_enabled():
         return _eager_apply(rows, (op, regularization, eps, sign))
     return solve(op, regularization, rows, eps, sign)[0]
@@ -157,15 +165,18 @@ def soft_op(op, values, regularization, regularization_strength, dim, descending
     # short call): a dense CPU float32/float64 (rows, n) tensor ranked along its contiguous last
     # dimension, with plain Python arguments that pass the checks of the general path below.
     if (type(regularization_strength) is float and 0.0 < regularization_strength < math.inf
-            and type(regularization) is str and (regularization == "l2" or regularization == "kl")
-            and (descending is False or descending is True) and (dim == -1 or dim == 1)
-            and type(dim) is int):
+            and type(regularization) is str and (descending is False or descending is True)
+            and (dim == -1 or dim == 1) and type(dim) is int):
+        mode = _MODE_OF[op].get(regularization)
         dtype = values.dtype
-        if ((dtype is torch.float32 or dtype is torch.float64) and values.is_cpu
-                and values.layout is torch.strided and values.dim() == 2
+        if (mode is not None and (dtype is torch.float32 or dtype is torch.float64)
+                and values.is_cpu and values.layout is torch.strided and values.dim() == 2
                 and values.is_contiguous() and values.numel()):
-            return _solve(values, op, regularization, regularization_strength,
-                          V.sign_for(op, descending))
+            if _functorch_active() or _forward_ad._current_level >= 0 or _is_compiling():
+                return _solve(values, op, regularization, regularization_strength,
+                              V.sign_for(op, descending))
+            return _torch_cpu.soft_op(values, mode, regularization_strength,
+                                      _SIGN_OF[op][descending])
     regularization = V.check_regularization(regularization)
     eps = V.check_regularization_strength(regularization_strength)
     descending = V.check_descending(descending)

@@ -100,22 +100,45 @@ def test_bounds_checks_abort_in_debug_builds():
     assert "index 4 out of bounds for a span of 4" in result.stderr
 
 
+def _eager_route(route, x, op, reg, eps, sign):
+    if route == "cpu":  # softrank/_torch_cpu.py: solver mode number, rows by address
+        return softrank_torch._torch_cpu.CpuSoftOp.apply(x, _cpu_backend.MODES[op, reg], eps,
+                                                          sign)
+    return softrank_torch.EagerSoftOp.apply(x, (op, reg, eps, sign))
+
+
+def _hessian_vector_product(grad, leaf, u):
+    # An l2 gradient does not depend on x (the partition is locally constant): no graph.
+    if not grad.requires_grad:
+        return torch.zeros_like(leaf)
+    return torch.autograd.grad(grad, leaf, u)[0]
+
+
+@pytest.mark.parametrize("route", ["cpu", "eager"])
 @pytest.mark.parametrize("reg", REGS)
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_eager_route_equals_transform_route(op, reg, dtype):
-    """EagerSoftOp (address-based, partition on ctx) and SoftOpFunction give the same numbers."""
+def test_eager_routes_equal_transform_route(route, op, reg, dtype):
+    """CpuSoftOp and EagerSoftOp (partition on ctx) give SoftOpFunction's numbers, first order
+    (native backward) and second order (create_graph: the differentiable formulas)."""
     x = torch.randn(4, 33, dtype=dtype)
     g = torch.randn(4, 33, dtype=dtype)
-    spec = (op, reg, 0.7, -1)
+    u = torch.randn(4, 33, dtype=dtype)
     leaf = x.clone().requires_grad_()
-    out = softrank_torch.EagerSoftOp.apply(leaf, spec)
-    (grad,) = torch.autograd.grad(out, leaf, g)
+    out = _eager_route(route, leaf, op, reg, 0.7, -1)
+    (grad,) = torch.autograd.grad(out, leaf, g, create_graph=True)
+    hvp = _hessian_vector_product(grad, leaf, u)
+    (grad_native,) = torch.autograd.grad(_eager_route(route, leaf, op, reg, 0.7, -1), leaf, g)
     leaf2 = x.clone().requires_grad_()
-    out2 = softrank_torch.SoftOpFunction.apply(leaf2, *spec)[0]
-    (grad2,) = torch.autograd.grad(out2, leaf2, g)
+    out2 = softrank_torch.SoftOpFunction.apply(leaf2, op, reg, 0.7, -1)[0]
+    (grad2,) = torch.autograd.grad(out2, leaf2, g, create_graph=True)
+    hvp2 = _hessian_vector_product(grad2, leaf2, u)
+    out2 = softrank_torch.SoftOpFunction.apply(leaf2, op, reg, 0.7, -1)[0]
+    (grad2_native,) = torch.autograd.grad(out2, leaf2, g)
     torch.testing.assert_close(out, out2, rtol=0, atol=0)
+    torch.testing.assert_close(grad_native, grad2_native, rtol=0, atol=0)
     torch.testing.assert_close(grad, grad2, rtol=0, atol=0)
+    torch.testing.assert_close(hvp, hvp2, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -148,8 +171,8 @@ def test_expanded_and_non_contiguous_cotangents():
 
 
 def test_threads_for_is_bounded():
-    assert _cpu_backend._threads_for(1, 10**6) == 1
-    assert 1 <= _cpu_backend._threads_for(1024, 1000) <= max(1, _cpu_backend.MAX_THREADS)
+    assert _cpu_backend.threads_for(1, 10**6) == 1
+    assert 1 <= _cpu_backend.threads_for(1024, 1000) <= max(1, _cpu_backend.MAX_THREADS)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
