@@ -220,26 +220,21 @@ cdef inline bint _radix_sort(RadixPlan* plan, Span[uint64_t] ka, Span[uint64_t] 
     return in_b
 
 
-cdef inline bint _radix_argsort(RadixPlan* plan, Span[floating] x, double sign,
-                                Span[uint64_t] ka, Span[uint64_t] kb, Span[uint64_t] full,
-                                Span[uint32_t] hist, Span[int32_t] perm,
-                                Span[double] s) noexcept nogil:
-    """_argsort_row by radix sorting words (high 32 bits of the key << 32 | index), so that a
-    pass moves a single word: for float32 that is the whole key; float64 rows then sort each
-    run of equal high halves by the full key (runs are short unless many values agree in their
-    top 32 bits; std::sort bounds the worst case). Half the passes of a 64-bit radix sort.
-    """
+cdef inline bint _build_keys(RadixPlan* plan, Span[floating] x, double sign, Span[uint64_t] ka,
+                             Span[uint64_t] full, Span[uint32_t] hist, Py_ssize_t lo,
+                             Py_ssize_t hi) noexcept nogil:
+    """Words (high 32 bits of the key << 32 | index) of x[lo:hi] into ka[lo:hi], full float64
+    keys into full[lo:hi], every digit counted into hist (zeroed by the caller). Returns True
+    if x[lo:hi] holds a NaN or an infinity."""
     cdef int bits = _digit_bits(plan), count = _digit_count(plan)
     cdef Py_ssize_t buckets = 1 << bits
     cdef uint64_t mask = buckets - 1
-    cdef Py_ssize_t n = x.len
-    cdef Py_ssize_t j, e
+    cdef Py_ssize_t j
     cdef int d
     cdef bint nonfinite = False
     cdef double v
-    cdef uint64_t key, high
-    memset(hist.ptr, 0, count * buckets * sizeof(uint32_t))
-    for j in range(n):
+    cdef uint64_t key
+    for j in range(lo, hi):
         v = x[j]
         if not (v - v == 0):  # NaN or +-inf
             nonfinite = True
@@ -252,22 +247,41 @@ cdef inline bint _radix_argsort(RadixPlan* plan, Span[floating] x, double sign,
         for d in range(count):
             hist[d * buckets + ((key >> (32 + bits * d)) & mask)] += 1
         ka[j] = key
-    if nonfinite:
-        return True
-    if _radix_sort(plan, ka, kb, n, hist):
-        ka = kb
-    if floating is float:
-        # The float32 key is exact: decode s from the sorted words (sequential reads)
-        # instead of gathering x[perm[j]] (random reads, most of this step on long rows).
-        for j in range(n):
-            key = ka[j]
-            perm[j] = <int32_t>(key & 0xFFFFFFFFu)
-            s[j] = _value_of_key32(<uint32_t>(key >> 32))
-        return False
-    for j in range(n):
+    return nonfinite
+
+
+cdef inline void _decode_words32(Span[uint64_t] ka, Span[int32_t] perm, Span[double] s,
+                                 Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """perm and s of sorted float32 words [lo, hi). The float32 key is exact: decoding s from
+    the sorted words (sequential reads) beats gathering x[perm[j]] (random reads, most of
+    this step on long rows)."""
+    cdef Py_ssize_t j
+    cdef uint64_t key
+    for j in range(lo, hi):
+        key = ka[j]
+        perm[j] = <int32_t>(key & 0xFFFFFFFFu)
+        s[j] = _value_of_key32(<uint32_t>(key >> 32))
+
+
+cdef inline void _perm_of_words(Span[uint64_t] ka, Span[int32_t] perm, Py_ssize_t lo,
+                                Py_ssize_t hi) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(lo, hi):
         perm[j] = <int32_t>(ka[j] & 0xFFFFFFFFu)
-    j = 0
-    while j < n:
+
+
+cdef inline void _sort_equal_high_runs(Span[uint64_t] ka, Span[uint64_t] full,
+                                       Span[int32_t] perm, Py_ssize_t lo,
+                                       Py_ssize_t hi) noexcept nogil:
+    """Sort by the full float64 key each run of sorted words with equal high halves that starts
+    in [lo, hi) (a run that started before lo is its own starter's; a run may end past hi)."""
+    cdef Py_ssize_t n = ka.len
+    cdef Py_ssize_t j = lo, e
+    cdef uint64_t high
+    if j > 0:
+        while j < hi and (ka[j] >> 32) == (ka[j - 1] >> 32):
+            j += 1
+    while j < hi:
         high = ka[j] >> 32
         e = j + 1
         while e < n and (ka[e] >> 32) == high:
@@ -275,8 +289,36 @@ cdef inline bint _radix_argsort(RadixPlan* plan, Span[floating] x, double sign,
         if e - j > 1:
             softrank_sort_by_key(full.ptr, perm.ptr + j, e - j)
         j = e
-    for j in range(n):
+
+
+cdef inline void _gather_sorted(Span[floating] x, double sign, Span[int32_t] perm,
+                                Span[double] s, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(lo, hi):
         s[j] = sign * x[perm[j]]
+
+
+cdef inline bint _radix_argsort(RadixPlan* plan, Span[floating] x, double sign,
+                                Span[uint64_t] ka, Span[uint64_t] kb, Span[uint64_t] full,
+                                Span[uint32_t] hist, Span[int32_t] perm,
+                                Span[double] s) noexcept nogil:
+    """_argsort_row by radix sorting words (high 32 bits of the key << 32 | index), so that a
+    pass moves a single word: for float32 that is the whole key; float64 rows then sort each
+    run of equal high halves by the full key (runs are short unless many values agree in their
+    top 32 bits; std::sort bounds the worst case). Half the passes of a 64-bit radix sort.
+    """
+    cdef Py_ssize_t n = x.len
+    memset(hist.ptr, 0, _digit_count(plan) * (1 << _digit_bits(plan)) * sizeof(uint32_t))
+    if _build_keys(plan, x, sign, ka, full, hist, 0, n):
+        return True
+    if _radix_sort(plan, ka, kb, n, hist):
+        ka = kb
+    if floating is float:
+        _decode_words32(ka, perm, s, 0, n)
+    else:
+        _perm_of_words(ka, perm, 0, n)
+        _sort_equal_high_runs(ka, full, perm, 0, n)
+        _gather_sorted(x, sign, perm, s, 0, n)
     return False
 
 
@@ -412,33 +454,43 @@ cdef inline Py_ssize_t _pav_rank_kl(Span[double] s, double eps, Span[int32_t] st
     return top
 
 
-cdef inline void _pav_row(Mode* mode, Span[double] s, double eps, double sign,
-                          Span[int32_t] perm, Span[floating] out, Span[int32_t] blocks,
-                          Span[int32_t] start, Span[double] state,
-                          Span[double] value) noexcept nogil:
+cdef inline Py_ssize_t _pav_blocks(Mode* mode, Span[double] s, double eps, Span[int32_t] start,
+                                   Span[double] state, Span[double] value) noexcept nogil:
+    """Pool adjacent violators on the sorted row s: a stack of blocks, each (start, state,
+    value). Returns the index of the top block."""
     cdef Py_ssize_t n = s.len
-    cdef Py_ssize_t j, top = -1, b, a, e, c, right
-    cdef double st, s_a, mean_rho, scale
+    cdef Py_ssize_t j, top = -1, a, right
+    cdef double st
     cdef double log_q1 = log(-expm1(-1.0 / eps)) if Mode is SortKL else 0.0
     if Mode is RankKL:
-        top = _pav_rank_kl(s, eps, start, state, value)
-    else:
-        # Pool adjacent violators: a stack of blocks, each (start, state, value).
-        for j in range(n):
-            top += 1
-            start[top] = <int32_t>j
-            state[top] = _initial_state(mode)
-            value[top] = _block_value(mode, s[j], state[top], j, 1, n, eps, log_q1)
-            while top > 0 and value[top - 1] <= value[top]:
-                a = start[top - 1]
-                right = start[top]
-                st = _merged_state(mode, state[top - 1], state[top], s[right] - s[a],
-                                   j + 1 - right, eps)
-                top -= 1
-                state[top] = st
-                value[top] = _block_value(mode, s[a], st, a, j + 1 - a, n, eps, log_q1)
-    # Expand blocks into outputs (see docs/CONTRACT.md for the closed forms).
-    for b in range(top + 1):
+        return _pav_rank_kl(s, eps, start, state, value)
+    for j in range(n):
+        top += 1
+        start[top] = <int32_t>j
+        state[top] = _initial_state(mode)
+        value[top] = _block_value(mode, s[j], state[top], j, 1, n, eps, log_q1)
+        while top > 0 and value[top - 1] <= value[top]:
+            a = start[top - 1]
+            right = start[top]
+            st = _merged_state(mode, state[top - 1], state[top], s[right] - s[a],
+                               j + 1 - right, eps)
+            top -= 1
+            state[top] = st
+            value[top] = _block_value(mode, s[a], st, a, j + 1 - a, n, eps, log_q1)
+    return top
+
+
+cdef inline void _expand_blocks(Mode* mode, Span[double] s, double eps, double sign,
+                                Span[int32_t] perm, Span[floating] out, Span[int32_t] blocks,
+                                Span[int32_t] start, Span[double] state, Py_ssize_t top,
+                                Py_ssize_t b_lo, Py_ssize_t b_hi) noexcept nogil:
+    """Expand blocks b_lo..b_hi-1 of the PAV solution into outputs (closed forms:
+    docs/CONTRACT.md)."""
+    cdef Py_ssize_t n = s.len
+    cdef Py_ssize_t j, b, a, e, c
+    cdef double st, s_a, mean_rho, scale
+    cdef double log_q1 = log(-expm1(-1.0 / eps)) if Mode is SortKL else 0.0
+    for b in range(b_lo, b_hi):
         a = start[b]
         e = start[b + 1] if b < top else n
         c = e - a
@@ -471,6 +523,14 @@ cdef inline void _pav_row(Mode* mode, Span[double] s, double eps, double sign,
                 blocks[j] = <int32_t>a
 
 
+cdef inline void _pav_row(Mode* mode, Span[double] s, double eps, double sign,
+                          Span[int32_t] perm, Span[floating] out, Span[int32_t] blocks,
+                          Span[int32_t] start, Span[double] state,
+                          Span[double] value) noexcept nogil:
+    cdef Py_ssize_t top = _pav_blocks(mode, s, eps, start, state, value)
+    _expand_blocks(mode, s, eps, sign, perm, out, blocks, start, state, top, 0, top + 1)
+
+
 cdef inline void _nan_row_forward(Span[floating] out, Span[int32_t] perm,
                                   Span[int32_t] blocks) noexcept nogil:
     cdef Py_ssize_t j
@@ -481,29 +541,24 @@ cdef inline void _nan_row_forward(Span[floating] out, Span[int32_t] perm,
     blocks[0] = -1
 
 
-cdef inline void _forward_row(int mode, Span[floating] x, Span[floating] out,
-                              Span[int32_t] perm, Span[int32_t] blocks, double eps, double sign,
-                              Workspace* work) noexcept nogil:
-    cdef Py_ssize_t n = x.len
-    cdef Span[uint64_t] ka = work.keys.sub(0, n)
-    cdef Span[uint64_t] kb = work.keys.sub(n, n)
-    cdef Span[uint64_t] full = work.keys.sub(2 * n, n)
-    cdef Span[uint32_t] hist = Span[uint32_t](<uint32_t*>work.keys.sub(3 * n, HIST_WORDS).ptr,
-                                              2 * HIST_WORDS)
+cdef inline bint _needs_scaling(int mode, Span[double] s) noexcept nogil:
+    """Differences s_j - s_a of l2 rows with values near the float64 limit overflow."""
+    cdef Py_ssize_t n = s.len
+    return (mode == RANK_L2 or mode == SORT_L2) and max(-s[n - 1], s[0]) > HUGE
+
+
+cdef inline void _solve_sorted_row(int mode, Span[double] s, double eps, double sign,
+                                   Span[int32_t] perm, Span[floating] out, Span[int32_t] blocks,
+                                   Workspace* work) noexcept nogil:
+    """PAV and expansion of a finite row sorted into s (perm: its order)."""
+    cdef Py_ssize_t n = s.len
     cdef Span[int32_t] start = work.ints.sub(0, n)
-    cdef Span[double] s = work.reals.sub(0, n)
     cdef Span[double] state = work.reals.sub(n, n)
     cdef Span[double] value = work.reals.sub(2 * n, n)
     cdef Py_ssize_t j
-    cdef double largest
-    if _argsort_row(x, sign, ka, kb, full, hist, perm, s):
-        _nan_row_forward(out, perm, blocks)
-        return
-    largest = max(-s[n - 1], s[0])
-    if largest > HUGE and (mode == RANK_L2 or mode == SORT_L2):
-        # Differences s_j - s_a of values near the float64 limit overflow: solve the problem
-        # scaled by a power of two (exact). rank(x, eps) = rank(x/k, eps/k) and
-        # sort(x, eps) = k * sort(x/k, eps*k) for the l2 projection.
+    if _needs_scaling(mode, s):
+        # Solve the problem scaled by a power of two (exact). rank(x, eps) = rank(x/k, eps/k)
+        # and sort(x, eps) = k * sort(x/k, eps*k) for the l2 projection.
         for j in range(n):
             s[j] = s[j] * (1.0 / HUGE_SCALE)
         if mode == RANK_L2:
@@ -524,23 +579,48 @@ cdef inline void _forward_row(int mode, Span[floating] x, Span[floating] out,
         _pav_row(<SortKL*>NULL, s, eps, sign, perm, out, blocks, start, state, value)
 
 
+cdef inline void _forward_row(int mode, Span[floating] x, Span[floating] out,
+                              Span[int32_t] perm, Span[int32_t] blocks, double eps, double sign,
+                              Workspace* work) noexcept nogil:
+    cdef Py_ssize_t n = x.len
+    cdef Span[uint64_t] ka = work.keys.sub(0, n)
+    cdef Span[uint64_t] kb = work.keys.sub(n, n)
+    cdef Span[uint64_t] full = work.keys.sub(2 * n, n)
+    cdef Span[uint32_t] hist = Span[uint32_t](<uint32_t*>work.keys.sub(3 * n, HIST_WORDS).ptr,
+                                              2 * HIST_WORDS)
+    cdef Span[double] s = work.reals.sub(0, n)
+    if _argsort_row(x, sign, ka, kb, full, hist, perm, s):
+        _nan_row_forward(out, perm, blocks)
+        return
+    _solve_sorted_row(mode, s, eps, sign, perm, out, blocks, work)
+
+
 # ----------------------------------------------------------------------------- backward
 
 cdef inline void _backward_row(int mode, Span[floating] g, Span[int32_t] perm,
                                Span[int32_t] blocks, Span[floating] aux, double eps,
                                double sign, Span[floating] grad,
                                Span[double] weights) noexcept nogil:
+    cdef Py_ssize_t j
+    if blocks[0] < 0:
+        for j in range(g.len):
+            grad[j] = NAN
+        return
+    _backward_blocks(mode, g, perm, blocks, aux, eps, sign, grad, weights, 0, g.len)
+
+
+cdef inline void _backward_blocks(int mode, Span[floating] g, Span[int32_t] perm,
+                                  Span[int32_t] blocks, Span[floating] aux, double eps,
+                                  double sign, Span[floating] grad, Span[double] weights,
+                                  Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Gradient of the blocks in sorted positions [lo, hi) (lo and hi are block starts or n)."""
     cdef Py_ssize_t n = g.len
     cdef Py_ssize_t a, e, j, c
     cdef double total, norm, mean, scale = sign / eps, ref, r
-    if blocks[0] < 0:
-        for j in range(n):
-            grad[j] = NAN
-        return
-    a = 0
-    while a < n:
+    a = lo
+    while a < hi:
         e = a + 1
-        while e < n and blocks[e] == a:
+        while e < hi and blocks[e] == a:
             e += 1
         c = e - a
         total = 0.0
@@ -616,13 +696,202 @@ cdef void _forward_rows(int mode, Span[floating] x, Span[floating] out, Span[int
                         Span[int32_t] blocks, Py_ssize_t rows, Py_ssize_t n, double eps,
                         double sign, uint64_t* words, int n_threads) noexcept nogil:
     cdef Py_ssize_t r, per_thread = _forward_words(n)
-    if n_threads <= 1:
+    cdef Workspace work
+    if _splits_rows(rows, n, n_threads):
+        work = _forward_workspace(words, n)
+        for r in range(rows):
+            _forward_split_row(mode, x.sub(r * n, n), out.sub(r * n, n), perm.sub(r * n, n),
+                               blocks.sub(r * n, n), eps, sign, &work,
+                               Span[uint32_t](<uint32_t*>(words + per_thread),
+                                              2 * n_threads * HIST_WORDS), n_threads)
+    elif n_threads <= 1:
         for r in range(rows):
             _forward_one(mode, x, out, perm, blocks, r, n, eps, sign, words)
     else:
         for r in prange(rows, num_threads=n_threads, schedule="static"):
             _forward_one(mode, x, out, perm, blocks, r, n, eps, sign,
                          words + threadid() * per_thread)
+
+
+# One long row on several threads. A batch with fewer rows than threads would leave threads
+# idle under the row-parallel drivers above; from SPLIT_ROW_MIN elements such rows are solved one
+# at a time, each step but PAV split across the threads: the radix passes (each thread counts
+# and scatters its chunk of the words, at offsets that keep the sort stable), the decoding of
+# the sorted words, the expansion of the blocks, and the backward's blocks.
+# PAV itself stays serial.
+cdef Py_ssize_t SPLIT_ROW_MIN = 65536
+
+
+cdef inline bint _splits_rows(Py_ssize_t rows, Py_ssize_t n, int n_threads) noexcept nogil:
+    return n_threads > 1 and rows < n_threads and n >= SPLIT_ROW_MIN
+
+
+cdef inline Py_ssize_t _chunk_start(Py_ssize_t t, Py_ssize_t n, int n_threads) noexcept nogil:
+    """Start of thread t's chunk of n positions (t = n_threads gives n)."""
+    return t * n // n_threads
+
+
+cdef inline Py_ssize_t _split_forward_words(Py_ssize_t n, int n_threads) noexcept nogil:
+    """A row's forward workspace plus one set of 11-bit radix histograms per thread."""
+    return _forward_words(n) + n_threads * HIST_WORDS
+
+
+cdef inline void _count_digit(Span[uint64_t] src, Py_ssize_t lo, Py_ssize_t hi, int shift,
+                              Span[uint32_t] hist) noexcept nogil:
+    cdef Py_ssize_t j
+    memset(hist.ptr, 0, 2048 * sizeof(uint32_t))
+    for j in range(lo, hi):
+        hist[(src[j] >> shift) & 2047] += 1
+
+
+cdef inline Py_ssize_t _first_block_from(Span[int32_t] start, Py_ssize_t top,
+                                         Py_ssize_t position) noexcept nogil:
+    """The first block (of 0..top) starting at or after position; top + 1 if none."""
+    cdef Py_ssize_t lo = 0, hi = top + 1, mid
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if start[mid] < position:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef inline Py_ssize_t _pav_blocks_of(int mode, Span[double] s, double eps, Span[int32_t] start,
+                                      Span[double] state, Span[double] value) noexcept nogil:
+    if mode == RANK_L2:
+        return _pav_blocks(<RankL2*>NULL, s, eps, start, state, value)
+    elif mode == RANK_KL:
+        return _pav_blocks(<RankKL*>NULL, s, eps, start, state, value)
+    elif mode == SORT_L2:
+        return _pav_blocks(<SortL2*>NULL, s, eps, start, state, value)
+    return _pav_blocks(<SortKL*>NULL, s, eps, start, state, value)
+
+
+cdef inline void _expand_blocks_of(int mode, Span[double] s, double eps, double sign,
+                                   Span[int32_t] perm, Span[floating] out, Span[int32_t] blocks,
+                                   Span[int32_t] start, Span[double] state, Py_ssize_t top,
+                                   Py_ssize_t b_lo, Py_ssize_t b_hi) noexcept nogil:
+    if mode == RANK_L2:
+        _expand_blocks(<RankL2*>NULL, s, eps, sign, perm, out, blocks, start, state, top, b_lo, b_hi)
+    elif mode == RANK_KL:
+        _expand_blocks(<RankKL*>NULL, s, eps, sign, perm, out, blocks, start, state, top, b_lo, b_hi)
+    elif mode == SORT_L2:
+        _expand_blocks(<SortL2*>NULL, s, eps, sign, perm, out, blocks, start, state, top, b_lo, b_hi)
+    else:
+        _expand_blocks(<SortKL*>NULL, s, eps, sign, perm, out, blocks, start, state, top, b_lo, b_hi)
+
+
+cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
+                             Span[int32_t] perm, Span[int32_t] blocks, double eps, double sign,
+                             Workspace* work, Span[uint32_t] hists, int n_threads) noexcept nogil:
+    """_forward_row of one row on n_threads threads (three 11-bit radix passes); hists holds
+    3 x 2048 counts per thread. Same results as _forward_row, bit for bit."""
+    cdef Py_ssize_t n = x.len
+    cdef Span[uint64_t] ka = work.keys.sub(0, n)
+    cdef Span[uint64_t] kb = work.keys.sub(n, n)
+    cdef Span[uint64_t] full = work.keys.sub(2 * n, n)
+    cdef Span[uint64_t] src, dst
+    cdef Span[double] s = work.reals.sub(0, n)
+    cdef Span[int32_t] start = work.ints.sub(0, n)
+    cdef Span[double] state = work.reals.sub(n, n)
+    cdef Span[double] value = work.reals.sub(2 * n, n)
+    cdef Py_ssize_t per = 3 * 2048  # counts per thread
+    cdef Py_ssize_t t, b, top
+    cdef int d, shift, nonfinite = 0
+    cdef bint moved = False, in_b = False
+    cdef uint32_t total, c
+    cdef uint64_t first_key
+    memset(hists.ptr, 0, n_threads * per * sizeof(uint32_t))
+    for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
+        nonfinite |= _build_keys(<Digits11x3*>NULL, x, sign, ka, full, hists.sub(t * per, per),
+                                 _chunk_start(t, n, n_threads),
+                                 _chunk_start(t + 1, n, n_threads))
+    if nonfinite:
+        _nan_row_forward(out, perm, blocks)
+        return
+    first_key = ka[0]
+    for d in range(3):
+        shift = 32 + 11 * d
+        # Every key has the same digit: nothing to do (totals do not depend on the order).
+        total = 0
+        for t in range(n_threads):
+            total += hists[t * per + 2048 * d + ((first_key >> shift) & 2047)]
+        if total == <uint32_t>n:
+            continue
+        if in_b:
+            src, dst = kb, ka
+        else:
+            src, dst = ka, kb
+        if moved:  # the chunks now hold other words: count this digit again
+            for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
+                _count_digit(src, _chunk_start(t, n, n_threads),
+                             _chunk_start(t + 1, n, n_threads), shift,
+                             hists.sub(t * per + 2048 * d, 2048))
+        # Offsets: bucket by bucket, thread 0's words before thread 1's (stable).
+        total = 0
+        for b in range(2048):
+            for t in range(n_threads):
+                c = hists[t * per + 2048 * d + b]
+                hists[t * per + 2048 * d + b] = total
+                total += c
+        for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
+            _scatter_pass(src.sub(_chunk_start(t, n, n_threads),
+                                  _chunk_start(t + 1, n, n_threads) - _chunk_start(t, n, n_threads)),
+                          dst, _chunk_start(t + 1, n, n_threads) - _chunk_start(t, n, n_threads),
+                          shift, 2047, hists.sub(t * per + 2048 * d, 2048))
+        in_b = not in_b
+        moved = True
+    if in_b:
+        ka = kb
+    if floating is float:
+        for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
+            _decode_words32(ka, perm, s, _chunk_start(t, n, n_threads),
+                            _chunk_start(t + 1, n, n_threads))
+    else:
+        for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
+            _perm_of_words(ka, perm, _chunk_start(t, n, n_threads),
+                           _chunk_start(t + 1, n, n_threads))
+        for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
+            _sort_equal_high_runs(ka, full, perm, _chunk_start(t, n, n_threads),
+                                  _chunk_start(t + 1, n, n_threads))
+        for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
+            _gather_sorted(x, sign, perm, s, _chunk_start(t, n, n_threads),
+                           _chunk_start(t + 1, n, n_threads))
+    if _needs_scaling(mode, s):  # rare: the serial solver handles the scaling
+        _solve_sorted_row(mode, s, eps, sign, perm, out, blocks, work)
+        return
+    top = _pav_blocks_of(mode, s, eps, start, state, value)
+    for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
+        _expand_blocks_of(mode, s, eps, sign, perm, out, blocks, start, state, top,
+                          _first_block_from(start, top, _chunk_start(t, n, n_threads)),
+                          _first_block_from(start, top, _chunk_start(t + 1, n, n_threads)))
+
+
+cdef void _backward_split_row(int mode, Span[floating] g, Span[int32_t] perm,
+                              Span[int32_t] blocks, Span[floating] aux, double eps, double sign,
+                              Span[floating] grad, Span[double] weights,
+                              int n_threads) noexcept nogil:
+    """_backward_row of one row on n_threads threads, each on the blocks that start in its
+    chunk of sorted positions."""
+    cdef Py_ssize_t n = g.len
+    cdef Py_ssize_t t, largest = 0
+    if blocks[0] >= 0:
+        for t in range(n_threads):
+            largest = max(largest, _block_start_at(blocks, _chunk_start(t + 1, n, n_threads))
+                          - _block_start_at(blocks, _chunk_start(t, n, n_threads)))
+    if blocks[0] < 0 or 4 * largest > 3 * n:  # NaN row, or one thread would do most blocks
+        _backward_row(mode, g, perm, blocks, aux, eps, sign, grad, weights)
+        return
+    for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
+        _backward_blocks(mode, g, perm, blocks, aux, eps, sign, grad, weights,
+                         _block_start_at(blocks, _chunk_start(t, n, n_threads)),
+                         _block_start_at(blocks, _chunk_start(t + 1, n, n_threads)))
+
+
+cdef inline Py_ssize_t _block_start_at(Span[int32_t] blocks, Py_ssize_t position) noexcept nogil:
+    """Start of the block holding sorted position (n for position n)."""
+    return blocks.len if position >= blocks.len else blocks[position]
 
 
 cdef inline Py_ssize_t _backward_words(int mode, Py_ssize_t n) noexcept nogil:
@@ -635,7 +904,12 @@ cdef void _backward_rows(int mode, Span[floating] g, Span[int32_t] perm, Span[in
                          double eps, double sign, uint64_t* words, int n_threads) noexcept nogil:
     cdef Py_ssize_t r, per_thread = _backward_words(mode, n)
     cdef Py_ssize_t weights = n if mode == SORT_KL else 0
-    if n_threads <= 1:
+    if _splits_rows(rows, n, n_threads):  # the threads share one row's weights
+        for r in range(rows):
+            _backward_split_row(mode, g.sub(r * n, n), perm.sub(r * n, n), blocks.sub(r * n, n),
+                                aux.sub(r * n, n), eps, sign, grad.sub(r * n, n),
+                                Span[double](<double*>words, weights), n_threads)
+    elif n_threads <= 1:
         for r in range(rows):
             _backward_row(mode, g.sub(r * n, n), perm.sub(r * n, n), blocks.sub(r * n, n),
                           aux.sub(r * n, n), eps, sign, grad.sub(r * n, n),
@@ -663,9 +937,12 @@ cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* per
         raise ValueError(f"values has {n} elements along dim; at most 2147483647 are supported")
     if rows == 0 or n == 0:
         return
-    n_threads = max(1, min(n_threads, rows))
+    cdef bint split = _splits_rows(rows, n, n_threads)
+    if not split:
+        n_threads = max(1, min(n_threads, rows))
     cdef WorkspaceBuffer buffer
-    cdef uint64_t* words = buffer.acquire(n_threads * _forward_words(n))
+    cdef uint64_t* words = buffer.acquire(_split_forward_words(n, n_threads) if split
+                                          else n_threads * _forward_words(n))
     cdef Py_ssize_t size = rows * n
     with nogil:
         if typenum == cnp.NPY_FLOAT:
@@ -683,9 +960,12 @@ cdef void _solve_backward(int mode, int typenum, void* g, int32_t* perm, int32_t
                           double sign, int n_threads) except *:
     if rows == 0 or n == 0:
         return
-    n_threads = max(1, min(n_threads, rows))
+    cdef bint split = _splits_rows(rows, n, n_threads)
+    if not split:
+        n_threads = max(1, min(n_threads, rows))
     cdef WorkspaceBuffer buffer
-    cdef uint64_t* words = buffer.acquire(max(1, n_threads * _backward_words(mode, n)))
+    cdef uint64_t* words = buffer.acquire(max(1, (1 if split else n_threads)
+                                              * _backward_words(mode, n)))
     cdef Py_ssize_t size = rows * n
     with nogil:
         if typenum == cnp.NPY_FLOAT:
@@ -815,6 +1095,11 @@ cdef extern from *:
     #endif
     """
     const int softrank_openmp
+
+
+def split_row_min():
+    """The shortest rows that a batch of fewer rows than threads splits across the threads."""
+    return SPLIT_ROW_MIN
 
 
 def radix_wide_min():

@@ -34,12 +34,18 @@ def _default_threads():
 
 
 MAX_THREADS = _default_threads() if _cpu.openmp_enabled() else 1
+SPLIT_ROW_MIN = _cpu.split_row_min()
 
 
 def threads_for(rows, n, min_elements=PARALLEL_MIN_ELEMENTS):
-    if rows < 2 or rows * n < min_elements:
+    """Threads for a call on (rows, n). Rows run in parallel; a batch of fewer rows than threads
+    uses one thread per row, except rows of SPLIT_ROW_MIN elements or more, which the solver
+    splits across all the threads (softrank/_cpu.pyx)."""
+    if rows * n < min_elements:
         return 1
-    return min(MAX_THREADS, rows)
+    if rows < MAX_THREADS and n < SPLIT_ROW_MIN:
+        return rows
+    return MAX_THREADS
 
 
 def forward(op, regularization, x, eps, sign, out, perm, blocks):

@@ -171,8 +171,12 @@ def test_expanded_and_non_contiguous_cotangents():
 
 
 def test_threads_for_is_bounded():
-    assert _cpu_backend.threads_for(1, 10**6) == 1
-    assert 1 <= _cpu_backend.threads_for(1024, 1000) <= max(1, _cpu_backend.MAX_THREADS)
+    threads_for, most = _cpu_backend.threads_for, _cpu_backend.MAX_THREADS
+    assert threads_for(1, 10) == 1  # too little work for a parallel region
+    assert threads_for(1, _cpu_backend.SPLIT_ROW_MIN - 1) == 1  # one short row: one thread
+    assert threads_for(1, _cpu_backend.SPLIT_ROW_MIN) == most  # one long row: split
+    assert 1 <= threads_for(1024, 1000) <= max(1, most)
+    assert threads_for(2, 1000) == min(2, most)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
