@@ -930,6 +930,39 @@ cdef void _backward_rows(int mode, Span[floating] g, Span[int32_t] perm, Span[in
 #   guarantees (the torch layer: x.numpy() and x.detach() cost ~1.2 us per short call) and
 #   allocate the outputs themselves.
 
+# Thread policy. A call passing n_threads <= 0 gets _auto_threads: softrank/_cpu_backend.py sets
+# (and documents) the thresholds at import; deciding here saves the torch layer a Python call
+# per forward and backward.
+cdef int _policy_max_threads = 1
+cdef Py_ssize_t _policy_min_forward = 256
+cdef Py_ssize_t _policy_min_backward = 2048
+
+
+def set_thread_policy(int max_threads, Py_ssize_t min_forward, Py_ssize_t min_backward):
+    """Threads of calls with n_threads <= 0: up to max_threads, and rows in parallel from
+    min_forward (forward) or min_backward (backward) elements per call."""
+    global _policy_max_threads, _policy_min_forward, _policy_min_backward
+    if max_threads < 1:
+        raise ValueError(f"max_threads must be >= 1, got {max_threads}")
+    _policy_max_threads, _policy_min_forward, _policy_min_backward = (
+        max_threads, min_forward, min_backward)
+
+
+cdef inline int _auto_threads(Py_ssize_t rows, Py_ssize_t n, bint backward) noexcept nogil:
+    """Rows run in parallel; a batch of fewer rows than threads uses one thread per row,
+    except rows of SPLIT_ROW_MIN elements or more, which are split across all the threads."""
+    if rows * n < (_policy_min_backward if backward else _policy_min_forward):
+        return 1
+    if rows < _policy_max_threads and n < SPLIT_ROW_MIN:
+        return <int>rows
+    return _policy_max_threads
+
+
+def threads_for(Py_ssize_t rows, Py_ssize_t n, bint backward=False):
+    """The threads of a call on (rows, n) that lets the solver choose (n_threads <= 0)."""
+    return _auto_threads(rows, n, backward)
+
+
 cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* perm,
                          int32_t* blocks, Py_ssize_t rows, Py_ssize_t n, double eps, double sign,
                          int n_threads) except *:
@@ -937,6 +970,8 @@ cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* per
         raise ValueError(f"values has {n} elements along dim; at most 2147483647 are supported")
     if rows == 0 or n == 0:
         return
+    if n_threads <= 0:
+        n_threads = _auto_threads(rows, n, False)
     cdef bint split = _splits_rows(rows, n, n_threads)
     if not split:
         n_threads = max(1, min(n_threads, rows))
@@ -960,6 +995,8 @@ cdef void _solve_backward(int mode, int typenum, void* g, int32_t* perm, int32_t
                           double sign, int n_threads) except *:
     if rows == 0 or n == 0:
         return
+    if n_threads <= 0:
+        n_threads = _auto_threads(rows, n, True)
     cdef bint split = _splits_rows(rows, n, n_threads)
     if not split:
         n_threads = max(1, min(n_threads, rows))

@@ -1,4 +1,4 @@
-"""CPU back end: thin wrapper of the Cython solver (softrank/_cpu.pyx) that picks the threads.
+"""CPU back end: thin wrapper of the Cython solver (softrank/_cpu.pyx); sets its thread policy.
 
 forward/backward have the CUDA back end's signatures (docs/CONTRACT.md): callers validate and
 allocate. forward_at/backward_at are the torch layer's cheaper form: data by address, outputs
@@ -37,40 +37,35 @@ MAX_THREADS = _default_threads() if _cpu.openmp_enabled() else 1
 SPLIT_ROW_MIN = _cpu.split_row_min()
 
 
-def threads_for(rows, n, min_elements=PARALLEL_MIN_ELEMENTS):
-    """Threads for a call on (rows, n). Rows run in parallel; a batch of fewer rows than threads
+_cpu.set_thread_policy(MAX_THREADS, PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_BACKWARD)
+AUTO_THREADS = 0  # n_threads argument: the solver applies the policy above
+
+
+def threads_for(rows, n, backward=False):
+    """Threads of a call on (rows, n): rows run in parallel; a batch of fewer rows than threads
     uses one thread per row, except rows of SPLIT_ROW_MIN elements or more, which the solver
-    splits across all the threads (softrank/_cpu.pyx)."""
-    if rows * n < min_elements:
-        return 1
-    if rows < MAX_THREADS and n < SPLIT_ROW_MIN:
-        return rows
-    return MAX_THREADS
+    splits across all the threads (softrank/_cpu.pyx applies this policy itself)."""
+    return _cpu.threads_for(rows, n, backward)
 
 
 def forward(op, regularization, x, eps, sign, out, perm, blocks):
-    rows, n = x.shape
-    _cpu.forward(MODES[op, regularization], x, out, perm, blocks, eps, sign,
-                 threads_for(rows, n))
+    _cpu.forward(MODES[op, regularization], x, out, perm, blocks, eps, sign, AUTO_THREADS)
 
 
 def backward(op, regularization, g, perm, blocks, aux, eps, sign, grad):
-    rows, n = g.shape
     _cpu.backward(MODES[op, regularization], g, perm, blocks, g if aux is None else aux, eps,
-                  sign, grad, threads_for(rows, n, PARALLEL_MIN_ELEMENTS_BACKWARD))
+                  sign, grad, AUTO_THREADS)
 
 
 def forward_at(op, regularization, x_address, rows, n, single, eps, sign):
     """forward() of the C-contiguous (rows, n) float32 (single) or float64 rows at x_address,
     which the caller keeps alive; returns new (out, perm, blocks) arrays."""
     return _cpu.forward_at(MODES[op, regularization], x_address, rows, n, single, eps, sign,
-                           threads_for(rows, n))
+                           AUTO_THREADS)
 
 
 def backward_at(op, regularization, g_address, perm, blocks, aux_address, single, eps, sign):
     """backward() of the C-contiguous cotangent at g_address, shaped like perm; aux_address is
     out (rank/kl), x (sort/kl) or 0 (l2). Returns a new grad array."""
-    rows, n = perm.shape
-    threads = threads_for(rows, n, PARALLEL_MIN_ELEMENTS_BACKWARD)
     return _cpu.backward_at(MODES[op, regularization], g_address, perm, blocks, aux_address,
-                            single, eps, sign, threads)
+                            single, eps, sign, AUTO_THREADS)

@@ -170,13 +170,18 @@ def soft_op(op, values, regularization, regularization_strength, dim, descending
         mode = _MODE_OF[op].get(regularization)
         dtype = values.dtype
         if (mode is not None and (dtype is torch.float32 or dtype is torch.float64)
-                and values.is_cpu and values.layout is torch.strided and values.dim() == 2
-                and values.is_contiguous() and values.numel()):
-            if _functorch_active() or _forward_ad._current_level >= 0 or _is_compiling():
-                return _solve(values, op, regularization, regularization_strength,
-                              V.sign_for(op, descending))
-            return _torch_cpu.soft_op(values, mode, regularization_strength,
-                                      _SIGN_OF[op][descending])
+                and values.is_cpu and values.layout is torch.strided
+                and values.is_contiguous()):
+            shape = values.shape
+            if len(shape) == 2:  # zero-size rows too: the solver returns them empty
+                if _functorch_active() or _forward_ad._current_level >= 0 or _is_compiling():
+                    return _solve(values, op, regularization, regularization_strength,
+                                  V.sign_for(op, descending))
+                rows, n = shape
+                eps, sign = regularization_strength, _SIGN_OF[op][descending]
+                if values.requires_grad and torch.is_grad_enabled():
+                    return _torch_cpu.apply(values, mode, eps, sign, rows, n)
+                return _torch_cpu.solve(values, mode, eps, sign, rows, n)
     regularization = V.check_regularization(regularization)
     eps = V.check_regularization_strength(regularization_strength)
     descending = V.check_descending(descending)

@@ -5,66 +5,71 @@ On a short row the solve itself is about 1 us of a ~30 us forward+backward: the 
 autograd engine (a do-nothing autograd.Function costs about as much) and the Python between the
 caller and the solver, which this route keeps to one autograd.Function holding the solver's
 mode number, the rows by address and the partition (perm, blocks) as the NumPy arrays the solver
-returned. Callers (softrank/_torch.py) have checked that the rows are a contiguous CPU
-(rows, n) float32/float64 tensor and that no torch.func transform, forward-mode AD or
-torch.compile is active; those go through softrank/_torch.py's other routes.
+returned; the solver picks its threads (softrank/_cpu_backend.py's policy). Callers
+(softrank/_torch.py) have checked that the rows are a contiguous CPU (rows, n) float32/float64
+tensor and that no torch.func transform, forward-mode AD or torch.compile is active; those go
+through softrank/_torch.py's other routes.
 """
 import torch
 
 from . import _cpu
 from . import _torch_formulas as formulas
-from ._cpu_backend import MODE_NAMES, MODES, PARALLEL_MIN_ELEMENTS_BACKWARD, threads_for
+from ._cpu_backend import AUTO_THREADS, MODE_NAMES, MODES
 
 _float32 = torch.float32
 _RANK_KL = MODES["rank", "kl"]
 
 
 class CpuSoftOp(torch.autograd.Function):
-    """Soft rank/sort (solver mode number `mode`, docs/CONTRACT.md) of contiguous CPU rows."""
+    """Soft rank/sort (solver mode number `mode`, docs/CONTRACT.md) of contiguous CPU rows x
+    of shape (rows, n)."""
 
     @staticmethod
-    def forward(ctx, x, mode, eps, sign):
-        rows, n = x.shape
-        out, perm, blocks = _cpu.forward_at(mode, x.data_ptr(), rows, n, x.dtype is _float32,
-                                            eps, sign, threads_for(rows, n))
+    def forward(ctx, x, mode, eps, sign, rows, n):
+        single = x.dtype is _float32
+        out, perm, blocks = _cpu.forward_at(mode, x.data_ptr(), rows, n, single, eps, sign,
+                                            AUTO_THREADS)
         out = torch.from_numpy(out)
-        ctx.solved = (mode, perm, blocks, eps, sign)
+        ctx.solved = (mode, perm, blocks, eps, sign, single)
         if mode & 1:  # kl: the backward reads the output (rank) or the input (sort)
             ctx.save_for_backward(out if mode == _RANK_KL else x)
         return out
 
     @staticmethod
     def backward(ctx, g):
-        mode, perm, blocks, eps, sign = ctx.solved
+        mode, perm, blocks, eps, sign, single = ctx.solved
         aux = ctx.saved_tensors[0] if mode & 1 else None
         if torch.is_grad_enabled():  # create_graph: keep the derivative differentiable
             op, regularization = MODE_NAMES[mode]
             partition = formulas.Partition(torch.from_numpy(perm), torch.from_numpy(blocks))
             return (formulas.vjp(op, regularization, g, partition, aux, eps, sign),
-                    None, None, None)
-        if not g.is_contiguous():  # e.g. the expanded cotangent of out.sum()
+                    None, None, None, None, None)
+        # The solver reads g by address as perm's shape in the forward's dtype: autograd hands
+        # backward a cotangent of the output's shape, dtype and device (validated, cast if
+        # needed), but not necessarily contiguous (e.g. the expanded cotangent of out.sum()).
+        if not g.is_contiguous():
             g = g.contiguous()
-        if g.numel() != perm.size:  # autograd guarantees it; the solver reads g by address
-            raise ValueError(f"internal: cotangent of shape {tuple(g.shape)} for a forward "
-                             f"of shape {perm.shape}")
-        rows, n = perm.shape
         grad = _cpu.backward_at(mode, g.data_ptr(), perm, blocks,
-                                0 if aux is None else aux.data_ptr(), g.dtype is _float32, eps,
-                                sign, threads_for(rows, n, PARALLEL_MIN_ELEMENTS_BACKWARD))
-        return torch.from_numpy(grad), None, None, None
+                                0 if aux is None else aux.data_ptr(), single, eps, sign,
+                                AUTO_THREADS)
+        return torch.from_numpy(grad), None, None, None, None, None
 
 
 # Function.apply's Python wrapper (functorch checks, argument binding) costs ~1 us and our
 # callers have ruled out functorch: call the C++ apply directly, as Function.apply does.
-_apply = super(torch.autograd.Function, CpuSoftOp).apply
+apply = super(torch.autograd.Function, CpuSoftOp).apply
+
+
+def solve(x, mode, eps, sign, rows, n):
+    """The soft op of contiguous CPU (rows, n) float32/float64 rows x, outside autograd."""
+    return torch.from_numpy(_cpu.forward_at(mode, x.data_ptr(), rows, n, x.dtype is _float32,
+                                            eps, sign, AUTO_THREADS)[0])
 
 
 def soft_op(x, mode, eps, sign):
     """The soft op of contiguous CPU (rows, n) float32/float64 rows x, differentiable when x
     requires grad."""
-    if x.requires_grad and torch.is_grad_enabled():
-        return _apply(x, mode, eps, sign)
     rows, n = x.shape
-    out = _cpu.forward_at(mode, x.data_ptr(), rows, n, x.dtype is _float32, eps, sign,
-                          threads_for(rows, n))[0]
-    return torch.from_numpy(out)
+    if x.requires_grad and torch.is_grad_enabled():
+        return apply(x, mode, eps, sign, rows, n)
+    return solve(x, mode, eps, sign, rows, n)

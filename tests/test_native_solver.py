@@ -103,7 +103,7 @@ def test_bounds_checks_abort_in_debug_builds():
 def _eager_route(route, x, op, reg, eps, sign):
     if route == "cpu":  # softrank/_torch_cpu.py: solver mode number, rows by address
         return softrank_torch._torch_cpu.CpuSoftOp.apply(x, _cpu_backend.MODES[op, reg], eps,
-                                                          sign)
+                                                          sign, *x.shape)
     return softrank_torch.EagerSoftOp.apply(x, (op, reg, eps, sign))
 
 
@@ -177,6 +177,8 @@ def test_threads_for_is_bounded():
     assert threads_for(1, _cpu_backend.SPLIT_ROW_MIN) == most  # one long row: split
     assert 1 <= threads_for(1024, 1000) <= max(1, most)
     assert threads_for(2, 1000) == min(2, most)
+    assert threads_for(1000, 1, backward=True) == 1  # the backward's threshold is higher
+    assert threads_for(1000, 10, backward=True) == most
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
