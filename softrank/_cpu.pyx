@@ -1113,7 +1113,7 @@ def backward_at(int mode, size_t g_address, cnp.ndarray perm, cnp.ndarray blocks
     cdef Py_ssize_t rows = cnp.PyArray_DIM(perm, 0), n = cnp.PyArray_DIM(perm, 1)
     _check_array(perm, "perm", cnp.NPY_INT32, rows, n, False)
     _check_array(blocks, "blocks", cnp.NPY_INT32, rows, n, False)
-    if aux_address == 0 and (mode == RANK_KL or mode == SORT_KL):
+    if aux_address == 0 and (mode == RANK_KL or mode == SORT_KL) and rows * n > 0:
         raise ValueError("aux_address is required for the kl regularization")
     cdef int typenum = cnp.NPY_FLOAT if single else cnp.NPY_DOUBLE
     cdef cnp.ndarray grad = _empty(rows, n, typenum)
