@@ -182,12 +182,14 @@ def test_threads_for_is_bounded():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n", [1, 2, "max", "max+1", 31, 32, 33, 47, 48, 49, 95, 96, 97, 119, 120,
-                               121, 300, "wide-1", "wide", 5000])
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 9, 10, 15, 16, 17, "max", "max+1", 31, 32, 33, 47, 48,
+                               49, 95, 96, 97, 111, 112, 113, 119, 120, 121, 300, "wide-1", "wide",
+                               5000])
 def test_permutation_is_the_stable_descending_argsort(n, dtype):
-    """Around the counting/radix crossovers (_cpu.counting_max(), by CPU) and the switch from
-    8-bit to 11-bit radix digits (_cpu.radix_wide_min()): perm is numpy's stable argsort of
-    -sign*x, ties (including -0.0 == +0.0) in index order."""
+    """Around the counting kernels (one-register AVX-512 rows up to 16, the general loop above),
+    the counting/radix crossovers (_cpu.counting_max(), by CPU) and the switch from 8-bit to
+    11-bit radix digits (_cpu.radix_wide_min()): perm is numpy's stable argsort of -sign*x,
+    ties (including -0.0 == +0.0) in index order."""
     if n in ("max", "max+1"):
         n = _cpu.counting_max()[dtype == np.float64] + (n == "max+1")
     elif n in ("wide-1", "wide"):
