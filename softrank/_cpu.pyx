@@ -975,10 +975,16 @@ cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* per
     cdef bint split = _splits_rows(rows, n, n_threads)
     if not split:
         n_threads = max(1, min(n_threads, rows))
-    cdef WorkspaceBuffer buffer
-    cdef uint64_t* words = buffer.acquire(_split_forward_words(n, n_threads) if split
-                                          else n_threads * _forward_words(n))
     cdef Py_ssize_t size = rows * n
+    cdef Py_ssize_t solver_words = (_split_forward_words(n, n_threads) if split
+                                    else n_threads * _forward_words(n))
+    # perm == NULL: the caller wants out only; perm and blocks go to scratch words (reused
+    # memory: fresh perm and blocks arrays cost ~12% of a (1, 1000) forward)
+    cdef WorkspaceBuffer buffer
+    cdef uint64_t* words = buffer.acquire(solver_words + (size if perm == NULL else 0))
+    if perm == NULL:
+        perm = <int32_t*>(words + solver_words)
+        blocks = perm + size
     with nogil:
         if typenum == cnp.NPY_FLOAT:
             _forward_rows(mode, Span[float](<float*>x, size), Span[float](<float*>out, size),
@@ -1083,6 +1089,18 @@ def forward_at(int mode, size_t x_address, Py_ssize_t rows, Py_ssize_t n, bint s
     _solve_forward(mode, typenum, <void*>x_address, _data(out), <int32_t*>_data(perm),
                    <int32_t*>_data(blocks), rows, n, eps, sign, n_threads)
     return out, perm, blocks
+
+
+def forward_values_at(int mode, size_t x_address, Py_ssize_t rows, Py_ssize_t n, bint single,
+                      double eps, double sign, int n_threads):
+    """forward_at without the partition (nothing will differentiate the call): returns a new
+    out array only."""
+    _check_mode(mode)
+    cdef int typenum = cnp.NPY_FLOAT if single else cnp.NPY_DOUBLE
+    cdef cnp.ndarray out = _empty(rows, n, typenum)
+    _solve_forward(mode, typenum, <void*>x_address, _data(out), NULL, NULL, rows, n, eps, sign,
+                   n_threads)
+    return out
 
 
 def backward(int mode, cnp.ndarray g, cnp.ndarray perm, cnp.ndarray blocks, cnp.ndarray aux,

@@ -61,9 +61,10 @@ apply = super(torch.autograd.Function, CpuSoftOp).apply
 
 
 def solve(x, mode, eps, sign, rows, n):
-    """The soft op of contiguous CPU (rows, n) float32/float64 rows x, outside autograd."""
-    return torch.from_numpy(_cpu.forward_at(mode, x.data_ptr(), rows, n, x.dtype is _float32,
-                                            eps, sign, AUTO_THREADS)[0])
+    """The soft op of contiguous CPU (rows, n) float32/float64 rows x, outside autograd (no
+    partition is kept)."""
+    return torch.from_numpy(_cpu.forward_values_at(mode, x.data_ptr(), rows, n,
+                                                   x.dtype is _float32, eps, sign, AUTO_THREADS))
 
 
 def soft_op(x, mode, eps, sign):

@@ -244,3 +244,24 @@ def test_nonfinite_rows_on_every_sort_path(n, dtype):
                                          1.0, 1)
             np.testing.assert_array_equal(out[r], o1[0])
             np.testing.assert_array_equal(perm[r], p1[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_values_at_equals_forward_at(dtype):
+    """The no-partition forward (perm and blocks in scratch memory, for calls nothing will
+    differentiate) gives forward_at's output bit for bit: rows of every kernel, a NaN row, and
+    a long row split across threads."""
+    rng = np.random.default_rng(3)
+    shapes = [(3, 1), (5, 10), (4, 100), (2, 300), (3, 5000), (1, _cpu.split_row_min() + 1)]
+    for rows, n in shapes:
+        x = rng.normal(size=(rows, n)).astype(dtype)
+        x[-1, n // 2] = np.nan
+        for mode in range(4):
+            for threads in (1, 2, 0):
+                expected = _cpu.forward_at(mode, x.ctypes.data, rows, n, dtype == np.float32,
+                                           0.3, -1.0, threads)[0]
+                out = _cpu.forward_values_at(mode, x.ctypes.data, rows, n,
+                                             dtype == np.float32, 0.3, -1.0, threads)
+                np.testing.assert_array_equal(out, expected)
+    empty = _cpu.forward_values_at(0, 0, 0, 5, True, 1.0, 1.0, 0)
+    assert empty.shape == (0, 5) and empty.dtype == np.float32
