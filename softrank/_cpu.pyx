@@ -86,6 +86,7 @@ cdef extern from "_sort_kernels.h":
     void softrank_rank_by_counting32(const uint32_t *keys, int32_t *perm, Py_ssize_t n) noexcept nogil
     int softrank_counting_max_f32
     int softrank_counting_max_f64
+    const int softrank_cpu_dispatch
     void softrank_choose_counting_max() noexcept nogil
 
 
@@ -1160,6 +1161,11 @@ def split_row_min():
 def radix_wide_min():
     """The shortest rows radix sorted with 11-bit digits (8-bit digits below)."""
     return RADIX_WIDE_MIN
+
+
+def cpu_dispatch():
+    """Whether the counting kernels were built with per-CPU variants (GCC on x86-64 Linux)."""
+    return bool(softrank_cpu_dispatch)
 
 
 def counting_max():

@@ -33,8 +33,10 @@ static inline __attribute__((always_inline)) void softrank_count_ranks(
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
 #define SOFTRANK_AVX2_CLONES 1
 #define SOFTRANK_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+static const int softrank_cpu_dispatch = 1;
 #else
 #define SOFTRANK_CLONES
+static const int softrank_cpu_dispatch = 0;
 #endif
 
 #ifdef SOFTRANK_AVX2_CLONES

@@ -1,6 +1,7 @@
 """The compiled solver's private entry points, its debug bounds checks and its workspaces,
 and the eager torch route that reads tensors by address."""
 
+import platform
 import subprocess
 import sys
 
@@ -265,3 +266,31 @@ def test_forward_values_at_equals_forward_at(dtype):
                 np.testing.assert_array_equal(out, expected)
     empty = _cpu.forward_values_at(0, 0, 0, 5, True, 1.0, 1.0, 0)
     assert empty.shape == (0, 5) and empty.dtype == np.float32
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def test_counting_kernels_follow_the_cpu():
+    """The counting kernels are picked at load time from the CPU (GCC on x86-64 Linux): a
+    failed dispatch would keep every result right but silently lose the faster kernels."""
+    flags = _cpu_flags()
+    if flags is None or platform.machine() != "x86_64":
+        pytest.skip("needs /proc/cpuinfo on x86-64")
+    limits = _cpu.counting_max()
+    if not _cpu.cpu_dispatch():  # another compiler or platform: the portable kernels only
+        assert limits == (32, 48)
+    elif {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= flags:
+        assert limits == (192, 112)
+    elif "avx2" in flags:
+        assert limits == (96, 120)
+    else:
+        assert limits == (32, 48)
