@@ -1026,13 +1026,14 @@ cdef void _solve_backward(int mode, int typenum, void* g, int32_t* perm, int32_t
 cdef int _check_array(cnp.ndarray a, str name, int typenum, Py_ssize_t rows, Py_ssize_t n,
                       bint writable) except -1:
     if (cnp.PyArray_NDIM(a) != 2 or cnp.PyArray_TYPE(a) != typenum
-            or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a)
             or cnp.PyArray_DIM(a, 0) != rows or cnp.PyArray_DIM(a, 1) != n
             or (writable and not cnp.PyArray_ISWRITEABLE(a))):
         raise ValueError(
             f"{name} must be a C-contiguous {'writable ' if writable else ''}"
             f"({rows}, {n}) array of {cnp.PyArray_DescrFromType(typenum)}, got "
-            f"{a.dtype} {(<object>a).shape} (contiguous: {bool(cnp.PyArray_IS_C_CONTIGUOUS(a))})")
+            f"{a.dtype} {(<object>a).shape} (contiguous: {bool(cnp.PyArray_IS_C_CONTIGUOUS(a))}, "
+            f"native byte order: {bool(cnp.PyArray_ISNOTSWAPPED(a))})")
     return 0
 
 
@@ -1076,6 +1077,19 @@ def forward(int mode, cnp.ndarray x, cnp.ndarray out, cnp.ndarray perm, cnp.ndar
     _check_mode(mode)
     _solve_forward(mode, typenum, _data(x), _data(out), <int32_t*>_data(perm),
                    <int32_t*>_data(blocks), rows, n, eps, sign, n_threads)
+
+
+def forward_values(int mode, cnp.ndarray x, double eps, double sign, int n_threads):
+    """forward() without the partition (nothing will differentiate the call): returns a new
+    out array; perm and blocks go to scratch memory."""
+    cdef int typenum = _check_rows(x, "x")
+    cdef Py_ssize_t rows = cnp.PyArray_DIM(x, 0), n = cnp.PyArray_DIM(x, 1)
+    _check_array(x, "x", typenum, rows, n, False)
+    _check_mode(mode)
+    cdef cnp.ndarray out = _empty(rows, n, typenum)
+    _solve_forward(mode, typenum, _data(x), _data(out), NULL, NULL, rows, n, eps, sign,
+                   n_threads)
+    return out
 
 
 def forward_at(int mode, size_t x_address, Py_ssize_t rows, Py_ssize_t n, bint single,

@@ -52,6 +52,11 @@ def forward(op, regularization, x, eps, sign, out, perm, blocks):
     _cpu.forward(MODES[op, regularization], x, out, perm, blocks, eps, sign, AUTO_THREADS)
 
 
+def forward_values(op, regularization, x, eps, sign):
+    """forward() when nothing will differentiate the call: returns new out rows only."""
+    return _cpu.forward_values(MODES[op, regularization], x, eps, sign, AUTO_THREADS)
+
+
 def backward(op, regularization, g, perm, blocks, aux, eps, sign, grad):
     _cpu.backward(MODES[op, regularization], g, perm, blocks, g if aux is None else aux, eps,
                   sign, grad, AUTO_THREADS)

@@ -281,6 +281,16 @@ def forward(op, regularization, x, eps, sign, out, perm, blocks):
     forward_launches(cupy, launch, plan, op, regularization, x, eps, sign, out, perm, blocks)
 
 
+def forward_values(op, regularization, x, eps, sign):
+    """forward() when nothing will differentiate the call: returns new out rows only."""
+    cupy = require_cupy()
+    out = cupy.empty_like(x)
+    perm = cupy.empty(x.shape, dtype=np.int32)
+    blocks = cupy.empty(x.shape, dtype=np.int32)
+    forward(op, regularization, x, eps, sign, out, perm, blocks)
+    return out
+
+
 def backward(op, regularization, g, perm, blocks, aux, eps, sign, grad):
     """VJP of :func:`forward` for cotangent ``g``; ``aux``: out (rank/kl), x (sort/kl), or None."""
     cupy = require_cupy()

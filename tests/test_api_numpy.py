@@ -117,3 +117,44 @@ def test_numpy_use_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("reg", REGS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_path_equals_general_path(rng, op, reg, dtype):
+    """A C-contiguous native float32/float64 2-D array along its last dim takes a shorter route
+    (no partition kept); every other layout of the same values takes the general one. Both
+    must give the same bits, and equal the VJP's forward."""
+    x = _inputs(rng, 37, dtype)
+    for descending in (False, True):
+        for dim in (-1, 1):
+            fast = FUNCS[op](x, reg, 0.7, dim=dim, descending=descending)
+            assert fast.dtype == dtype and fast.shape == x.shape
+            general = {
+                "transposed": FUNCS[op](np.ascontiguousarray(x.T), reg, 0.7, dim=0,
+                                        descending=descending),
+                "3-d": FUNCS[op](x[None], reg, 0.7, dim=-1, descending=descending)[0],
+                "byte-swapped": FUNCS[op](x.astype(x.dtype.newbyteorder()), reg, 0.7, dim=dim,
+                                          descending=descending),
+                "vjp": VJPS[op](x, reg, 0.7, dim=dim, descending=descending)[0],
+            }
+            np.testing.assert_array_equal(general["transposed"].T, fast)
+            for name in ("3-d", "byte-swapped", "vjp"):
+                np.testing.assert_array_equal(general[name], fast, err_msg=name)
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    np.testing.assert_array_equal(FUNCS[op](read_only, reg, 0.7), FUNCS[op](x, reg, 0.7))
+    assert FUNCS[op](np.empty((0, 4), dtype), reg).shape == (0, 4)
+    assert FUNCS[op](np.empty((3, 0), dtype), reg).shape == (3, 0)
+    with pytest.raises(ValueError, match="regularization must be 'l2' or 'kl'"):
+        FUNCS[op](x, "l1")
+
+
+def test_native_solver_refuses_byte_swapped_rows():
+    """The solver reads rows by pointer: a non-native byte order must raise, not be misread."""
+    from softrank import _cpu
+
+    x = np.arange(6.0).reshape(2, 3).astype(">f8")
+    with pytest.raises(ValueError, match="native byte order: False"):
+        _cpu.forward_values(0, x, 1.0, 1.0, 1)
