@@ -6,9 +6,9 @@ autograd engine (a do-nothing autograd.Function costs about as much) and the Pyt
 caller and the solver, which this route keeps to one autograd.Function holding the solver's
 mode number, the rows by address and the partition (perm, blocks) as the NumPy arrays the solver
 returned; the solver picks its threads (softrank/_cpu_backend.py's policy). Callers
-(softrank/_torch.py) have checked that the rows are a contiguous CPU (rows, n) float32/float64
-tensor and that no torch.func transform, forward-mode AD or torch.compile is active; those go
-through softrank/_torch.py's other routes.
+(softrank/_torch.py) have checked that the input is a contiguous CPU float32/float64 tensor
+ranked along its last dimension and that no torch.func transform, forward-mode AD or
+torch.compile is active; those go through softrank/_torch.py's other routes.
 """
 import torch
 
@@ -21,29 +21,28 @@ _RANK_KL = MODES["rank", "kl"]
 
 
 class CpuSoftOp(torch.autograd.Function):
-    """Soft rank/sort (solver mode number `mode`, docs/CONTRACT.md) of contiguous CPU rows x
-    of shape (rows, n)."""
+    """Soft rank/sort (solver mode number `mode`, docs/CONTRACT.md) of contiguous CPU x ranked
+    along its last dimension: rows rows of n. shape: x's shape when it is not (rows, n), so
+    that the output and the gradient come out in it (None for (rows, n))."""
 
     @staticmethod
-    def forward(ctx, x, mode, eps, sign, rows, n):
+    def forward(ctx, x, mode, eps, sign, rows, n, shape):
         single = x.dtype is _float32
         out, perm, blocks = _cpu.forward_at(mode, x.data_ptr(), rows, n, single, eps, sign,
                                             AUTO_THREADS)
-        out = torch.from_numpy(out)
-        ctx.solved = (mode, perm, blocks, eps, sign, single)
+        out = torch.from_numpy(out if shape is None else out.reshape(shape))
+        ctx.solved = (mode, perm, blocks, eps, sign, single, shape)
         if mode & 1:  # kl: the backward reads the output (rank) or the input (sort)
             ctx.save_for_backward(out if mode == _RANK_KL else x)
         return out
 
     @staticmethod
     def backward(ctx, g):
-        mode, perm, blocks, eps, sign, single = ctx.solved
+        mode, perm, blocks, eps, sign, single, shape = ctx.solved
         aux = ctx.saved_tensors[0] if mode & 1 else None
         if torch.is_grad_enabled():  # create_graph: keep the derivative differentiable
-            op, regularization = MODE_NAMES[mode]
-            partition = formulas.Partition(torch.from_numpy(perm), torch.from_numpy(blocks))
-            return (formulas.vjp(op, regularization, g, partition, aux, eps, sign),
-                    None, None, None, None, None)
+            return (_differentiable_vjp(mode, g, perm, blocks, aux, eps, sign, shape),
+                    None, None, None, None, None, None)
         # The solver reads g by address as perm's shape in the forward's dtype: autograd hands
         # backward a cotangent of the output's shape, dtype and device (validated, cast if
         # needed), but not necessarily contiguous (e.g. the expanded cotangent of out.sum()).
@@ -52,7 +51,20 @@ class CpuSoftOp(torch.autograd.Function):
         grad = _cpu.backward_at(mode, g.data_ptr(), perm, blocks,
                                 0 if aux is None else aux.data_ptr(), single, eps, sign,
                                 AUTO_THREADS)
-        return torch.from_numpy(grad), None, None, None, None, None
+        return (torch.from_numpy(grad if shape is None else grad.reshape(shape)),
+                None, None, None, None, None, None)
+
+
+def _differentiable_vjp(mode, g, perm, blocks, aux, eps, sign, shape):
+    """The backward as torch ops (softrank/_torch_formulas.py), on (rows, n) rows."""
+    op, regularization = MODE_NAMES[mode]
+    partition = formulas.Partition(torch.from_numpy(perm), torch.from_numpy(blocks))
+    if shape is None:
+        return formulas.vjp(op, regularization, g, partition, aux, eps, sign)
+    rows_shape = perm.shape
+    aux = None if aux is None else aux.reshape(rows_shape)
+    return formulas.vjp(op, regularization, g.reshape(rows_shape), partition, aux, eps,
+                        sign).reshape(shape)
 
 
 # Function.apply's Python wrapper (functorch checks, argument binding) costs ~1 us and our
@@ -60,11 +72,12 @@ class CpuSoftOp(torch.autograd.Function):
 apply = super(torch.autograd.Function, CpuSoftOp).apply
 
 
-def solve(x, mode, eps, sign, rows, n):
-    """The soft op of contiguous CPU (rows, n) float32/float64 rows x, outside autograd (no
-    partition is kept)."""
-    return torch.from_numpy(_cpu.forward_values_at(mode, x.data_ptr(), rows, n,
-                                                   x.dtype is _float32, eps, sign, AUTO_THREADS))
+def solve(x, mode, eps, sign, rows, n, shape=None):
+    """The soft op of contiguous CPU float32/float64 x (rows rows of n; shape as for CpuSoftOp),
+    outside autograd (no partition is kept)."""
+    out = _cpu.forward_values_at(mode, x.data_ptr(), rows, n, x.dtype is _float32, eps, sign,
+                                 AUTO_THREADS)
+    return torch.from_numpy(out if shape is None else out.reshape(shape))
 
 
 def soft_op(x, mode, eps, sign):
@@ -72,5 +85,5 @@ def soft_op(x, mode, eps, sign):
     requires grad."""
     rows, n = x.shape
     if x.requires_grad and torch.is_grad_enabled():
-        return apply(x, mode, eps, sign, rows, n)
+        return apply(x, mode, eps, sign, rows, n, None)
     return solve(x, mode, eps, sign, rows, n)

@@ -104,7 +104,7 @@ def test_bounds_checks_abort_in_debug_builds():
 def _eager_route(route, x, op, reg, eps, sign):
     if route == "cpu":  # softrank/_torch_cpu.py: solver mode number, rows by address
         return softrank_torch._torch_cpu.CpuSoftOp.apply(x, _cpu_backend.MODES[op, reg], eps,
-                                                          sign, *x.shape)
+                                                          sign, *x.shape, None)
     return softrank_torch.EagerSoftOp.apply(x, (op, reg, eps, sign))
 
 
