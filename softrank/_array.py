@@ -149,20 +149,20 @@ _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)  # native byte o
 def soft_op(op, values, regularization, regularization_strength, dim, descending):
     """soft_rank/soft_sort on an array: the forward alone, keeping no partition."""
     # The common call in fewer steps (the general path below costs ~20 us on a short row): a
-    # C-contiguous native float32/float64 (rows, n) ndarray ranked along its last dimension,
-    # with plain Python arguments that pass the general path's checks.
+    # C-contiguous native float32/float64 ndarray ranked along its last dimension, with plain
+    # Python arguments that pass the general path's checks.
     if (type(values) is np.ndarray and type(regularization_strength) is float
             and 0.0 < regularization_strength < math.inf and type(regularization) is str
-            and (descending is False or descending is True) and (dim == -1 or dim == 1)
-            and type(dim) is int and values.ndim == 2
+            and (descending is False or descending is True) and type(dim) is int
+            and values.ndim and (dim == -1 or dim == values.ndim - 1) and values.shape[-1]
             and (values.dtype is _FLOAT32 or values.dtype is _FLOAT64)
-            and values.flags.c_contiguous):
+            and values.flags.c_contiguous and regularization in ("l2", "kl")):
         from . import _cpu_backend
 
-        mode = _cpu_backend.MODE_OF[op].get(regularization)
-        if mode is not None:
-            return _cpu_backend.forward_values(op, regularization, values, regularization_strength,
-                                               V.sign_for(op, descending))
+        rows = values.reshape(-1, values.shape[-1])  # a view
+        out = _cpu_backend.forward_values(op, regularization, rows, regularization_strength,
+                                          V.sign_for(op, descending))
+        return out if values.ndim == 2 else out.reshape(values.shape)
     call = _Call(op, values, regularization, regularization_strength, dim, descending)
     if call.x.size == 0:
         return call.empty()

@@ -142,6 +142,11 @@ def test_fast_path_equals_general_path(rng, op, reg, dtype):
             np.testing.assert_array_equal(general["transposed"].T, fast)
             for name in ("3-d", "byte-swapped", "vjp"):
                 np.testing.assert_array_equal(general[name], fast, err_msg=name)
+    for shape in [(37,), (3, 1, 37)]:  # other ranks along the last dim: same route
+        y = x[0] if len(shape) == 1 else x[:, None, :]
+        assert y.flags.c_contiguous and y.shape == shape
+        np.testing.assert_array_equal(
+            FUNCS[op](y, reg, 0.7), VJPS[op](y, reg, 0.7)[0], err_msg=str(shape))
     read_only = x.copy()
     read_only.flags.writeable = False
     np.testing.assert_array_equal(FUNCS[op](read_only, reg, 0.7), FUNCS[op](x, reg, 0.7))
