@@ -62,7 +62,8 @@ if sys.platform != "win32" and compiler_is_gcc():
 extension = Extension(
     "softrank._cpu",
     ["softrank/_cpu.pyx"],
-    depends=["softrank/_span.h", "softrank/_sort_kernels.h", "softrank/_workspace.h"],
+    depends=["softrank/_span.h", "softrank/_sort_kernels.h", "softrank/_bitonic_sort.h",
+             "softrank/_workspace.h"],
     language="c++",  # std::sort for short rows
     include_dirs=[numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]

@@ -86,6 +86,8 @@ cdef extern from "_sort_kernels.h":
     void softrank_rank_by_counting32(const uint32_t *keys, int32_t *perm, Py_ssize_t n) noexcept nogil
     int softrank_counting_max_f32
     int softrank_counting_max_f64
+    int softrank_network_max
+    void softrank_sort_words_by_network(uint64_t *words, Py_ssize_t n) noexcept nogil
     const int softrank_cpu_dispatch
     void softrank_choose_counting_max() noexcept nogil
 
@@ -221,12 +223,24 @@ cdef inline bint _radix_sort(RadixPlan* plan, Span[uint64_t] ka, Span[uint64_t] 
     return in_b
 
 
+cdef inline uint64_t _word_of(floating v, Py_ssize_t j, double sign,
+                              Span[uint64_t] full) noexcept nogil:
+    """The sort word of x[j] = v: the high 32 bits of its key << 32 | j. float64 keys are
+    stored whole in full[j] (for ties of their high halves)."""
+    cdef uint64_t key
+    if floating is float:
+        return (_descending_key32(<float>(sign * v)) << 32) | <uint64_t>j
+    key = _descending_key64(sign * v)
+    full[j] = key
+    return (key & 0xFFFFFFFF00000000u) | <uint64_t>j
+
+
 cdef inline bint _build_keys(RadixPlan* plan, Span[floating] x, double sign, Span[uint64_t] ka,
                              Span[uint64_t] full, Span[uint32_t] hist, Py_ssize_t lo,
                              Py_ssize_t hi) noexcept nogil:
-    """Words (high 32 bits of the key << 32 | index) of x[lo:hi] into ka[lo:hi], full float64
-    keys into full[lo:hi], every digit counted into hist (zeroed by the caller). Returns True
-    if x[lo:hi] holds a NaN or an infinity."""
+    """Words (_word_of) of x[lo:hi] into ka[lo:hi], full float64 keys into full[lo:hi], every
+    digit counted into hist (zeroed by the caller). Returns True if x[lo:hi] holds a NaN or an
+    infinity."""
     cdef int bits = _digit_bits(plan), count = _digit_count(plan)
     cdef Py_ssize_t buckets = 1 << bits
     cdef uint64_t mask = buckets - 1
@@ -239,12 +253,7 @@ cdef inline bint _build_keys(RadixPlan* plan, Span[floating] x, double sign, Spa
         v = x[j]
         if not (v - v == 0):  # NaN or +-inf
             nonfinite = True
-        if floating is float:
-            key = (_descending_key32(<float>(sign * v)) << 32) | <uint64_t>j
-        else:
-            key = _descending_key64(sign * v)
-            full[j] = key
-            key = (key & 0xFFFFFFFF00000000u) | <uint64_t>j
+        key = _word_of(x[j], j, sign, full)
         for d in range(count):
             hist[d * buckets + ((key >> (32 + bits * d)) & mask)] += 1
         ka[j] = key
@@ -299,27 +308,56 @@ cdef inline void _gather_sorted(Span[floating] x, double sign, Span[int32_t] per
         s[j] = sign * x[perm[j]]
 
 
-cdef inline bint _radix_argsort(RadixPlan* plan, Span[floating] x, double sign,
-                                Span[uint64_t] ka, Span[uint64_t] kb, Span[uint64_t] full,
-                                Span[uint32_t] hist, Span[int32_t] perm,
-                                Span[double] s) noexcept nogil:
-    """_argsort_row by radix sorting words (high 32 bits of the key << 32 | index), so that a
-    pass moves a single word: for float32 that is the whole key; float64 rows then sort each
-    run of equal high halves by the full key (runs are short unless many values agree in their
-    top 32 bits; std::sort bounds the worst case). Half the passes of a 64-bit radix sort.
-    """
+cdef inline void _order_of_sorted_words(Span[floating] x, double sign, Span[uint64_t] ka,
+                                        Span[uint64_t] full, Span[int32_t] perm,
+                                        Span[double] s) noexcept nogil:
+    """perm and s of a row from its words sorted in ka: for float32 that is the whole key;
+    float64 rows then sort each run of equal high halves by the full key (runs are short unless
+    many values agree in their top 32 bits; std::sort bounds the worst case)."""
     cdef Py_ssize_t n = x.len
-    memset(hist.ptr, 0, _digit_count(plan) * (1 << _digit_bits(plan)) * sizeof(uint32_t))
-    if _build_keys(plan, x, sign, ka, full, hist, 0, n):
-        return True
-    if _radix_sort(plan, ka, kb, n, hist):
-        ka = kb
     if floating is float:
         _decode_words32(ka, perm, s, 0, n)
     else:
         _perm_of_words(ka, perm, 0, n)
         _sort_equal_high_runs(ka, full, perm, 0, n)
         _gather_sorted(x, sign, perm, s, 0, n)
+
+
+cdef inline bint _radix_argsort(RadixPlan* plan, Span[floating] x, double sign,
+                                Span[uint64_t] ka, Span[uint64_t] kb, Span[uint64_t] full,
+                                Span[uint32_t] hist, Span[int32_t] perm,
+                                Span[double] s) noexcept nogil:
+    """_argsort_row by radix sorting words (_word_of), so that a pass moves a single word:
+    half the passes of a 64-bit radix sort for float64 rows."""
+    cdef Py_ssize_t n = x.len
+    memset(hist.ptr, 0, _digit_count(plan) * (1 << _digit_bits(plan)) * sizeof(uint32_t))
+    if _build_keys(plan, x, sign, ka, full, hist, 0, n):
+        return True
+    if _radix_sort(plan, ka, kb, n, hist):
+        ka = kb
+    _order_of_sorted_words(x, sign, ka, full, perm, s)
+    return False
+
+
+cdef inline bint _network_argsort(Span[floating] x, double sign, Span[uint64_t] ka,
+                                  Span[uint64_t] full, Span[int32_t] perm,
+                                  Span[double] s) noexcept nogil:
+    """_argsort_row by a sorting network on the words (_word_of; rows of at most
+    softrank_network_max). The network takes a raw pointer: the debug bounds checks do not
+    cover it."""
+    cdef Py_ssize_t n = x.len
+    cdef Py_ssize_t j
+    cdef bint nonfinite = False
+    cdef double v
+    for j in range(n):
+        v = x[j]
+        if not (v - v == 0):  # NaN or +-inf
+            nonfinite = True
+        ka[j] = _word_of(x[j], j, sign, full)
+    if nonfinite:
+        return True
+    softrank_sort_words_by_network(ka.ptr, n)
+    _order_of_sorted_words(x, sign, ka, full, perm, s)
     return False
 
 
@@ -358,12 +396,14 @@ cdef inline bint _argsort_row(Span[floating] x, double sign, Span[uint64_t] ka,
     """perm <- indices of sign*x in decreasing order (stable), s <- the sorted sign*x.
 
     Returns True if the row holds a NaN or an infinity (perm and s are then not filled).
-    Short rows are ranked by counting, longer ones radix sorted (8-bit digits, or 11-bit
-    digits from RADIX_WIDE_MIN elements).
+    Short rows are ranked by counting, then (where the CPU has AVX-512) sorted by a network,
+    longer ones radix sorted (8-bit digits, or 11-bit digits from RADIX_WIDE_MIN elements).
     """
     cdef Py_ssize_t n = x.len
     if n <= (softrank_counting_max_f32 if sizeof(floating) == 4 else softrank_counting_max_f64):
         return _counting_argsort(x, sign, ka, perm, s)
+    if n <= softrank_network_max:
+        return _network_argsort(x, sign, ka, full, perm, s)
     if n >= RADIX_WIDE_MIN:
         return _radix_argsort(<Digits11x3*>NULL, x, sign, ka, kb, full, hist, perm, s)
     return _radix_argsort(<Bytes4*>NULL, x, sign, ka, kb, full, hist, perm, s)
@@ -1180,6 +1220,11 @@ def radix_wide_min():
 def cpu_dispatch():
     """Whether the counting kernels were built with per-CPU variants (GCC on x86-64 Linux)."""
     return bool(softrank_cpu_dispatch)
+
+
+def network_max():
+    """Longest row sorted by the sorting network (0: none on this CPU)."""
+    return softrank_network_max
 
 
 def counting_max():

@@ -184,15 +184,18 @@ def test_threads_for_is_bounded():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 2, 3, 8, 9, 10, 15, 16, 17, "max", "max+1", 31, 32, 33, 47, 48,
-                               49, 95, 96, 97, 111, 112, 113, 119, 120, 121, 300, "wide-1", "wide",
-                               5000])
+                               49, 63, 64, 65, 95, 96, 97, 111, 112, 113, 119, 120, 121, 127, 128,
+                               129, 255, "net", "net+1", 300, "wide-1", "wide", 5000])
 def test_permutation_is_the_stable_descending_argsort(n, dtype):
     """Around the counting kernels (one-register AVX-512 rows up to 16, the general loop above),
-    the counting/radix crossovers (_cpu.counting_max(), by CPU) and the switch from 8-bit to
-    11-bit radix digits (_cpu.radix_wide_min()): perm is numpy's stable argsort of -sign*x,
-    ties (including -0.0 == +0.0) in index order."""
+    the sorting network's register counts (16, 32, 64, 128, 256 words) and limit
+    (_cpu.network_max(), by CPU), the counting/radix crossovers (_cpu.counting_max(), by CPU)
+    and the switch from 8-bit to 11-bit radix digits (_cpu.radix_wide_min()): perm is numpy's
+    stable argsort of -sign*x, ties (including -0.0 == +0.0) in index order."""
     if n in ("max", "max+1"):
         n = _cpu.counting_max()[dtype == np.float64] + (n == "max+1")
+    elif n in ("net", "net+1"):
+        n = max(_cpu.network_max(), 1) + (n == "net+1")
     elif n in ("wide-1", "wide"):
         n = _cpu.radix_wide_min() - (n == "wide-1")
     rng = np.random.default_rng(n)
@@ -219,9 +222,9 @@ def test_float64_values_sharing_their_high_bits_sort_fast():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n", [7, 200, "wide"])
+@pytest.mark.parametrize("n", [7, 100, 600, "wide"])
 def test_nonfinite_rows_on_every_sort_path(n, dtype):
-    """Counting, 8-bit and 11-bit radix rows: a NaN or +-inf anywhere makes its row NaN (output
+    """Counting, network, 8-bit and 11-bit radix rows: a NaN or +-inf anywhere makes its row NaN (output
     and gradient) and leaves the other rows exactly as when solved alone."""
     if n == "wide":
         n = _cpu.radix_wide_min() + 5
@@ -279,18 +282,19 @@ def _cpu_flags():
     return None
 
 
-def test_counting_kernels_follow_the_cpu():
-    """The counting kernels are picked at load time from the CPU (GCC on x86-64 Linux): a
-    failed dispatch would keep every result right but silently lose the faster kernels."""
+def test_short_row_kernels_follow_the_cpu():
+    """The counting kernels and the sorting network are picked at load time from the CPU (GCC
+    on x86-64 Linux): a failed dispatch would keep every result right but silently lose the
+    faster kernels."""
     flags = _cpu_flags()
     if flags is None or platform.machine() != "x86_64":
         pytest.skip("needs /proc/cpuinfo on x86-64")
-    limits = _cpu.counting_max()
+    limits = _cpu.counting_max(), _cpu.network_max()
     if not _cpu.cpu_dispatch():  # another compiler or platform: the portable kernels only
-        assert limits == (32, 48)
+        assert limits == ((32, 48), 0)
     elif {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= flags:
-        assert limits == (192, 112)
+        assert limits == ((16, 16), 256)
     elif "avx2" in flags:
-        assert limits == (96, 120)
+        assert limits == ((96, 120), 0)
     else:
-        assert limits == (32, 48)
+        assert limits == ((32, 48), 0)
