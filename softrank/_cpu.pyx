@@ -105,41 +105,34 @@ cdef struct Workspace:
 
 # ----------------------------------------------------------------------------- keys and sorting
 
+# Order-preserving maps float -> unsigned integer, inverted so that ascending keys = descending
+# values: a negative value keeps its bits, a positive one has all but its sign bit flipped. No
+# branches: the sign of random data is a coin flip, and a mispredicted branch per element cost
+# (1024, 100) rows 15% of their forward. The map is its own inverse.
+cdef inline uint32_t _flip32(uint32_t u) noexcept nogil:
+    return u ^ (((u >> 31) - 1u) & 0x7FFFFFFFu)
+
+
 cdef inline uint64_t _descending_key32(float z) noexcept nogil:
-    # Order-preserving map float32 -> uint32, then inverted so that ascending keys = descending z.
     cdef uint32_t u
-    if z == 0:
-        z = 0.0  # -0.0 and +0.0 are the same value: give them the same key
+    z = z + <float>0.0  # -0.0 + 0.0 = +0.0: the two zeros are one value, with one key
     memcpy(&u, &z, 4)
-    if u & 0x80000000u:
-        u = ~u
-    else:
-        u = u | 0x80000000u
-    return <uint64_t>(~u)
+    return <uint64_t>_flip32(u)
 
 
 cdef inline float _value_of_key32(uint32_t key) noexcept nogil:
     """The float32 z of a _descending_key32 key (-0.0 comes back as +0.0, its key's value)."""
-    cdef uint32_t u = ~key
+    cdef uint32_t u = _flip32(key)
     cdef float z
-    if u & 0x80000000u:
-        u = u & 0x7FFFFFFFu
-    else:
-        u = ~u
     memcpy(&z, &u, 4)
     return z
 
 
 cdef inline uint64_t _descending_key64(double z) noexcept nogil:
     cdef uint64_t u
-    if z == 0:
-        z = 0.0
+    z = z + 0.0
     memcpy(&u, &z, 8)
-    if u & 0x8000000000000000u:
-        u = ~u
-    else:
-        u = u | 0x8000000000000000u
-    return ~u
+    return u ^ (((u >> 63) - 1u) & 0x7FFFFFFFFFFFFFFFu)
 
 
 cdef inline void _scatter_pass(Span[uint64_t] src, Span[uint64_t] dst, Py_ssize_t n, int shift,
