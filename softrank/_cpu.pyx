@@ -266,11 +266,18 @@ cdef inline void _decode_words32(Span[uint64_t] ka, Span[int32_t] perm, Span[dou
         s[j] = _value_of_key32(<uint32_t>(key >> 32))
 
 
-cdef inline void _perm_of_words(Span[uint64_t] ka, Span[int32_t] perm, Py_ssize_t lo,
+cdef inline bint _perm_of_words(Span[uint64_t] ka, Span[int32_t] perm, Py_ssize_t lo,
                                 Py_ssize_t hi) noexcept nogil:
+    """perm[lo:hi] of sorted float64 words. Returns True if a word in [lo, hi) has the high half
+    of the word before it: a run that _sort_equal_high_runs must sort (rare in most data; the
+    branch-free test costs less than that function's scan)."""
     cdef Py_ssize_t j
+    cdef int shared = 0
     for j in range(lo, hi):
         perm[j] = <int32_t>(ka[j] & 0xFFFFFFFFu)
+    for j in range(max(lo, 1), hi):
+        shared |= ((ka[j] ^ ka[j - 1]) >> 32) == 0
+    return shared != 0
 
 
 cdef inline void _sort_equal_high_runs(Span[uint64_t] ka, Span[uint64_t] full,
@@ -311,8 +318,8 @@ cdef inline void _order_of_sorted_words(Span[floating] x, double sign, Span[uint
     if floating is float:
         _decode_words32(ka, perm, s, 0, n)
     else:
-        _perm_of_words(ka, perm, 0, n)
-        _sort_equal_high_runs(ka, full, perm, 0, n)
+        if _perm_of_words(ka, perm, 0, n):
+            _sort_equal_high_runs(ka, full, perm, 0, n)
         _gather_sorted(x, sign, perm, s, 0, n)
 
 
@@ -531,6 +538,16 @@ cdef inline void _expand_blocks(Mode* mode, Span[double] s, double eps, double s
         st = state[b]
         s_a = s[a]
         mean_rho = (n - a) - 0.5 * (c - 1)
+        blocks[a] = <int32_t>a
+        if c == 1:
+            # A singleton's state is exactly 0 (l2) or 1 (kl): the closed forms below reduce to
+            # these, bit for bit, without their one or two divisions (sort rows of random data
+            # are mostly singletons).
+            if Mode is RankL2 or Mode is RankKL:
+                out[perm[a]] = <floating>mean_rho
+            else:
+                out[a] = <floating>(sign * s_a + 0.0)
+            continue
         if Mode is RankL2:
             for j in range(a, e):
                 out[perm[j]] = <floating>(((s[j] - s_a) - st / c) / eps + mean_rho)
@@ -538,7 +555,6 @@ cdef inline void _expand_blocks(Mode* mode, Span[double] s, double eps, double s
         elif Mode is RankKL:
             scale = c * mean_rho / st
             out[perm[a]] = <floating>scale  # the head: exp(0) = 1
-            blocks[a] = <int32_t>a
             for j in range(a + 1, e):
                 out[perm[j]] = <floating>(exp((s[j] - s_a) / eps) * scale)
                 blocks[j] = <int32_t>a
@@ -548,10 +564,7 @@ cdef inline void _expand_blocks(Mode* mode, Span[double] s, double eps, double s
                 out[j] = <floating>(sign * (s_a + st / c + ((a - j) + 0.5 * (c - 1)) / eps) + 0.0)
                 blocks[j] = <int32_t>a
         else:
-            if c > 1:
-                st = s_a + log(st) - _log_geometric_ratio(c, eps, log_q1)
-            else:  # a singleton's state is exactly 1: no log (the + 0.0 below fixes -0.0)
-                st = s_a
+            st = s_a + log(st) - _log_geometric_ratio(c, eps, log_q1)
             for j in range(a, e):
                 out[j] = <floating>(sign * (st - (j - a) / eps) + 0.0)
                 blocks[j] = <int32_t>a
@@ -832,7 +845,7 @@ cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
     cdef Span[double] value = work.reals.sub(2 * n, n)
     cdef Py_ssize_t per = 3 * 2048  # counts per thread
     cdef Py_ssize_t t, b, top
-    cdef int d, shift, nonfinite = 0
+    cdef int d, shift, nonfinite = 0, shared_highs = 0
     cdef bint moved = False, in_b = False
     cdef uint32_t total, c
     cdef uint64_t first_key
@@ -884,11 +897,12 @@ cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
                             _chunk_start(t + 1, n, n_threads))
     else:
         for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
-            _perm_of_words(ka, perm, _chunk_start(t, n, n_threads),
-                           _chunk_start(t + 1, n, n_threads))
-        for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
-            _sort_equal_high_runs(ka, full, perm, _chunk_start(t, n, n_threads),
-                                  _chunk_start(t + 1, n, n_threads))
+            shared_highs |= _perm_of_words(ka, perm, _chunk_start(t, n, n_threads),
+                                           _chunk_start(t + 1, n, n_threads))
+        if shared_highs:
+            for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
+                _sort_equal_high_runs(ka, full, perm, _chunk_start(t, n, n_threads),
+                                      _chunk_start(t + 1, n, n_threads))
         for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
             _gather_sorted(x, sign, perm, s, _chunk_start(t, n, n_threads),
                            _chunk_start(t + 1, n, n_threads))
