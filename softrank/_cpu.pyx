@@ -671,7 +671,9 @@ cdef inline void _backward_blocks(int mode, Span[floating] g, Span[int32_t] perm
             e += 1
         c = e - a
         total = 0.0
-        if mode == RANK_L2:
+        if c == 1 and mode == SORT_L2:  # the block mean of one cotangent, without a division
+            grad[perm[a]] = <floating>(total + g[a])
+        elif mode == RANK_L2:
             for j in range(a, e):
                 total += g[perm[j]]
             mean = total / c
