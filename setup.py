@@ -63,7 +63,7 @@ extension = Extension(
     "softrank._cpu",
     ["softrank/_cpu.pyx"],
     depends=["softrank/_span.h", "softrank/_sort_kernels.h", "softrank/_bitonic_sort.h",
-             "softrank/_workspace.h"],
+             "softrank/_vector_exp.h", "softrank/_workspace.h"],
     language="c++",  # std::sort for short rows
     include_dirs=[numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]

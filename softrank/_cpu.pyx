@@ -89,10 +89,20 @@ cdef extern from "_sort_kernels.h":
     int softrank_network_max
     void softrank_sort_words_by_network(uint64_t *words, Py_ssize_t n) noexcept nogil
     const int softrank_cpu_dispatch
-    void softrank_choose_counting_max() noexcept nogil
+    int softrank_choose_kernels(int allow_avx512) noexcept nogil
+
+cdef extern from "_vector_exp.h":
+    int softrank_vector_exp
+    void softrank_scaled_exp(const double *s, double head, double eps, double scale,
+                             double *w, Py_ssize_t count) noexcept nogil
 
 
-softrank_choose_counting_max()
+cdef void _choose_kernels(bint allow_avx512) noexcept nogil:
+    global softrank_vector_exp
+    softrank_vector_exp = softrank_choose_kernels(allow_avx512)
+
+
+_choose_kernels(True)
 
 
 # One thread's scratch space for one row of n elements (carved out of 64-bit words).
@@ -523,10 +533,11 @@ cdef inline Py_ssize_t _pav_blocks(Mode* mode, Span[double] s, double eps, Span[
 
 cdef inline void _expand_blocks(Mode* mode, Span[double] s, double eps, double sign,
                                 Span[int32_t] perm, Span[floating] out, Span[int32_t] blocks,
-                                Span[int32_t] start, Span[double] state, Py_ssize_t top,
-                                Py_ssize_t b_lo, Py_ssize_t b_hi) noexcept nogil:
+                                Span[int32_t] start, Span[double] state, Span[double] weights,
+                                Py_ssize_t top, Py_ssize_t b_lo, Py_ssize_t b_hi) noexcept nogil:
     """Expand blocks b_lo..b_hi-1 of the PAV solution into outputs (closed forms:
-    docs/CONTRACT.md)."""
+    docs/CONTRACT.md). weights: scratch of n (rank/kl: each position's weight, computed a block
+    at a time with the vector exp)."""
     cdef Py_ssize_t n = s.len
     cdef Py_ssize_t j, b, a, e, c
     cdef double st, s_a, mean_rho, scale
@@ -555,8 +566,10 @@ cdef inline void _expand_blocks(Mode* mode, Span[double] s, double eps, double s
         elif Mode is RankKL:
             scale = c * mean_rho / st
             out[perm[a]] = <floating>scale  # the head: exp(0) = 1
+            softrank_scaled_exp(s.sub(a + 1, c - 1).ptr, s_a, eps, scale,
+                                weights.sub(a + 1, c - 1).ptr, c - 1)
             for j in range(a + 1, e):
-                out[perm[j]] = <floating>(exp((s[j] - s_a) / eps) * scale)
+                out[perm[j]] = <floating>weights[j]
                 blocks[j] = <int32_t>a
         elif Mode is SortL2:
             for j in range(a, e):
@@ -575,7 +588,7 @@ cdef inline void _pav_row(Mode* mode, Span[double] s, double eps, double sign,
                           Span[int32_t] start, Span[double] state,
                           Span[double] value) noexcept nogil:
     cdef Py_ssize_t top = _pav_blocks(mode, s, eps, start, state, value)
-    _expand_blocks(mode, s, eps, sign, perm, out, blocks, start, state, top, 0, top + 1)
+    _expand_blocks(mode, s, eps, sign, perm, out, blocks, start, state, value, top, 0, top + 1)
 
 
 cdef inline void _nan_row_forward(Span[floating] out, Span[int32_t] perm,
@@ -819,16 +832,21 @@ cdef inline Py_ssize_t _pav_blocks_of(int mode, Span[double] s, double eps, Span
 
 cdef inline void _expand_blocks_of(int mode, Span[double] s, double eps, double sign,
                                    Span[int32_t] perm, Span[floating] out, Span[int32_t] blocks,
-                                   Span[int32_t] start, Span[double] state, Py_ssize_t top,
-                                   Py_ssize_t b_lo, Py_ssize_t b_hi) noexcept nogil:
+                                   Span[int32_t] start, Span[double] state, Span[double] weights,
+                                   Py_ssize_t top, Py_ssize_t b_lo,
+                                   Py_ssize_t b_hi) noexcept nogil:
     if mode == RANK_L2:
-        _expand_blocks(<RankL2*>NULL, s, eps, sign, perm, out, blocks, start, state, top, b_lo, b_hi)
+        _expand_blocks(<RankL2*>NULL, s, eps, sign, perm, out, blocks, start, state, weights,
+                       top, b_lo, b_hi)
     elif mode == RANK_KL:
-        _expand_blocks(<RankKL*>NULL, s, eps, sign, perm, out, blocks, start, state, top, b_lo, b_hi)
+        _expand_blocks(<RankKL*>NULL, s, eps, sign, perm, out, blocks, start, state, weights,
+                       top, b_lo, b_hi)
     elif mode == SORT_L2:
-        _expand_blocks(<SortL2*>NULL, s, eps, sign, perm, out, blocks, start, state, top, b_lo, b_hi)
+        _expand_blocks(<SortL2*>NULL, s, eps, sign, perm, out, blocks, start, state, weights,
+                       top, b_lo, b_hi)
     else:
-        _expand_blocks(<SortKL*>NULL, s, eps, sign, perm, out, blocks, start, state, top, b_lo, b_hi)
+        _expand_blocks(<SortKL*>NULL, s, eps, sign, perm, out, blocks, start, state, weights,
+                       top, b_lo, b_hi)
 
 
 cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
@@ -913,7 +931,7 @@ cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
         return
     top = _pav_blocks_of(mode, s, eps, start, state, value)
     for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
-        _expand_blocks_of(mode, s, eps, sign, perm, out, blocks, start, state, top,
+        _expand_blocks_of(mode, s, eps, sign, perm, out, blocks, start, state, value, top,
                           _first_block_from(start, top, _chunk_start(t, n, n_threads)),
                           _first_block_from(start, top, _chunk_start(t + 1, n, n_threads)))
 
@@ -1231,6 +1249,12 @@ def cpu_dispatch():
     return bool(softrank_cpu_dispatch)
 
 
+def use_avx512(bint allowed):
+    """Tests: allowed=False switches to the kernels of a CPU without AVX-512 (counting ranks,
+    libm's exp), True back to those of this CPU. Not thread-safe: no call may be running."""
+    _choose_kernels(allowed)
+
+
 def network_max():
     """Longest row sorted by the sorting network (0: none on this CPU)."""
     return softrank_network_max
@@ -1257,3 +1281,13 @@ def _index_span_for_test(Py_ssize_t i):
     data[:] = [0.0, 1.0, 2.0, 3.0]
     cdef Span[double] span = Span[double](data, 4)
     return span[i] if 0 <= i < 4 or softrank_bounds_checked else None
+
+
+def exp_of(cnp.ndarray t):
+    """Tests: exp of each value of a C-contiguous (1, m) float64 array, by the kernel that
+    weights soft_rank/kl blocks (AVX-512 where use_avx512 allows it, libm's exp otherwise)."""
+    _check_rows(t, "t")
+    _check_array(t, "t", cnp.NPY_DOUBLE, 1, cnp.PyArray_DIM(t, 1), False)
+    cdef cnp.ndarray out = _empty(1, cnp.PyArray_DIM(t, 1), cnp.NPY_DOUBLE)
+    softrank_scaled_exp(<double*>_data(t), 0.0, 1.0, 1.0, <double*>_data(out), t.size)
+    return out

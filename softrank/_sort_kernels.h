@@ -41,10 +41,11 @@ static const int softrank_cpu_dispatch = 1;
 static const int softrank_cpu_dispatch = 0;
 #endif
 
+/* Whether the AVX-512 kernels are in use (softrank_choose_kernels). */
+static int softrank_has_avx512 = 0;
 #ifdef SOFTRANK_AVX2_CLONES
 #include <immintrin.h>
 #include "_bitonic_sort.h"
-static int softrank_has_avx512 = 0;
 /* Rows of up to 16 keys with AVX-512: all keys in one (float32) or two (float64) registers,
    each key's position a popcount of two compare masks (no loop over the other keys, whose
    short trip counts cost the general loop most of its time: rows of 10-16 ranked 25-30%
@@ -120,19 +121,28 @@ static inline void softrank_sort_words_by_network(uint64_t *words, Py_ssize_t n)
     (void)words; (void)n;
 #endif
 }
-static void softrank_choose_counting_max(void) {
+/* Picks the kernels for this CPU (at import); allow_avx512 = 0 keeps to those of a CPU without
+   AVX-512 (tests run both sets). Returns softrank_has_avx512. */
+static int softrank_choose_kernels(int allow_avx512) {
+    softrank_has_avx512 = 0;
+    softrank_counting_max_f32 = 32;
+    softrank_counting_max_f64 = 48;
+    softrank_network_max = 0;
 #ifdef SOFTRANK_AVX2_CLONES
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) {  /* the AVX-512 clone */
+    if (allow_avx512 && __builtin_cpu_supports("x86-64-v4")) {
         softrank_has_avx512 = 1;
         softrank_counting_max_f32 = 16;
         softrank_counting_max_f64 = 16;
         softrank_network_max = SOFTRANK_BITONIC_MAX;
-    } else if (__builtin_cpu_supports("avx2")) {
+    } else if (__builtin_cpu_supports("avx2")) {  /* the AVX2 clone of the counting loop */
         softrank_counting_max_f32 = 96;
         softrank_counting_max_f64 = 120;
     }
+#else
+    (void)allow_avx512;
 #endif
+    return softrank_has_avx512;
 }
 
 #endif  /* SOFTRANK_SORT_KERNELS_H */

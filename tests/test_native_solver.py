@@ -17,6 +17,15 @@ from _helpers import OPS, REGS
 FUNCS = {"rank": softrank.soft_rank, "sort": softrank.soft_sort}
 
 
+@pytest.fixture(params=[True, False], ids=["cpu-kernels", "no-avx512-kernels"])
+def kernels(request):
+    """Runs a test with this CPU's kernels and with those of a CPU without AVX-512 (counting
+    ranks instead of the sorting network, libm's exp instead of the vector one)."""
+    _cpu.use_avx512(request.param)
+    yield request.param
+    _cpu.use_avx512(True)
+
+
 def _arrays(rows, n, dtype=np.float64):
     x = np.random.default_rng(0).normal(size=(rows, n)).astype(dtype)
     return x, np.empty_like(x), np.empty((rows, n), np.int32), np.empty((rows, n), np.int32)
@@ -186,7 +195,7 @@ def test_threads_for_is_bounded():
 @pytest.mark.parametrize("n", [1, 2, 3, 8, 9, 10, 15, 16, 17, "max", "max+1", 31, 32, 33, 47, 48,
                                49, 63, 64, 65, 95, 96, 97, 111, 112, 113, 119, 120, 121, 127, 128,
                                129, 255, "net", "net+1", 300, "wide-1", "wide", 5000])
-def test_permutation_is_the_stable_descending_argsort(n, dtype):
+def test_permutation_is_the_stable_descending_argsort(n, dtype, kernels):
     """Around the counting kernels (one-register AVX-512 rows up to 16, the general loop above),
     the sorting network's register counts (16, 32, 64, 128, 256 words) and limit
     (_cpu.network_max(), by CPU), the counting/radix crossovers (_cpu.counting_max(), by CPU)
@@ -223,7 +232,7 @@ def test_float64_values_sharing_their_high_bits_sort_fast():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [7, 100, 600, "wide"])
-def test_nonfinite_rows_on_every_sort_path(n, dtype):
+def test_nonfinite_rows_on_every_sort_path(n, dtype, kernels):
     """Counting, network, 8-bit and 11-bit radix rows: a NaN or +-inf anywhere makes its row NaN (output
     and gradient) and leaves the other rows exactly as when solved alone."""
     if n == "wide":
@@ -298,3 +307,60 @@ def test_short_row_kernels_follow_the_cpu():
         assert limits == ((96, 120), 0)
     else:
         assert limits == ((32, 48), 0)
+    try:  # the kernels of a CPU without AVX-512, as the tests with the kernels fixture use them
+        _cpu.use_avx512(False)
+        expected = ((96, 120), 0) if _cpu.cpu_dispatch() and "avx2" in flags else ((32, 48), 0)
+        assert (_cpu.counting_max(), _cpu.network_max()) == expected
+    finally:
+        _cpu.use_avx512(True)
+    assert (_cpu.counting_max(), _cpu.network_max()) == limits
+
+
+def _exp_test_points():
+    rng = np.random.default_rng(0)
+    edges = [-746.0, -745.2, -745.13, -744.44, -708.4, -708.39, -1e-300, -0.0, 0.0, 5e-324,
+             -1e-10, 1e-10, 0.34657359, -0.34657359, 709.78, 709.79, 1e6, -1e6, -np.inf, np.inf]
+    t = np.concatenate([rng.uniform(-745, 0, 200_000), rng.uniform(-1, 1, 50_000),
+                        rng.uniform(0, 709, 20_000), edges])
+    return t[None, :]
+
+
+def test_vector_exp_is_within_one_ulp_of_libm(kernels):
+    """The exp that weights soft_rank/kl blocks (softrank/_vector_exp.h): within 1 ulp of
+    glibc's exp (math.exp) everywhere, 0 and inf past the double range, NaN for NaN; libm's
+    own where the CPU has no AVX-512."""
+    import math
+    t = _exp_test_points()
+    got = _cpu.exp_of(t)[0]
+    expected = np.array([math.exp(v) if v <= 709.78 else math.inf for v in t[0]])
+    with np.errstate(invalid="ignore"):  # inf - inf where both are inf (equal: 0 ulp)
+        ulps = np.where(got == expected, 0.0,
+                        np.abs(got - expected) / np.spacing(np.abs(expected)))
+    assert ulps.max() <= 1.0
+    if not kernels or not _cpu.cpu_dispatch():
+        np.testing.assert_array_equal(got, expected)
+    assert np.isnan(_cpu.exp_of(np.array([[np.nan, 0.0]]))[0, 0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("eps", [1e-3, 0.1, 1.0, 100.0])
+def test_kernel_sets_agree(dtype, eps):
+    """This CPU's kernels and those of a CPU without AVX-512 give the same permutation and
+    blocks, and outputs within 2 ulp (only soft_rank/kl's exp differs), over the counting,
+    network and radix lengths."""
+    for n in (7, 16, 17, 100, 256, 257, 3000):
+        x = np.random.default_rng(n).normal(size=(4, n)).astype(dtype)
+        x[1] = np.round(x[1])  # ties
+        for mode in range(4):
+            try:
+                results = []
+                for allowed in (True, False):
+                    _cpu.use_avx512(allowed)
+                    results.append(_cpu.forward_at(mode, x.ctypes.data, 4, n,
+                                                   dtype == np.float32, eps, 1.0, 1))
+            finally:
+                _cpu.use_avx512(True)
+            (out, perm, blocks), (out2, perm2, blocks2) = results
+            np.testing.assert_array_equal(perm, perm2)
+            np.testing.assert_array_equal(blocks, blocks2)
+            np.testing.assert_array_max_ulp(out, out2, maxulp=2)
