@@ -1016,19 +1016,22 @@ def set_thread_policy(int max_threads, Py_ssize_t min_forward, Py_ssize_t min_ba
         max_threads, min_forward, min_backward)
 
 
-cdef inline int _auto_threads(Py_ssize_t rows, Py_ssize_t n, bint backward) noexcept nogil:
+cdef inline int _auto_threads(int mode, Py_ssize_t rows, Py_ssize_t n,
+                              bint backward) noexcept nogil:
     """Rows run in parallel; a batch of fewer rows than threads uses one thread per row,
-    except rows of SPLIT_ROW_MIN elements or more, which are split across all the threads."""
-    if rows * n < (_policy_min_backward if backward else _policy_min_forward):
+    except rows of SPLIT_ROW_MIN elements or more, which are split across all the threads.
+    A rank/kl forward counts its elements twice (two exps per element: about twice the work)."""
+    cdef Py_ssize_t work = rows * n * (2 if mode == RANK_KL and not backward else 1)
+    if work < (_policy_min_backward if backward else _policy_min_forward):
         return 1
     if rows < _policy_max_threads and n < SPLIT_ROW_MIN:
         return <int>rows
     return _policy_max_threads
 
 
-def threads_for(Py_ssize_t rows, Py_ssize_t n, bint backward=False):
-    """The threads of a call on (rows, n) that lets the solver choose (n_threads <= 0)."""
-    return _auto_threads(rows, n, backward)
+def threads_for(int mode, Py_ssize_t rows, Py_ssize_t n, bint backward=False):
+    """The threads of a call of mode on (rows, n) that lets the solver choose (n_threads <= 0)."""
+    return _auto_threads(mode, rows, n, backward)
 
 
 cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* perm,
@@ -1039,7 +1042,7 @@ cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* per
     if rows == 0 or n == 0:
         return
     if n_threads <= 0:
-        n_threads = _auto_threads(rows, n, False)
+        n_threads = _auto_threads(mode, rows, n, False)
     cdef bint split = _splits_rows(rows, n, n_threads)
     if not split:
         n_threads = max(1, min(n_threads, rows))
@@ -1070,7 +1073,7 @@ cdef void _solve_backward(int mode, int typenum, void* g, int32_t* perm, int32_t
     if rows == 0 or n == 0:
         return
     if n_threads <= 0:
-        n_threads = _auto_threads(rows, n, True)
+        n_threads = _auto_threads(mode, rows, n, True)
     cdef bint split = _splits_rows(rows, n, n_threads)
     if not split:
         n_threads = max(1, min(n_threads, rows))

@@ -14,11 +14,14 @@ MODE_NAMES = {mode: names for names, mode in MODES.items()}
 # MODES[op][regularization] without building a tuple: a lookup on every torch call.
 MODE_OF = {"rank": {"l2": 0, "kl": 1}, "sort": {"l2": 2, "kl": 3}}
 
-# Rows run in parallel from this many elements (measured with benchmarks/bench_threads.py: a
-# parallel region costs ~1-2 us, so two threads already gain on a (32, 10) forward; the
-# backward does less work per element: two threads tie with one at 1300-2000 elements and gain
-# 1.5-4 us from about 2500 (l2; kl from about 1600)).
-PARALLEL_MIN_ELEMENTS = 256
+# Rows run in parallel from this many elements (measured with benchmarks/bench_threads.py and
+# forward-only loops, interleaved: once the short-row kernels got faster, a parallel region's
+# ~1-2 us no longer paid off on (32, 10) or (16, 32) forwards, while (24, 32) and (8, 100) gain
+# 1-3 us with two threads; a rank/kl forward does about twice the work per element and counts
+# its elements twice, so it goes parallel from 384. The backward does less work per element:
+# two threads tie with one at 1300-2000 elements and gain 1.5-4 us from about 2500 (l2; kl from
+# about 1600)).
+PARALLEL_MIN_ELEMENTS = 768
 PARALLEL_MIN_ELEMENTS_BACKWARD = 2048
 
 
@@ -41,11 +44,11 @@ _cpu.set_thread_policy(MAX_THREADS, PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS
 AUTO_THREADS = 0  # n_threads argument: the solver applies the policy above
 
 
-def threads_for(rows, n, backward=False):
+def threads_for(op, regularization, rows, n, backward=False):
     """Threads of a call on (rows, n): rows run in parallel; a batch of fewer rows than threads
     uses one thread per row, except rows of SPLIT_ROW_MIN elements or more, which the solver
     splits across all the threads (softrank/_cpu.pyx applies this policy itself)."""
-    return _cpu.threads_for(rows, n, backward)
+    return _cpu.threads_for(MODES[op, regularization], rows, n, backward)
 
 
 def forward(op, regularization, x, eps, sign, out, perm, blocks):

@@ -181,7 +181,12 @@ def test_expanded_and_non_contiguous_cotangents():
 
 
 def test_threads_for_is_bounded():
-    threads_for, most = _cpu_backend.threads_for, _cpu_backend.MAX_THREADS
+    most = _cpu_backend.MAX_THREADS
+    minimum = _cpu_backend.PARALLEL_MIN_ELEMENTS
+
+    def threads_for(rows, n, backward=False, op="rank", regularization="l2"):
+        return _cpu_backend.threads_for(op, regularization, rows, n, backward)
+
     assert threads_for(1, 10) == 1  # too little work for a parallel region
     assert threads_for(1, _cpu_backend.SPLIT_ROW_MIN - 1) == 1  # one short row: one thread
     assert threads_for(1, _cpu_backend.SPLIT_ROW_MIN) == most  # one long row: split
@@ -189,6 +194,14 @@ def test_threads_for_is_bounded():
     assert threads_for(2, 1000) == min(2, most)
     assert threads_for(1000, 1, backward=True) == 1  # the backward's threshold is higher
     assert threads_for(1000, 10, backward=True) == most
+    # a rank/kl forward (twice the work per element) goes parallel from half the elements
+    for op, regularization in _cpu_backend.MODES:
+        assert threads_for(minimum, 1, False, op, regularization) == most
+        if (op, regularization) != ("rank", "kl"):
+            assert threads_for(minimum - 1, 1, False, op, regularization) == 1
+    assert threads_for(minimum // 2, 1, False, "rank", "kl") == most
+    assert threads_for(minimum // 2, 1, False, "sort", "kl") == 1
+    assert threads_for(minimum // 2, 1, True, "rank", "kl") == 1  # not the backward
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
