@@ -260,6 +260,9 @@ class Row:
     ts_fwd: Optional[float] = None
     ts_fb: Optional[float] = None
     sort_fwd: Optional[float] = None
+    # (1, 10) rows: the identity Function's fwd+bwd, timed in the same rounds (the floor the
+    # [40us] target sits on, under the same machine load)
+    floor_fb: Optional[float] = None
     noise: Optional[float] = None  # worst IQR/median over the row's measurements
     errors: List[str] = field(default_factory=list)
     checks: Dict[str, Optional[bool]] = field(default_factory=dict)  # target -> pass?
@@ -727,6 +730,10 @@ def main(argv=None) -> int:
                         names += [prefix + "_fwd", prefix + "_fb"]
                         fns += [fwd, fb]
                         firsts += [t1 - t0, t2 - t1]
+                    if (b, n) == SMALL_SHAPE:
+                        names.append("floor_fb")
+                        fns.append(fwdbwd_closure(_Identity.apply, x, g))
+                        firsts.append(None)
                     timings = measure_group(fns, args.repeat, args.min_time, args.max_time, firsts)
                     for name, t in zip(names, timings):
                         setattr(row, name, t.median)
@@ -801,6 +808,10 @@ def summarize(rows: List[Row], have_ts: bool, have_sr: bool) -> List[str]:
             groups.setdefault((r.op, r.reg, r.dtype), []).append(f"{r.batch}x{r.n}=not measured")
         for (op, reg, dt), items in groups.items():
             out.append(f"      miss {op}/{reg}/{dt} (batch x n): " + ", ".join(items))
+        if key == "40us":
+            out.append("      softrank fwd+bwd / identity Function fwd+bwd timed in the same rounds: "
+                       + ", ".join(f"{r.op}/{r.reg}/{r.dtype} {fmt_time(r.sr_fb)}/{fmt_time(r.floor_fb)}"
+                                   for r in app if r.sr_fb is not None and r.floor_fb is not None))
     errs = [r for r in rows if r.errors]
     if errs:
         all_ok = False
