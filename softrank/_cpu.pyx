@@ -17,7 +17,8 @@ Deviations from the textbook algorithm, and why:
 * Every block stores its start; the solver writes the start of each element's block
   (``blocks``), so the backward never re-detects blocks by comparing floats.
 * Sorting is on order-preserving integer keys, ties in index order: an LSD radix sort for long
-  rows, counting (O(n^2), branch-free) for short ones. -0.0 is keyed as +0.0.
+  rows, counting (O(n^2), branch-free) for short ones and, where the CPU has AVX-512, a bitonic
+  network in registers for rows of 17-256 (_bitonic_sort.h). -0.0 is keyed as +0.0.
 * A row holding NaN or +-inf is marked with blocks[0] = -1; its outputs and gradients are NaN.
 * Accumulation is in float64 for both float32 and float64 data.
 """
@@ -31,7 +32,9 @@ cimport numpy as cnp
 cnp.import_array()
 
 # Plain C++ helpers live in headers next to this file: _span.h (bounds-checked rows),
-# _sort_kernels.h (std::sort by key, counting ranks) and _workspace.h (scratch memory).
+# _sort_kernels.h (std::sort by key, counting ranks, the kernels chosen for this CPU),
+# _bitonic_sort.h (the sorting network), _vector_exp.h (rank/kl's exp) and _workspace.h
+# (scratch memory).
 cdef extern from "_span.h":
     cdef cppclass Span "softrank_span"[T]:
         Span() nogil
