@@ -19,8 +19,8 @@ FUNCS = {"rank": softrank.soft_rank, "sort": softrank.soft_sort}
 
 @pytest.fixture(params=[True, False], ids=["cpu-kernels", "no-avx512-kernels"])
 def kernels(request):
-    """Runs a test with this CPU's kernels and with those of a CPU without AVX-512 (counting
-    ranks instead of the sorting network, libm's exp instead of the vector one)."""
+    """Runs a test with this CPU's kernels and with those of a CPU without AVX-512 (the AVX2
+    sorting network and counting kernels, libm's exp instead of the vector one)."""
     _cpu.use_avx512(request.param)
     yield request.param
     _cpu.use_avx512(True)
@@ -317,12 +317,12 @@ def test_short_row_kernels_follow_the_cpu():
     elif {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= flags:
         assert limits == ((16, 16), 256)
     elif "avx2" in flags:
-        assert limits == ((96, 120), 0)
+        assert limits == ((24, 24), 128)
     else:
         assert limits == ((32, 48), 0)
     try:  # the kernels of a CPU without AVX-512, as the tests with the kernels fixture use them
         _cpu.use_avx512(False)
-        expected = ((96, 120), 0) if _cpu.cpu_dispatch() and "avx2" in flags else ((32, 48), 0)
+        expected = ((24, 24), 128) if _cpu.cpu_dispatch() and "avx2" in flags else ((32, 48), 0)
         assert (_cpu.counting_max(), _cpu.network_max()) == expected
     finally:
         _cpu.use_avx512(True)
@@ -361,7 +361,7 @@ def test_kernel_sets_agree(dtype, eps):
     """This CPU's kernels and those of a CPU without AVX-512 give the same permutation and
     blocks, and outputs within 2 ulp (only soft_rank/kl's exp differs), over the counting,
     network and radix lengths."""
-    for n in (7, 16, 17, 100, 256, 257, 3000):
+    for n in (7, 16, 17, 24, 25, 100, 128, 129, 256, 257, 3000):
         x = np.random.default_rng(n).normal(size=(4, n)).astype(dtype)
         x[1] = np.round(x[1])  # ties
         for mode in range(4):
