@@ -17,8 +17,8 @@ Deviations from the textbook algorithm, and why:
 * Every block stores its start; the solver writes the start of each element's block
   (``blocks``), so the backward never re-detects blocks by comparing floats.
 * Sorting is on order-preserving integer keys, ties in index order: an LSD radix sort for long
-  rows, counting (O(n^2), branch-free) for short ones and, where the CPU has AVX-512, a bitonic
-  network in registers for rows of 17-256 (_bitonic_sort.h). -0.0 is keyed as +0.0.
+  rows, counting (O(n^2), branch-free) for short ones and, where the CPU has AVX2 or AVX-512, a
+  bitonic network in registers for rows in between (_bitonic_sort.h). -0.0 is keyed as +0.0.
 * A row holding NaN or +-inf is marked with blocks[0] = -1; its outputs and gradients are NaN.
 * Accumulation is in float64 for both float32 and float64 data.
 """
@@ -90,6 +90,7 @@ cdef extern from "_sort_kernels.h":
     int softrank_counting_max_f32
     int softrank_counting_max_f64
     int softrank_network_max
+    bint softrank_network_sorts(Py_ssize_t n) noexcept nogil
     void softrank_sort_words_by_network(uint64_t *words, Py_ssize_t n) noexcept nogil
     const int softrank_cpu_dispatch
     int softrank_choose_kernels(int allow_avx512) noexcept nogil
@@ -355,8 +356,8 @@ cdef inline bint _radix_argsort(RadixPlan* plan, Span[floating] x, double sign,
 cdef inline bint _network_argsort(Span[floating] x, double sign, Span[uint64_t] ka,
                                   Span[uint64_t] full, Span[int32_t] perm,
                                   Span[double] s) noexcept nogil:
-    """_argsort_row by a sorting network on the words (_word_of; rows of at most
-    softrank_network_max). The network takes a raw pointer: the debug bounds checks do not
+    """_argsort_row by a sorting network on the words (_word_of; rows that
+    softrank_network_sorts). The network takes a raw pointer: the debug bounds checks do not
     cover it."""
     cdef Py_ssize_t n = x.len
     cdef Py_ssize_t j
@@ -415,7 +416,7 @@ cdef inline bint _argsort_row(Span[floating] x, double sign, Span[uint64_t] ka,
     cdef Py_ssize_t n = x.len
     if n <= (softrank_counting_max_f32 if sizeof(floating) == 4 else softrank_counting_max_f64):
         return _counting_argsort(x, sign, ka, perm, s)
-    if n <= softrank_network_max:
+    if softrank_network_sorts(n):
         return _network_argsort(x, sign, ka, full, perm, s)
     if n >= RADIX_WIDE_MIN:
         return _radix_argsort(<Digits11x3*>NULL, x, sign, ka, kb, full, hist, perm, s)
