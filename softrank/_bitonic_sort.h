@@ -113,13 +113,12 @@ __attribute__((target("avx512f"))) static void softrank_bitonic_sort_v(uint64_t 
     }
 }
 
-/* Longest row sorted by the AVX-512 network: 64 registers of 8 words spill (the CPU has 32),
-   and still sort rows of 350-512 words 0.78-0.89x the radix sort's time; rows of 257-320 would
-   pad to 512 words and are radix sorted (1.07-1.16x at 260, a tie at 300; softrank_network_sorts
-   in softrank/_sort_kernels.h). */
-#define SOFTRANK_BITONIC_MAX 512
-#define SOFTRANK_BITONIC_GAP_LO 257
-#define SOFTRANK_BITONIC_GAP_HI 320
+/* Longest row sorted by the AVX-512 network. Its 64 and 128 registers of 8 words spill (the
+   CPU has 32), and still sort rows of 450-512 and 700-1024 words 0.70-0.92x the radix sort's
+   time (interleaved, one thread). A row that fills at most 5/8 of a network of 512 or more
+   words is radix sorted instead (softrank_network_sorts in softrank/_sort_kernels.h): padded,
+   it measured 1.07-1.16x the radix sort's time at 260 and 520 words, a tie at 300 and 600. */
+#define SOFTRANK_BITONIC_MAX 1024
 
 /* words[0:n) sorted ascending, 0 < n <= SOFTRANK_BITONIC_MAX, on a CPU with AVX-512F. */
 static void softrank_bitonic_sort(uint64_t *words, Py_ssize_t n) {
@@ -127,7 +126,8 @@ static void softrank_bitonic_sort(uint64_t *words, Py_ssize_t n) {
     else if (n <= 64) softrank_bitonic_sort_v<8>(words, n);
     else if (n <= 128) softrank_bitonic_sort_v<16>(words, n);
     else if (n <= 256) softrank_bitonic_sort_v<32>(words, n);
-    else softrank_bitonic_sort_v<64>(words, n);
+    else if (n <= 512) softrank_bitonic_sort_v<64>(words, n);
+    else softrank_bitonic_sort_v<128>(words, n);
 }
 
 /* AVX2: 4 words per register. AVX2 has no unsigned 64-bit min/max: words enter with their top

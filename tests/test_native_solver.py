@@ -207,12 +207,12 @@ def test_threads_for_is_bounded():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 2, 3, 8, 9, 10, 15, 16, 17, "max", "max+1", 31, 32, 33, 47, 48,
                                49, 63, 64, 65, 95, 96, 97, 111, 112, 113, 119, 120, 121, 127, 128,
-                               129, 255, 256, 257, 300, 320, 321, 511, "net", "net+1", "wide-1",
-                               "wide", 5000])
+                               129, 255, 256, 257, 300, 320, 321, 511, 512, 513, 640, 641, 1000,
+                               "net", "net+1", "wide-1", "wide", 5000])
 def test_permutation_is_the_stable_descending_argsort(n, dtype, kernels):
     """Around the counting kernels (one-register AVX-512 rows up to 16, the general loop above),
-    the sorting network's register counts (16 to 512 words), its gap (rows of 257-320 are radix
-    sorted where the CPU has AVX-512) and limit
+    the sorting network's register counts (16 to 1024 words), its gaps (rows of 257-320 and
+    513-640 are radix sorted where the CPU has AVX-512) and limit
     (_cpu.network_max(), by CPU), the counting/radix crossovers (_cpu.counting_max(), by CPU)
     and the switch from 8-bit to 11-bit radix digits (_cpu.radix_wide_min()): perm is numpy's
     stable argsort of -sign*x, ties (including -0.0 == +0.0) in index order."""
@@ -317,7 +317,7 @@ def test_short_row_kernels_follow_the_cpu():
     if not _cpu.cpu_dispatch():  # another compiler or platform: the portable kernels only
         assert limits == ((32, 48), 0)
     elif {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"} <= flags:
-        assert limits == ((16, 16), 512)
+        assert limits == ((16, 16), 1024)
     elif "avx2" in flags:
         assert limits == ((24, 24), 128)
     else:
@@ -363,7 +363,7 @@ def test_kernel_sets_agree(dtype, eps):
     """This CPU's kernels and those of a CPU without AVX-512 give the same permutation and
     blocks, and outputs within 2 ulp (only soft_rank/kl's exp differs), over the counting,
     network and radix lengths."""
-    for n in (7, 16, 17, 24, 25, 100, 128, 129, 256, 257, 321, 512, 513, 3000):
+    for n in (7, 16, 17, 24, 25, 100, 128, 129, 256, 257, 321, 512, 513, 641, 1024, 1025, 3000):
         x = np.random.default_rng(n).normal(size=(4, n)).astype(dtype)
         x[1] = np.round(x[1])  # ties
         for mode in range(4):
