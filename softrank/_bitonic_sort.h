@@ -21,7 +21,6 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define SOFTRANK_HAS_BITONIC 1
 #define SOFTRANK_AVX512_INLINE __attribute__((target("avx512f"), always_inline)) static inline
 
 /* The all-lanes masked forms of the intrinsics: GCC 12's unmasked ones start from an
