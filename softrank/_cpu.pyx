@@ -99,6 +99,8 @@ cdef extern from "_vector_exp.h":
     int softrank_vector_exp
     void softrank_scaled_exp(const double *s, double head, double eps, double scale,
                              double *w, Py_ssize_t count) noexcept nogil
+    double softrank_exp_sum(const double *s, double head, double eps, double *w,
+                            Py_ssize_t count) noexcept nogil
 
 
 cdef void _choose_kernels(bint allow_avx512) noexcept nogil:
@@ -436,7 +438,8 @@ cdef inline double _log_geometric_ratio(Py_ssize_t c, double eps, double log_q1)
 # Block state, relative to the block's first (largest) element s_a, so that a large common offset
 # (values like 1e29, or 1e8 + noise) costs no precision and nothing overflows:
 #   l2:      d = sum_B (s_j - s_a)
-#   rank/kl: S = sum_B exp((s_j - s_a)/eps), in [1, c]
+#   rank/kl: S = sum_B exp((s_j - s_a)/eps), in [1, c] (its own loop, _pav_rank_kl, keeps the
+#            sums against a common reference instead; the expansion sums S anew)
 #   sort/kl: S = sum_B exp(s_j - s_a), in [1, c]
 # A single element has state 0 (l2) or 1 (kl). Pooling a kl block costs one exp (no log-add-exp).
 
@@ -472,53 +475,88 @@ cdef inline double _merged_state(Mode* mode, double left, double right, double s
         return left + right * exp(shift)
 
 
-cdef inline double _rho_sum(Py_ssize_t a, Py_ssize_t c, Py_ssize_t n) noexcept nogil:
-    """sum of rho_k = n - k over the block [a, a + c)."""
-    return c * ((n - a) - 0.5 * (c - 1))
+# soft_rank/kl pools blocks by comparing value = s_ref + eps * log(W / R), W = sum_B w_j with
+# w_j = exp((s_j - s_ref)/eps), in the linear domain: W_prev * R_top <= W_top * R_prev. The
+# weights w are computed a stretch ("epoch") of the row at a time with the vector exp, against
+# the stretch's first value s_ref, so the pooling loop does no exp and its comparisons wait on a
+# multiply, not on an exp: a mispredicted pooling branch (random rows pool about half of their
+# pushes) costs a short pipeline refill. A stretch ends where w would fall below exp(-EPOCH_SPAN):
+# no weight underflows, and W keeps a precision close to that of exps against the block heads.
+cdef double EPOCH_SPAN = 64.0
+
+
+cdef inline Py_ssize_t _epoch_end(Span[double] s, Py_ssize_t first, double eps) noexcept nogil:
+    """The first position after first whose (s_j - s_first)/eps is below -EPOCH_SPAN, or n
+    (binary search: s is sorted decreasingly, so that test is monotone in j)."""
+    cdef Py_ssize_t lo = first + 1, hi = s.len, mid
+    cdef double head = s[first]
+    if (s[hi - 1] - head) / eps >= -EPOCH_SPAN:
+        return hi
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if (s[mid] - head) / eps >= -EPOCH_SPAN:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 cdef inline Py_ssize_t _pav_rank_kl(Span[double] s, double eps, Span[int32_t] start,
-                                    Span[double] state, Span[double] ratio) noexcept nogil:
-    """PAV of soft_rank/kl; returns the index of the top block.
-
-    Same pooling rule as the generic loop (value(previous) <= value(top), with
-    value = s_a + eps * log(S / R)), compared in the linear domain:
-    exp((s_prev - s_top)/eps) * S_prev * R_top <= S_top * R_prev. That exponential also pools the
-    states, so each comparison costs one exp instead of an exp and a log. It is kept per block
-    (ratio[b], against block b - 1): pooling b into b - 1 changes neither head of block b - 1 and
-    its predecessor, so each block's exp is computed once, when it is pushed.
-    """
+                                    Span[double] weight_sum, Span[double] rho_sum,
+                                    Span[uint64_t] spare) noexcept nogil:
+    """PAV of soft_rank/kl; returns the index of the top block. Per block: start, W (weight_sum,
+    in units of its epoch's exp(s_ref/eps)), R (rho_sum, the sum of n - k over the block) and
+    its epoch's first position. spare: 2n words of scratch."""
     cdef Py_ssize_t n = s.len
-    cdef Py_ssize_t j, top = -1, a, right
-    cdef double r
-    for j in range(n):
-        top += 1
-        start[top] = <int32_t>j
-        state[top] = 1.0
-        if top > 0:
-            ratio[top] = exp((s[start[top - 1]] - s[j]) / eps)  # >= 1; inf: far apart, no pooling
-        while top > 0:
-            a = start[top - 1]
-            right = start[top]
-            r = ratio[top]
-            if not (r * state[top - 1] * _rho_sum(right, j + 1 - right, n)
-                    <= state[top] * _rho_sum(a, right - a, n)):
-                break
-            state[top - 1] = state[top - 1] + state[top] / r
-            top -= 1
+    cdef Span[double] w = Span[double](<double*>spare.ptr, n)
+    cdef Span[int32_t] epoch = Span[int32_t](<int32_t*>(spare.ptr + n), n)
+    cdef Py_ssize_t j = 0, first, end, top = -1
+    cdef double shift
+    while j < n:
+        first = j
+        end = _epoch_end(s, first, eps)
+        w[first] = 1.0
+        softrank_scaled_exp(s.sub(first + 1, end - first - 1).ptr, s[first], eps, 1.0,
+                            w.sub(first + 1, end - first - 1).ptr, end - first - 1)
+        for j in range(first, end):
+            top += 1
+            start[top] = <int32_t>j
+            weight_sum[top] = w[j]
+            rho_sum[top] = <double>(n - j)
+            epoch[top] = <int32_t>first
+            while top > 0:
+                if epoch[top - 1] == epoch[top]:
+                    if not (weight_sum[top - 1] * rho_sum[top]
+                            <= weight_sum[top] * rho_sum[top - 1]):
+                        break
+                    weight_sum[top - 1] = weight_sum[top - 1] + weight_sum[top]
+                else:
+                    # Blocks of two epochs: the older one in the newer one's units (>= 1; inf,
+                    # far apart, never pools). Pooled, the block takes the newer epoch: its
+                    # weight is then bounded by the top's, so it stays finite.
+                    shift = exp((s[epoch[top - 1]] - s[epoch[top]]) / eps)
+                    if not (weight_sum[top - 1] * shift * rho_sum[top]
+                            <= weight_sum[top] * rho_sum[top - 1]):
+                        break
+                    weight_sum[top - 1] = weight_sum[top - 1] * shift + weight_sum[top]
+                    epoch[top - 1] = epoch[top]
+                rho_sum[top - 1] = rho_sum[top - 1] + rho_sum[top]
+                top -= 1
+        j = end
     return top
 
 
 cdef inline Py_ssize_t _pav_blocks(Mode* mode, Span[double] s, double eps, Span[int32_t] start,
-                                   Span[double] state, Span[double] value) noexcept nogil:
+                                   Span[double] state, Span[double] value,
+                                   Span[uint64_t] spare) noexcept nogil:
     """Pool adjacent violators on the sorted row s: a stack of blocks, each (start, state,
-    value). Returns the index of the top block."""
+    value). Returns the index of the top block. spare: 2n words of scratch (rank/kl)."""
     cdef Py_ssize_t n = s.len
     cdef Py_ssize_t j, top = -1, a, right
     cdef double st
     cdef double log_q1 = log(-expm1(-1.0 / eps)) if Mode is SortKL else 0.0
     if Mode is RankKL:
-        return _pav_rank_kl(s, eps, start, state, value)
+        return _pav_rank_kl(s, eps, start, state, value, spare)
     for j in range(n):
         top += 1
         start[top] = <int32_t>j
@@ -568,12 +606,14 @@ cdef inline void _expand_blocks(Mode* mode, Span[double] s, double eps, double s
                 out[perm[j]] = <floating>(((s[j] - s_a) - st / c) / eps + mean_rho)
                 blocks[j] = <int32_t>a
         elif Mode is RankKL:
+            # Weights against the head (exp(0) = 1 for it), summed here rather than taken from
+            # PAV, whose sums are in its epochs' units: the same precision as the exps.
+            st = 1.0 + softrank_exp_sum(s.sub(a + 1, c - 1).ptr, s_a, eps,
+                                        weights.sub(a + 1, c - 1).ptr, c - 1)
             scale = c * mean_rho / st
-            out[perm[a]] = <floating>scale  # the head: exp(0) = 1
-            softrank_scaled_exp(s.sub(a + 1, c - 1).ptr, s_a, eps, scale,
-                                weights.sub(a + 1, c - 1).ptr, c - 1)
+            out[perm[a]] = <floating>scale
             for j in range(a + 1, e):
-                out[perm[j]] = <floating>weights[j]
+                out[perm[j]] = <floating>(weights[j] * scale)
                 blocks[j] = <int32_t>a
         elif Mode is SortL2:
             for j in range(a, e):
@@ -589,9 +629,9 @@ cdef inline void _expand_blocks(Mode* mode, Span[double] s, double eps, double s
 
 cdef inline void _pav_row(Mode* mode, Span[double] s, double eps, double sign,
                           Span[int32_t] perm, Span[floating] out, Span[int32_t] blocks,
-                          Span[int32_t] start, Span[double] state,
-                          Span[double] value) noexcept nogil:
-    cdef Py_ssize_t top = _pav_blocks(mode, s, eps, start, state, value)
+                          Span[int32_t] start, Span[double] state, Span[double] value,
+                          Span[uint64_t] spare) noexcept nogil:
+    cdef Py_ssize_t top = _pav_blocks(mode, s, eps, start, state, value, spare)
     _expand_blocks(mode, s, eps, sign, perm, out, blocks, start, state, value, top, 0, top + 1)
 
 
@@ -619,6 +659,7 @@ cdef inline void _solve_sorted_row(int mode, Span[double] s, double eps, double 
     cdef Span[int32_t] start = work.ints.sub(0, n)
     cdef Span[double] state = work.reals.sub(n, n)
     cdef Span[double] value = work.reals.sub(2 * n, n)
+    cdef Span[uint64_t] spare = work.keys.sub(0, 2 * n)  # the sort's, done with
     cdef Py_ssize_t j
     if _needs_scaling(mode, s):
         # Solve the problem scaled by a power of two (exact). rank(x, eps) = rank(x/k, eps/k)
@@ -626,21 +667,23 @@ cdef inline void _solve_sorted_row(int mode, Span[double] s, double eps, double 
         for j in range(n):
             s[j] = s[j] * (1.0 / HUGE_SCALE)
         if mode == RANK_L2:
-            _pav_row(<RankL2*>NULL, s, eps / HUGE_SCALE, sign, perm, out, blocks, start, state, value)
+            _pav_row(<RankL2*>NULL, s, eps / HUGE_SCALE, sign, perm, out, blocks, start, state,
+                     value, spare)
         else:
-            _pav_row(<SortL2*>NULL, s, eps * HUGE_SCALE, sign, perm, out, blocks, start, state, value)
+            _pav_row(<SortL2*>NULL, s, eps * HUGE_SCALE, sign, perm, out, blocks, start, state,
+                     value, spare)
             for j in range(n):
                 out[j] = <floating>(out[j] * HUGE_SCALE)
         return
     # Dispatch once per row to the _pav_row specialised for the mode.
     if mode == RANK_L2:
-        _pav_row(<RankL2*>NULL, s, eps, sign, perm, out, blocks, start, state, value)
+        _pav_row(<RankL2*>NULL, s, eps, sign, perm, out, blocks, start, state, value, spare)
     elif mode == RANK_KL:
-        _pav_row(<RankKL*>NULL, s, eps, sign, perm, out, blocks, start, state, value)
+        _pav_row(<RankKL*>NULL, s, eps, sign, perm, out, blocks, start, state, value, spare)
     elif mode == SORT_L2:
-        _pav_row(<SortL2*>NULL, s, eps, sign, perm, out, blocks, start, state, value)
+        _pav_row(<SortL2*>NULL, s, eps, sign, perm, out, blocks, start, state, value, spare)
     else:
-        _pav_row(<SortKL*>NULL, s, eps, sign, perm, out, blocks, start, state, value)
+        _pav_row(<SortKL*>NULL, s, eps, sign, perm, out, blocks, start, state, value, spare)
 
 
 cdef inline void _forward_row(int mode, Span[floating] x, Span[floating] out,
@@ -824,14 +867,15 @@ cdef inline Py_ssize_t _first_block_from(Span[int32_t] start, Py_ssize_t top,
 
 
 cdef inline Py_ssize_t _pav_blocks_of(int mode, Span[double] s, double eps, Span[int32_t] start,
-                                      Span[double] state, Span[double] value) noexcept nogil:
+                                      Span[double] state, Span[double] value,
+                                      Span[uint64_t] spare) noexcept nogil:
     if mode == RANK_L2:
-        return _pav_blocks(<RankL2*>NULL, s, eps, start, state, value)
+        return _pav_blocks(<RankL2*>NULL, s, eps, start, state, value, spare)
     elif mode == RANK_KL:
-        return _pav_blocks(<RankKL*>NULL, s, eps, start, state, value)
+        return _pav_blocks(<RankKL*>NULL, s, eps, start, state, value, spare)
     elif mode == SORT_L2:
-        return _pav_blocks(<SortL2*>NULL, s, eps, start, state, value)
-    return _pav_blocks(<SortKL*>NULL, s, eps, start, state, value)
+        return _pav_blocks(<SortL2*>NULL, s, eps, start, state, value, spare)
+    return _pav_blocks(<SortKL*>NULL, s, eps, start, state, value, spare)
 
 
 cdef inline void _expand_blocks_of(int mode, Span[double] s, double eps, double sign,
@@ -933,7 +977,7 @@ cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
     if _needs_scaling(mode, s):  # rare: the serial solver handles the scaling
         _solve_sorted_row(mode, s, eps, sign, perm, out, blocks, work)
         return
-    top = _pav_blocks_of(mode, s, eps, start, state, value)
+    top = _pav_blocks_of(mode, s, eps, start, state, value, work.keys.sub(0, 2 * n))
     for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
         _expand_blocks_of(mode, s, eps, sign, perm, out, blocks, start, state, value, top,
                           _first_block_from(start, top, _chunk_start(t, n, n_threads)),

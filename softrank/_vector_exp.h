@@ -65,6 +65,26 @@ __attribute__((target("avx512f"))) static void softrank_scaled_exp_avx512(
         _mm512_mask_storeu_pd(w + i, lanes, _mm512_mul_pd(softrank_exp8(t), f));
     }
 }
+
+/* w[i] = exp((s[i] - head) / eps) for i < count; returns their sum (8 partial sums, then the
+   lanes in a fixed order: the same bits for the same row). */
+__attribute__((target("avx512f"))) static double softrank_exp_sum_avx512(
+        const double *s, double head, double eps, double *w, Py_ssize_t count) {
+    const __m512d h = _mm512_set1_pd(head), e = _mm512_set1_pd(eps);
+    __m512d total = _mm512_setzero_pd();
+    for (Py_ssize_t i = 0; i < count; i += 8) {
+        const Py_ssize_t left = count - i;
+        const __mmask8 lanes = left >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << left) - 1);
+        const __m512d t = _mm512_div_pd(_mm512_sub_pd(_mm512_maskz_loadu_pd(lanes, s + i), h), e);
+        const __m512d x = _mm512_maskz_mov_pd(lanes, softrank_exp8(t));
+        _mm512_mask_storeu_pd(w + i, lanes, x);
+        total = _mm512_add_pd(total, x);
+    }
+    double lane[8];  /* (_mm512_reduce_add_pd trips GCC 12's bug 105593 warning) */
+    _mm512_storeu_pd(lane, total);
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3]))
+           + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
 #endif
 
 static int softrank_vector_exp = 0;  /* set with softrank_has_avx512 */
@@ -79,6 +99,22 @@ static inline void softrank_scaled_exp(const double *s, double head, double eps,
     }
 #endif
     for (Py_ssize_t i = 0; i < count; ++i) w[i] = exp((s[i] - head) / eps) * scale;
+}
+
+/* w[i] = exp((s[i] - head) / eps) for i < count; returns their sum, added in the vector
+   kernel's order (so the two differ only by their exps). */
+static inline double softrank_exp_sum(const double *s, double head, double eps, double *w,
+                                      Py_ssize_t count) {
+#ifdef SOFTRANK_HAS_VECTOR_EXP
+    if (softrank_vector_exp) return softrank_exp_sum_avx512(s, head, eps, w, count);
+#endif
+    double lane[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    for (Py_ssize_t i = 0; i < count; ++i) {
+        w[i] = exp((s[i] - head) / eps);
+        lane[i & 7] += w[i];
+    }
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3]))
+           + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
 #endif  /* SOFTRANK_VECTOR_EXP_H */
