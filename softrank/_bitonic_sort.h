@@ -12,7 +12,12 @@
    halves are sorted, so this leaves two bitonic halves, every element of the first no greater
    than any of the second), then clean each half with compare-exchanges at distances k/4, ...,
    1. Distances of a register's width or more pair whole registers; shorter ones pair lanes of
-   one register through a permutation. */
+   one register through a permutation (4 operations per register, against 1 for a pair of
+   registers). From 64 words, the AVX-512 network therefore places the words column-major
+   (softrank_column_network): it sorts the 8 lanes' columns of V words with register pairs
+   only, merges the columns (6 lane layers in all, against 3 per block size), and transposes
+   8x8 tiles on the way out. Against the row-major network, same process, interleaved: 0.63-0.91x
+   of the time at 64-1024 words (1000 words: 0.71-0.79x). */
 #ifndef SOFTRANK_BITONIC_SORT_H
 #define SOFTRANK_BITONIC_SORT_H
 
@@ -112,21 +117,119 @@ __attribute__((target("avx512f"))) static void softrank_bitonic_sort_v(uint64_t 
     }
 }
 
+/* 128-bit blocks of a and b chosen by imm (_mm512_shuffle_i64x2, all-lanes masked form). */
+#define softrank_blocks(a, b, imm) _mm512_maskz_shuffle_i64x2(SOFTRANK_ALL_LANES, a, b, imm)
+
+/* t[l] lane i = v[i] lane l: an 8x8 transpose of words (unpacks, then two rounds of 128-bit
+   block shuffles). */
+SOFTRANK_AVX512_INLINE void softrank_transpose8(const __m512i *v, __m512i *t) {
+    __m512i a[8], c[8];
+    for (int i = 0; i < 8; i += 2) {
+        a[i] = _mm512_maskz_unpacklo_epi64(SOFTRANK_ALL_LANES, v[i], v[i + 1]);  /* lanes 0 2 4 6 */
+        a[i + 1] = _mm512_maskz_unpackhi_epi64(SOFTRANK_ALL_LANES, v[i], v[i + 1]);  /* 1 3 5 7 */
+    }
+    for (int i = 0; i < 8; i += 4)
+        for (int h = 0; h < 2; ++h) {
+            c[i + h] = softrank_blocks(a[i + h], a[i + 2 + h], 0x88);
+            c[i + 2 + h] = softrank_blocks(a[i + h], a[i + 2 + h], 0xDD);
+        }
+    for (int h = 0; h < 4; ++h) {
+        t[h] = softrank_blocks(c[h], c[h + 4], 0x88);
+        t[h + 4] = softrank_blocks(c[h], c[h + 4], 0xDD);
+    }
+}
+
+/* Lanes whose index has bit d (1, 2 or 4) set. */
+SOFTRANK_AVX512_INLINE __mmask8 softrank_lanes_with_bit(int d) {
+    return d == 1 ? SOFTRANK_LANES_BIT0 : d == 2 ? SOFTRANK_LANES_BIT1 : SOFTRANK_LANES_BIT2;
+}
+
+/* Half-cleaners between registers at distances from, from / 2, ..., 1. */
+template <int V>
+SOFTRANK_AVX512_INLINE void softrank_clean_registers(__m512i *v, int from) {
+    for (int jv = from; jv >= 1; jv /= 2)
+        for (int b = 0; b < V; b += 2 * jv)
+            for (int p = b; p < b + jv; ++p) {
+                const __m512i low = v[p], high = v[p + jv];
+                v[p] = softrank_min(low, high);
+                v[p + jv] = softrank_max(low, high);
+            }
+}
+
+/* The bitonic network on 8V words laid out column-major: the word in lane l of register r
+   ends at sorted position l * V + r. */
+template <int V>
+SOFTRANK_AVX512_INLINE void softrank_column_network(__m512i *v) {
+    /* Each lane's column of V words, sorted by register pairs alone. */
+    for (int kv = 2; kv <= V; kv *= 2) {
+        for (int b = 0; b < V; b += kv)
+            for (int p = 0; p < kv / 2; ++p) {
+                const __m512i low = v[b + p], high = v[b + kv - 1 - p];
+                v[b + p] = softrank_min(low, high);
+                v[b + kv - 1 - p] = softrank_max(low, high);
+            }
+        softrank_clean_registers<V>(v, kv / 4);
+    }
+    /* Blocks of kl columns: the mirror of (lane l, register r) is (lane l ^ (kl - 1),
+       register V - 1 - r); the lanes of a block's upper half keep the larger word. Then
+       half-cleaners between lanes (distances of V words or more), then between registers. */
+    for (int kl = 2; kl <= 8; kl *= 2) {
+        const __mmask8 upper = softrank_lanes_with_bit(kl / 2);
+        for (int r = 0; r < V / 2; ++r) {
+            const __m512i x = v[r], y = softrank_lanes_xor(v[V - 1 - r], kl - 1);
+            const __m512i low = softrank_min(x, y), high = softrank_max(x, y);
+            v[r] = _mm512_mask_blend_epi64(upper, low, high);
+            v[V - 1 - r] = softrank_lanes_xor(_mm512_mask_blend_epi64(upper, high, low), kl - 1);
+        }
+        for (int d = kl / 4; d >= 1; d /= 2)
+            for (int r = 0; r < V; ++r)
+                v[r] = softrank_exchange_lanes(v[r], d, softrank_lanes_with_bit(d));
+        softrank_clean_registers<V>(v, V / 2);
+    }
+}
+
+/* Sort words[0:n) ascending, 32 < n <= 8V, V >= 8: padded with all-ones words (no real word
+   is: its index is below n), sorted column-major in registers, the first n stored back through
+   8x8 transposes. */
+template <int V>
+__attribute__((target("avx512f"))) static void softrank_column_sort_v(uint64_t *words,
+                                                                       Py_ssize_t n) {
+    __m512i v[V];
+    const __m512i padding = _mm512_set1_epi64(-1);
+    for (int p = 0; p < V; ++p) {
+        const Py_ssize_t left = n - 8 * p;
+        const __mmask8 valid = left >= 8 ? (__mmask8)0xFF
+                               : left <= 0 ? (__mmask8)0 : (__mmask8)((1u << left) - 1);
+        v[p] = _mm512_mask_loadu_epi64(padding, valid, words + 8 * p);
+    }
+    softrank_column_network<V>(v);
+    for (int b = 0; b < V; b += 8) {
+        __m512i t[8];
+        softrank_transpose8(v + b, t);
+        for (int l = 0; l < 8; ++l) {
+            const Py_ssize_t at = (Py_ssize_t)l * V + b, left = n - at;
+            if (left <= 0) continue;
+            _mm512_mask_storeu_epi64(
+                words + at, left >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << left) - 1), t[l]);
+        }
+    }
+}
+
 /* Longest row sorted by the AVX-512 network. Its 64 and 128 registers of 8 words spill (the
    CPU has 32), and still sort rows of 450-512 and 700-1024 words 0.70-0.92x the radix sort's
-   time (interleaved, one thread). A row that fills at most 5/8 of a network of 512 or more
-   words is radix sorted instead (softrank_network_sorts in softrank/_sort_kernels.h): padded,
-   it measured 1.07-1.16x the radix sort's time at 260 and 520 words, a tie at 300 and 600. */
+   time (interleaved, one thread; measured with the row-major network, slower than the column
+   one). A row that fills at most 5/8 of the 1024-word network is radix sorted instead
+   (softrank_network_sorts in softrank/_sort_kernels.h). */
 #define SOFTRANK_BITONIC_MAX 1024
 
 /* words[0:n) sorted ascending, 0 < n <= SOFTRANK_BITONIC_MAX, on a CPU with AVX-512F. */
 static void softrank_bitonic_sort(uint64_t *words, Py_ssize_t n) {
     if (n <= 32) softrank_bitonic_sort_v<4>(words, n);
-    else if (n <= 64) softrank_bitonic_sort_v<8>(words, n);
-    else if (n <= 128) softrank_bitonic_sort_v<16>(words, n);
-    else if (n <= 256) softrank_bitonic_sort_v<32>(words, n);
-    else if (n <= 512) softrank_bitonic_sort_v<64>(words, n);
-    else softrank_bitonic_sort_v<128>(words, n);
+    else if (n <= 64) softrank_column_sort_v<8>(words, n);
+    else if (n <= 128) softrank_column_sort_v<16>(words, n);
+    else if (n <= 256) softrank_column_sort_v<32>(words, n);
+    else if (n <= 512) softrank_column_sort_v<64>(words, n);
+    else softrank_column_sort_v<128>(words, n);
 }
 
 /* AVX2: 4 words per register. AVX2 has no unsigned 64-bit min/max: words enter with their top

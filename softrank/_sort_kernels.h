@@ -109,7 +109,7 @@ static inline void softrank_rank_by_counting(const uint64_t *keys, int32_t *perm
 /* Longest rows ranked by counting, float32 and float64, and longest rows sorted by the
    network (0: none; longer rows are radix sorted): crossovers measured in one process. With
    AVX-512 the network sorts the rows longer than 16 (the counting kernels rank rows of up to
-   16 in one or two registers, faster), but for 257-320 and 513-640; with AVX2 those longer
+   16 in one or two registers, faster), but for 513-640; with AVX2 those longer
    than 24 (17 keys: counting 0.17
    us, the network 0.24 us; 24 keys: 0.30 against 0.21). Without AVX2 counting ranks rows of up
    to 32 float32 or 48 float64 elements. */
@@ -117,13 +117,11 @@ static int softrank_counting_max_f32 = 32;
 static int softrank_counting_max_f64 = 48;
 static int softrank_network_max = 0;
 /* Whether the network sorts rows of n: up to softrank_network_max, except those that would
-   fill at most 5/8 of an AVX-512 network of 512 or 1024 words (257-320, 513-640). */
+   fill at most 5/8 of the AVX-512 network of 1024 words (513-640: padded, 1.03-1.13x the radix
+   sort's time; 257-320, padded to 512, measured 0.69-0.99x). */
 static inline int softrank_network_sorts(Py_ssize_t n) {
     if (n > softrank_network_max) return 0;
-    if (softrank_has_avx512 && n > 256) {
-        const Py_ssize_t words = n <= 512 ? 512 : 1024;
-        return n > words / 8 * 5;
-    }
+    if (softrank_has_avx512 && n > 512) return n > 1024 / 8 * 5;
     return 1;
 }
 /* words[0:n) sorted ascending, softrank_network_sorts(n). */

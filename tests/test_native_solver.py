@@ -212,8 +212,8 @@ def test_threads_for_is_bounded():
                                "net", "net+1", "wide-1", "wide", 5000])
 def test_permutation_is_the_stable_descending_argsort(n, dtype, kernels):
     """Around the counting kernels (one-register AVX-512 rows up to 16, the general loop above),
-    the sorting network's register counts (16 to 1024 words), its gaps (rows of 257-320 and
-    513-640 are radix sorted where the CPU has AVX-512) and limit
+    the sorting network's register counts (16 to 1024 words), its gap (rows of 513-640 are
+    radix sorted where the CPU has AVX-512) and limit
     (_cpu.network_max(), by CPU), the counting/radix crossovers (_cpu.counting_max(), by CPU)
     and the switch from 8-bit to 11-bit radix digits (_cpu.radix_wide_min()): perm is numpy's
     stable argsort of -sign*x, ties (including -0.0 == +0.0) in index order."""
