@@ -23,7 +23,7 @@ Deviations from the textbook algorithm, and why:
 * Accumulation is in float64 for both float32 and float64 data.
 """
 from cython.parallel cimport prange, threadid
-from libc.math cimport exp, log, expm1, NAN
+from libc.math cimport exp, log, expm1, isfinite, NAN
 from libc.stdint cimport uint64_t, uint32_t, int32_t
 from libc.string cimport memcpy, memset
 cimport cython
@@ -101,6 +101,8 @@ cdef extern from "_vector_exp.h":
                              double *w, Py_ssize_t count) noexcept nogil
     double softrank_exp_sum(const double *s, double head, double eps, double *w,
                             Py_ssize_t count) noexcept nogil
+    void softrank_exp_of_steps(const double *s, double ref, double eps, double *w,
+                               Py_ssize_t count) noexcept nogil
 
 
 cdef void _choose_kernels(bint allow_avx512) noexcept nogil:
@@ -515,12 +517,18 @@ cdef inline Py_ssize_t _pav_rank_kl(Span[double] s, double eps, Span[int32_t] st
     # and reloads of the block it has just pooled.
     cdef double top_w = 0.0, top_r = 0.0, shift
     cdef int32_t top_start = 0, top_epoch = 0
+    # 1 / eps overflows only for eps below 2**-1024: weights without the rounding correction.
+    cdef bint precise = isfinite(1.0 / eps)
     while j < n:
         first = j
         end = _epoch_end(s, first, eps)
         w[first] = 1.0
-        softrank_scaled_exp(s.sub(first + 1, end - first - 1).ptr, s[first], eps, 1.0,
-                            w.sub(first + 1, end - first - 1).ptr, end - first - 1)
+        if precise:
+            softrank_exp_of_steps(s.sub(first + 1, end - first - 1).ptr, s[first], eps,
+                                  w.sub(first + 1, end - first - 1).ptr, end - first - 1)
+        else:
+            softrank_scaled_exp(s.sub(first + 1, end - first - 1).ptr, s[first], eps, 1.0,
+                                w.sub(first + 1, end - first - 1).ptr, end - first - 1)
         floor = top + 1  # blocks floor.. are this epoch's; those below, older epochs'
         for j in range(first, end):
             if top >= 0:
@@ -587,14 +595,29 @@ cdef inline Py_ssize_t _pav_blocks(Mode* mode, Span[double] s, double eps, Span[
     return top
 
 
+cdef inline double _sum_of(Span[double] w) noexcept nogil:
+    """The sum of w in 8 interleaved partial sums, added pairwise at the end: a fixed order (the
+    same bits on every CPU), and rounding errors that grow with len / 8."""
+    cdef double lane[8]
+    cdef Py_ssize_t j
+    for j in range(8):
+        lane[j] = 0.0
+    for j in range(w.len):
+        lane[j & 7] += w[j]
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]))
+
+
 cdef inline void _expand_blocks(Mode* mode, Span[double] s, double eps, double sign,
                                 Span[int32_t] perm, Span[floating] out, Span[int32_t] blocks,
                                 Span[int32_t] start, Span[double] state, Span[double] weights,
-                                Py_ssize_t top, Py_ssize_t b_lo, Py_ssize_t b_hi) noexcept nogil:
+                                Span[uint64_t] spare, Py_ssize_t top, Py_ssize_t b_lo,
+                                Py_ssize_t b_hi) noexcept nogil:
     """Expand blocks b_lo..b_hi-1 of the PAV solution into outputs (closed forms:
-    docs/CONTRACT.md). weights: scratch of n (rank/kl: each position's weight, computed a block
-    at a time with the vector exp)."""
+    docs/CONTRACT.md). weights: scratch of n; spare: what _pav_blocks left there (rank/kl: its
+    weights, then the blocks' epochs)."""
     cdef Py_ssize_t n = s.len
+    cdef Span[double] w = Span[double](<double*>spare.ptr, n)
+    cdef Span[int32_t] epoch = Span[int32_t](<int32_t*>(spare.ptr + n), n)
     cdef Py_ssize_t j, b, a, e, c
     cdef double st, s_a, mean_rho, scale
     cdef double log_q1 = log(-expm1(-1.0 / eps)) if Mode is SortKL else 0.0
@@ -619,11 +642,16 @@ cdef inline void _expand_blocks(Mode* mode, Span[double] s, double eps, double s
             for j in range(a, e):
                 out[perm[j]] = <floating>(((s[j] - s_a) - st / c) / eps + mean_rho)
                 blocks[j] = <int32_t>a
+        elif Mode is RankKL and epoch[b] <= a:
+            # The block lies in one epoch: PAV's weights, precise against the epoch's first
+            # value, give the softmax without an exp.
+            scale = c * mean_rho / _sum_of(w.sub(a, c))
+            for j in range(a, e):
+                out[perm[j]] = <floating>(w[j] * scale)
+                blocks[j] = <int32_t>a
         elif Mode is RankKL:
-            # Weights against the head (exp(0) = 1 for it), summed here rather than taken from
-            # PAV: its weights are against its epochs' first values, up to 64 apart, whose
-            # rounding costs them up to ~30 ulp (measured against a 40-digit reference; ~1 ulp
-            # this way).
+            # A block pooled across epochs (its weights are in two units): weights against its
+            # head (exp(0) = 1 for it), summed anew.
             st = 1.0 + softrank_exp_sum(s.sub(a + 1, c - 1).ptr, s_a, eps,
                                         weights.sub(a + 1, c - 1).ptr, c - 1)
             scale = c * mean_rho / st
@@ -648,7 +676,8 @@ cdef inline void _pav_row(Mode* mode, Span[double] s, double eps, double sign,
                           Span[int32_t] start, Span[double] state, Span[double] value,
                           Span[uint64_t] spare) noexcept nogil:
     cdef Py_ssize_t top = _pav_blocks(mode, s, eps, start, state, value, spare)
-    _expand_blocks(mode, s, eps, sign, perm, out, blocks, start, state, value, top, 0, top + 1)
+    _expand_blocks(mode, s, eps, sign, perm, out, blocks, start, state, value, spare, top, 0,
+                   top + 1)
 
 
 cdef inline void _nan_row_forward(Span[floating] out, Span[int32_t] perm,
@@ -897,20 +926,20 @@ cdef inline Py_ssize_t _pav_blocks_of(int mode, Span[double] s, double eps, Span
 cdef inline void _expand_blocks_of(int mode, Span[double] s, double eps, double sign,
                                    Span[int32_t] perm, Span[floating] out, Span[int32_t] blocks,
                                    Span[int32_t] start, Span[double] state, Span[double] weights,
-                                   Py_ssize_t top, Py_ssize_t b_lo,
+                                   Span[uint64_t] spare, Py_ssize_t top, Py_ssize_t b_lo,
                                    Py_ssize_t b_hi) noexcept nogil:
     if mode == RANK_L2:
         _expand_blocks(<RankL2*>NULL, s, eps, sign, perm, out, blocks, start, state, weights,
-                       top, b_lo, b_hi)
+                       spare, top, b_lo, b_hi)
     elif mode == RANK_KL:
         _expand_blocks(<RankKL*>NULL, s, eps, sign, perm, out, blocks, start, state, weights,
-                       top, b_lo, b_hi)
+                       spare, top, b_lo, b_hi)
     elif mode == SORT_L2:
         _expand_blocks(<SortL2*>NULL, s, eps, sign, perm, out, blocks, start, state, weights,
-                       top, b_lo, b_hi)
+                       spare, top, b_lo, b_hi)
     else:
         _expand_blocks(<SortKL*>NULL, s, eps, sign, perm, out, blocks, start, state, weights,
-                       top, b_lo, b_hi)
+                       spare, top, b_lo, b_hi)
 
 
 cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
@@ -995,7 +1024,8 @@ cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
         return
     top = _pav_blocks_of(mode, s, eps, start, state, value, work.keys.sub(0, 2 * n))
     for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
-        _expand_blocks_of(mode, s, eps, sign, perm, out, blocks, start, state, value, top,
+        _expand_blocks_of(mode, s, eps, sign, perm, out, blocks, start, state, value,
+                          work.keys.sub(0, 2 * n), top,
                           _first_block_from(start, top, _chunk_start(t, n, n_threads)),
                           _first_block_from(start, top, _chunk_start(t + 1, n, n_threads)))
 

@@ -66,6 +66,27 @@ __attribute__((target("avx512f"))) static void softrank_scaled_exp_avx512(
     }
 }
 
+/* softrank_exp_of_steps below, 8 lanes at a time. */
+__attribute__((target("avx512f"))) static void softrank_exp_of_steps_avx512(
+        const double *s, double ref, double eps, double *w, Py_ssize_t count) {
+    const __m512d ref_v = _mm512_set1_pd(ref), minus_ref = _mm512_set1_pd(-ref);
+    const __m512d e = _mm512_set1_pd(eps), inverse = _mm512_set1_pd(1.0 / eps);
+    for (Py_ssize_t i = 0; i < count; i += 8) {
+        const Py_ssize_t left = count - i;
+        const __mmask8 lanes = left >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << left) - 1);
+        const __m512d x = _mm512_maskz_loadu_pd(lanes, s + i);
+        const __m512d d = _mm512_sub_pd(x, ref_v);
+        const __m512d back = _mm512_sub_pd(d, x);  /* TwoSum: d + lost = x - ref exactly */
+        const __m512d lost = _mm512_add_pd(_mm512_sub_pd(x, _mm512_sub_pd(d, back)),
+                                           _mm512_sub_pd(minus_ref, back));
+        const __m512d q = _mm512_mul_pd(d, inverse);
+        const __m512d delta = _mm512_mul_pd(_mm512_add_pd(_mm512_fnmadd_pd(q, e, d), lost),
+                                            inverse);
+        const __m512d y = softrank_exp8(q);
+        _mm512_mask_storeu_pd(w + i, lanes, _mm512_fmadd_pd(y, delta, y));
+    }
+}
+
 /* w[i] = exp((s[i] - head) / eps) for i < count; returns their sum (8 partial sums, then the
    lanes in a fixed order: the same bits for the same row). */
 __attribute__((target("avx512f"))) static double softrank_exp_sum_avx512(
@@ -99,6 +120,32 @@ static inline void softrank_scaled_exp(const double *s, double head, double eps,
     }
 #endif
     for (Py_ssize_t i = 0; i < count; ++i) w[i] = exp((s[i] - head) / eps) * scale;
+}
+
+/* w[i] = exp((s[i] - ref) / eps) for i < count, as precise as the exp itself however far s[i]
+   lies from ref (weights against a common reference, to 64 eps away): the argument is taken as
+   q + delta, with q = (s[i] - ref) * (1 / eps) rounded and delta what that rounding lost (the
+   difference's by TwoSum, the quotient's by the FMA residual d - q eps, exact), and
+   exp(q + delta) = exp(q) (1 + delta) up to delta^2 / 2 (|delta| < 1e-13). Without the
+   correction, soft ranks from weights 20-63 eps away measured 21-71 ulp off (tests). 1 / eps
+   must be finite. */
+static inline void softrank_exp_of_steps(const double *s, double ref, double eps, double *w,
+                                         Py_ssize_t count) {
+#ifdef SOFTRANK_HAS_VECTOR_EXP
+    if (softrank_vector_exp) {
+        softrank_exp_of_steps_avx512(s, ref, eps, w, count);
+        return;
+    }
+#endif
+    const double inverse = 1.0 / eps;
+    for (Py_ssize_t i = 0; i < count; ++i) {
+        const double d = s[i] - ref, back = d - s[i];
+        const double lost = (s[i] - (d - back)) + (-ref - back);
+        const double q = d * inverse;
+        const double delta = (fma(-q, eps, d) + lost) * inverse;
+        const double y = exp(q);
+        w[i] = fma(y, delta, y);
+    }
 }
 
 /* w[i] = exp((s[i] - head) / eps) for i < count; returns their sum, added in the vector
