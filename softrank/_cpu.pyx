@@ -429,10 +429,27 @@ cdef inline bint _argsort_row(Span[floating] x, double sign, Span[uint64_t] ka,
 
 # ----------------------------------------------------------------------------- PAV
 
+cdef extern from *:
+    """
+    /* log(1 - exp(-1/eps)) for the last eps this thread asked about: every row of a call has
+       the same eps, and computing it twice a row was a quarter of a (1024, 10) soft_sort/kl
+       forward. */
+    static thread_local double softrank_log_q1_eps = -1.0, softrank_log_q1_value = 0.0;
+    static inline double softrank_log_q1(double eps) {
+        if (eps != softrank_log_q1_eps) {
+            softrank_log_q1_value = log(-expm1(-1.0 / eps));
+            softrank_log_q1_eps = eps;
+        }
+        return softrank_log_q1_value;
+    }
+    """
+    double softrank_log_q1(double eps) noexcept nogil
+
+
 cdef inline double _log_geometric_ratio(Py_ssize_t c, double eps, double log_q1) noexcept nogil:
     """log(sum_{k<c} exp(-k/eps)) = logsumexp(rho_B/eps) - rho_a/eps for a block of c elements.
 
-    log_q1 = log(1 - exp(-1/eps)) is the same for every block of a row (computed once).
+    log_q1 = log(1 - exp(-1/eps)) is the same for every block (softrank_log_q1).
     """
     return log(-expm1(-c / eps)) - log_q1
 
@@ -576,7 +593,7 @@ cdef inline Py_ssize_t _pav_blocks(Mode* mode, Span[double] s, double eps, Span[
     cdef Py_ssize_t n = s.len
     cdef Py_ssize_t j, top = -1, a, right
     cdef double st
-    cdef double log_q1 = log(-expm1(-1.0 / eps)) if Mode is SortKL else 0.0
+    cdef double log_q1 = softrank_log_q1(eps) if Mode is SortKL else 0.0
     if Mode is RankKL:
         return _pav_rank_kl(s, eps, start, state, value, spare)
     for j in range(n):
@@ -620,7 +637,7 @@ cdef inline void _expand_blocks(Mode* mode, Span[double] s, double eps, double s
     cdef Span[int32_t] epoch = Span[int32_t](<int32_t*>(spare.ptr + n), n)
     cdef Py_ssize_t j, b, a, e, c
     cdef double st, s_a, mean_rho, scale
-    cdef double log_q1 = log(-expm1(-1.0 / eps)) if Mode is SortKL else 0.0
+    cdef double log_q1 = softrank_log_q1(eps) if Mode is SortKL else 0.0
     for b in range(b_lo, b_hi):
         a = start[b]
         e = start[b + 1] if b < top else n
