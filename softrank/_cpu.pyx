@@ -778,6 +778,41 @@ cdef inline void _backward_row(int mode, Span[floating] g, Span[int32_t] perm,
     _backward_blocks(mode, g, perm, blocks, aux, eps, sign, grad, weights, 0, g.len)
 
 
+cdef inline double _sum_at(Span[floating] g, Span[int32_t] perm, Py_ssize_t a,
+                           Py_ssize_t e) noexcept nogil:
+    """The sum of g[perm[j]] over [a, e) in four interleaved partial sums, so that the
+    additions of a long block do not wait on each other (one chain cost 4 cycles an element)."""
+    cdef double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0
+    cdef Py_ssize_t j = a
+    while j + 4 <= e:
+        t0 += g[perm[j]]
+        t1 += g[perm[j + 1]]
+        t2 += g[perm[j + 2]]
+        t3 += g[perm[j + 3]]
+        j += 4
+    while j < e:
+        t0 += g[perm[j]]
+        j += 1
+    return (t0 + t1) + (t2 + t3)
+
+
+cdef inline double _dot_at(Span[floating] g, Span[floating] aux, Span[int32_t] perm,
+                           Py_ssize_t a, Py_ssize_t e) noexcept nogil:
+    """The sum of g[perm[j]] * aux[perm[j]] (products in double) over [a, e), as _sum_at."""
+    cdef double t0 = 0.0, t1 = 0.0, t2 = 0.0, t3 = 0.0
+    cdef Py_ssize_t j = a
+    while j + 4 <= e:
+        t0 += <double>g[perm[j]] * aux[perm[j]]
+        t1 += <double>g[perm[j + 1]] * aux[perm[j + 1]]
+        t2 += <double>g[perm[j + 2]] * aux[perm[j + 2]]
+        t3 += <double>g[perm[j + 3]] * aux[perm[j + 3]]
+        j += 4
+    while j < e:
+        t0 += <double>g[perm[j]] * aux[perm[j]]
+        j += 1
+    return (t0 + t1) + (t2 + t3)
+
+
 cdef inline void _backward_blocks(int mode, Span[floating] g, Span[int32_t] perm,
                                   Span[int32_t] blocks, Span[floating] aux, double eps,
                                   double sign, Span[floating] grad, Span[double] weights,
@@ -796,16 +831,14 @@ cdef inline void _backward_blocks(int mode, Span[floating] g, Span[int32_t] perm
         if c == 1 and mode == SORT_L2:  # the block mean of one cotangent, without a division
             grad[perm[a]] = <floating>(total + g[a])
         elif mode == RANK_L2:
-            for j in range(a, e):
-                total += g[perm[j]]
-            mean = total / c
+            mean = _sum_at(g, perm, a, e) / c
             for j in range(a, e):
                 grad[perm[j]] = <floating>(scale * (g[perm[j]] - mean))
+        elif mode == RANK_KL and c == 1:  # a singleton's rank is the constant n - a
+            grad[perm[a]] = 0.0
         elif mode == RANK_KL:
             # softmax(s_B) = out / sum_B(rho): the forward output is already max-shifted.
-            for j in range(a, e):
-                total += <double>g[perm[j]] * aux[perm[j]]  # product in double, not float
-            mean = total / (c * ((n - a) - 0.5 * (c - 1)))
+            mean = _dot_at(g, aux, perm, a, e) / (c * ((n - a) - 0.5 * (c - 1)))
             for j in range(a, e):
                 r = aux[perm[j]]
                 grad[perm[j]] = <floating>(scale * r * (g[perm[j]] - mean))
