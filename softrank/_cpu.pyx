@@ -97,6 +97,7 @@ cdef extern from "_sort_kernels.h":
 
 cdef extern from "_vector_exp.h":
     int softrank_vector_exp
+    int softrank_choose_vector_exp(int has_avx512) noexcept nogil
     void softrank_scaled_exp(const double *s, double head, double eps, double scale,
                              double *w, Py_ssize_t count) noexcept nogil
     double softrank_exp_sum(const double *s, double head, double eps, double *w,
@@ -106,8 +107,7 @@ cdef extern from "_vector_exp.h":
 
 
 cdef void _choose_kernels(bint allow_avx512) noexcept nogil:
-    global softrank_vector_exp
-    softrank_vector_exp = softrank_choose_kernels(allow_avx512)
+    softrank_choose_vector_exp(softrank_choose_kernels(allow_avx512))
 
 
 _choose_kernels(True)
@@ -1430,9 +1430,15 @@ def _index_span_for_test(Py_ssize_t i):
     return span[i] if 0 <= i < 4 or softrank_bounds_checked else None
 
 
+def vector_exp():
+    """The kernel that computes soft_rank/kl's exps now: "avx512", "avx2" (with FMA) or "libm"
+    (by CPU, and use_avx512)."""
+    return ("libm", "avx2", "avx512")[softrank_vector_exp]
+
+
 def exp_of(cnp.ndarray t):
     """Tests: exp of each value of a C-contiguous (1, m) float64 array, by the kernel that
-    weights soft_rank/kl blocks (AVX-512 where use_avx512 allows it, libm's exp otherwise)."""
+    weights soft_rank/kl blocks (vector_exp())."""
     _check_rows(t, "t")
     _check_array(t, "t", cnp.NPY_DOUBLE, 1, cnp.PyArray_DIM(t, 1), False)
     cdef cnp.ndarray out = _empty(1, cnp.PyArray_DIM(t, 1), cnp.NPY_DOUBLE)

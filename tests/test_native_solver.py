@@ -344,7 +344,7 @@ def _exp_test_points():
 def test_vector_exp_is_within_one_ulp_of_libm(kernels):
     """The exp that weights soft_rank/kl blocks (softrank/_vector_exp.h): within 1 ulp of
     glibc's exp (math.exp) everywhere, 0 and inf past the double range, NaN for NaN; libm's
-    own where the CPU has no AVX-512."""
+    own where the CPU has neither AVX-512 nor AVX2 with FMA."""
     import math
     t = _exp_test_points()
     got = _cpu.exp_of(t)[0]
@@ -353,9 +353,36 @@ def test_vector_exp_is_within_one_ulp_of_libm(kernels):
         ulps = np.where(got == expected, 0.0,
                         np.abs(got - expected) / np.spacing(np.abs(expected)))
     assert ulps.max() <= 1.0
-    if not kernels or not _cpu.cpu_dispatch():
+    if _cpu.vector_exp() == "libm":
         np.testing.assert_array_equal(got, expected)
     assert np.isnan(_cpu.exp_of(np.array([[np.nan, 0.0]]))[0, 0])
+
+
+def test_vector_exp_kernels_give_the_same_bits():
+    """The AVX2 exp (no scalef: 2^k from exponent bits, in two halves) is the AVX-512 one lane
+    for lane, subnormal, overflowing and NaN results included, and so are the sums and
+    corrected weights built on it."""
+    t = _exp_test_points()
+    results = {}
+    try:
+        for allowed in (True, False):
+            _cpu.use_avx512(allowed)
+            results[_cpu.vector_exp()] = _cpu.exp_of(t)
+    finally:
+        _cpu.use_avx512(True)
+    if set(results) != {"avx512", "avx2"}:
+        pytest.skip(f"needs a CPU with AVX-512 (this one: {sorted(results)})")
+    np.testing.assert_array_equal(results["avx512"], results["avx2"])
+    x = np.random.default_rng(5).normal(size=(3, 999)) * 5
+    x[1] = np.linspace(0, 129, 999)  # pools across stretches: head-relative exp sums too
+    outs = []
+    try:
+        for allowed in (True, False):
+            _cpu.use_avx512(allowed)
+            outs.append(_cpu.forward_values_at(1, x.ctypes.data, 3, 999, False, 0.7, 1.0, 1))
+    finally:
+        _cpu.use_avx512(True)
+    np.testing.assert_array_equal(outs[0], outs[1])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
