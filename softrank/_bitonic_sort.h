@@ -17,7 +17,9 @@
    (softrank_column_network): it sorts the 8 lanes' columns of V words with register pairs
    only, merges the columns (6 lane layers in all, against 3 per block size), and transposes
    8x8 tiles on the way out. Against the row-major network, same process, interleaved: 0.63-0.91x
-   of the time at 64-1024 words (1000 words: 0.71-0.79x). */
+   of the time at 64-1024 words (1000 words: 0.71-0.79x). The AVX2 network is column-major
+   too (4x4 tiles): (64, n) and (256, n) forwards with it took 0.80-0.94x of the row-major
+   one's time at n = 33-128 (interleaved, this VM's AVX2 kernels). */
 #ifndef SOFTRANK_BITONIC_SORT_H
 #define SOFTRANK_BITONIC_SORT_H
 
@@ -256,37 +258,60 @@ SOFTRANK_AVX2_INLINE __m256i softrank_exchange_lanes4(__m256i a) {
     return _mm256_blend_epi32(softrank_min4(a, b), softrank_max4(a, b), UPPER);
 }
 
+/* t[l] lane i = v[i] lane l: a 4x4 transpose of words. */
+SOFTRANK_AVX2_INLINE void softrank_transpose4(const __m256i *v, __m256i *t) {
+    const __m256i a0 = _mm256_unpacklo_epi64(v[0], v[1]);  /* lanes 0 and 2 of both */
+    const __m256i a1 = _mm256_unpackhi_epi64(v[0], v[1]);  /* lanes 1 and 3 */
+    const __m256i a2 = _mm256_unpacklo_epi64(v[2], v[3]);
+    const __m256i a3 = _mm256_unpackhi_epi64(v[2], v[3]);
+    t[0] = _mm256_permute2x128_si256(a0, a2, 0x20);
+    t[1] = _mm256_permute2x128_si256(a1, a3, 0x20);
+    t[2] = _mm256_permute2x128_si256(a0, a2, 0x31);
+    t[3] = _mm256_permute2x128_si256(a1, a3, 0x31);
+}
+
+/* Half-cleaners between registers at distances from, from / 2, ..., 1. */
 template <int V>
-SOFTRANK_AVX2_INLINE void softrank_bitonic_network4(__m256i *v) {
-    /* Blocks of 2 and 4 lie inside a register. */
-    for (int p = 0; p < V; ++p) v[p] = softrank_exchange_lanes4<SOFTRANK_LANES4_XOR1, 0xCC>(v[p]);
-    for (int p = 0; p < V; ++p)
-        v[p] = softrank_exchange_lanes4<SOFTRANK_LANES4_REVERSED, 0xF0>(v[p]);
-    for (int p = 0; p < V; ++p) v[p] = softrank_exchange_lanes4<SOFTRANK_LANES4_XOR1, 0xCC>(v[p]);
-    /* Blocks of kv registers, as in softrank_bitonic_network. */
-#pragma GCC unroll 8
+SOFTRANK_AVX2_INLINE void softrank_clean_registers4(__m256i *v, int from) {
+    for (int jv = from; jv >= 1; jv /= 2)
+        for (int b = 0; b < V; b += 2 * jv)
+            for (int p = b; p < b + jv; ++p) {
+                const __m256i low = v[p], high = v[p + jv];
+                v[p] = softrank_min4(low, high);
+                v[p + jv] = softrank_max4(low, high);
+            }
+}
+
+/* Compare-exchange of (lane l, register r) with (its partner in order LANES, register
+   V - 1 - r); the lanes of UPPER keep the larger word. */
+template <int LANES, int UPPER, int V>
+SOFTRANK_AVX2_INLINE void softrank_mirror_lanes4(__m256i *v) {
+    for (int r = 0; r < V / 2; ++r) {
+        const __m256i x = v[r], y = _mm256_permute4x64_epi64(v[V - 1 - r], LANES);
+        const __m256i low = softrank_min4(x, y), high = softrank_max4(x, y);
+        v[r] = _mm256_blend_epi32(low, high, UPPER);
+        v[V - 1 - r] = _mm256_permute4x64_epi64(_mm256_blend_epi32(high, low, UPPER), LANES);
+    }
+}
+
+/* softrank_column_network with 4 lanes: the columns sorted by register pairs, then merged in
+   blocks of 2 and 4 lanes. */
+template <int V>
+SOFTRANK_AVX2_INLINE void softrank_column_network4(__m256i *v) {
     for (int kv = 2; kv <= V; kv *= 2) {
         for (int b = 0; b < V; b += kv)
             for (int p = 0; p < kv / 2; ++p) {
-                const __m256i low = v[b + p];
-                const __m256i high =
-                    _mm256_permute4x64_epi64(v[b + kv - 1 - p], SOFTRANK_LANES4_REVERSED);
+                const __m256i low = v[b + p], high = v[b + kv - 1 - p];
                 v[b + p] = softrank_min4(low, high);
-                v[b + kv - 1 - p] =
-                    _mm256_permute4x64_epi64(softrank_max4(low, high), SOFTRANK_LANES4_REVERSED);
+                v[b + kv - 1 - p] = softrank_max4(low, high);
             }
-        for (int jv = kv / 4; jv >= 1; jv /= 2)
-            for (int b = 0; b < V; b += 2 * jv)
-                for (int p = b; p < b + jv; ++p) {
-                    const __m256i low = v[p], high = v[p + jv];
-                    v[p] = softrank_min4(low, high);
-                    v[p + jv] = softrank_max4(low, high);
-                }
-        for (int p = 0; p < V; ++p)
-            v[p] = softrank_exchange_lanes4<SOFTRANK_LANES4_XOR2, 0xF0>(v[p]);
-        for (int p = 0; p < V; ++p)
-            v[p] = softrank_exchange_lanes4<SOFTRANK_LANES4_XOR1, 0xCC>(v[p]);
+        softrank_clean_registers4<V>(v, kv / 4);
     }
+    softrank_mirror_lanes4<SOFTRANK_LANES4_XOR1, 0xCC, V>(v);
+    softrank_clean_registers4<V>(v, V / 2);
+    softrank_mirror_lanes4<SOFTRANK_LANES4_REVERSED, 0xF0, V>(v);
+    for (int p = 0; p < V; ++p) v[p] = softrank_exchange_lanes4<SOFTRANK_LANES4_XOR1, 0xCC>(v[p]);
+    softrank_clean_registers4<V>(v, V / 2);
 }
 
 /* Lanes [0, left) of a register of 4 words, as a maskload/maskstore mask. */
@@ -312,21 +337,26 @@ __attribute__((target("avx2"))) static void softrank_bitonic_sort_v4(uint64_t *w
             v[p] = _mm256_blendv_epi8(padding, _mm256_xor_si256(loaded, top_bit), valid);
         }
     }
-    softrank_bitonic_network4<V>(v);
-    for (int p = 0; p < V; ++p) {
-        const Py_ssize_t left = n - 4 * p;
-        if (left <= 0) break;
-        const __m256i sorted = _mm256_xor_si256(v[p], top_bit);
-        if (left >= 4)
-            _mm256_storeu_si256((__m256i *)(words + 4 * p), sorted);
-        else
-            _mm256_maskstore_epi64((long long *)(words + 4 * p), softrank_first_lanes4(left),
-                                   sorted);
+    softrank_column_network4<V>(v);
+    for (int b = 0; b < V; b += 4) {
+        __m256i t[4];
+        softrank_transpose4(v + b, t);
+        for (int l = 0; l < 4; ++l) {
+            const Py_ssize_t at = (Py_ssize_t)l * V + b, left = n - at;
+            if (left <= 0) continue;
+            const __m256i sorted = _mm256_xor_si256(t[l], top_bit);
+            if (left >= 4)
+                _mm256_storeu_si256((__m256i *)(words + at), sorted);
+            else
+                _mm256_maskstore_epi64((long long *)(words + at), softrank_first_lanes4(left),
+                                       sorted);
+        }
     }
 }
 
 /* Longest row sorted by the AVX2 network: 32 registers of 4 words already spill (16 ymm
-   registers), and longer rows measured no faster than the radix sort. */
+   registers), and longer rows (a 64-register network, column-major too) measured no faster
+   than the radix sort (0.93-1.07x at 150-256). */
 #define SOFTRANK_BITONIC_MAX_AVX2 128
 
 /* words[0:n) sorted ascending, 0 < n <= SOFTRANK_BITONIC_MAX_AVX2, on a CPU with AVX2. */
