@@ -97,12 +97,11 @@ SOFTRANK_AVX512_INLINE void softrank_bitonic_network(__m512i *v) {
     }
 }
 
-/* Sort words[0:n) ascending, n <= 8V: padded with all-ones words (no real word is: its index
-   is below n), sorted in registers, the first n stored back. */
+/* v = words[0:n), n <= 8V, padded with all-ones words (no real word is: its index is below
+   n), so that they sort last. */
 template <int V>
-__attribute__((target("avx512f"))) static void softrank_bitonic_sort_v(uint64_t *words,
-                                                                        Py_ssize_t n) {
-    __m512i v[V];
+SOFTRANK_AVX512_INLINE void softrank_load_padded(const uint64_t *words, Py_ssize_t n,
+                                                 __m512i *v) {
     const __m512i padding = _mm512_set1_epi64(-1);
     for (int p = 0; p < V; ++p) {
         const Py_ssize_t left = n - 8 * p;
@@ -110,6 +109,15 @@ __attribute__((target("avx512f"))) static void softrank_bitonic_sort_v(uint64_t 
                                : left <= 0 ? (__mmask8)0 : (__mmask8)((1u << left) - 1);
         v[p] = _mm512_mask_loadu_epi64(padding, valid, words + 8 * p);
     }
+}
+
+/* Sort words[0:n) ascending, n <= 8V: loaded padded, sorted in registers, the first n stored
+   back. */
+template <int V>
+__attribute__((target("avx512f"))) static void softrank_bitonic_sort_v(uint64_t *words,
+                                                                        Py_ssize_t n) {
+    __m512i v[V];
+    softrank_load_padded<V>(words, n, v);
     softrank_bitonic_network<V>(v);
     for (int p = 0; p < V; ++p) {
         const Py_ssize_t left = n - 8 * p;
@@ -190,20 +198,13 @@ SOFTRANK_AVX512_INLINE void softrank_column_network(__m512i *v) {
     }
 }
 
-/* Sort words[0:n) ascending, 32 < n <= 8V, V >= 8: padded with all-ones words (no real word
-   is: its index is below n), sorted column-major in registers, the first n stored back through
-   8x8 transposes. */
+/* Sort words[0:n) ascending, 32 < n <= 8V, V >= 8: loaded padded, sorted column-major in
+   registers, the first n stored back through 8x8 transposes. */
 template <int V>
 __attribute__((target("avx512f"))) static void softrank_column_sort_v(uint64_t *words,
                                                                        Py_ssize_t n) {
     __m512i v[V];
-    const __m512i padding = _mm512_set1_epi64(-1);
-    for (int p = 0; p < V; ++p) {
-        const Py_ssize_t left = n - 8 * p;
-        const __mmask8 valid = left >= 8 ? (__mmask8)0xFF
-                               : left <= 0 ? (__mmask8)0 : (__mmask8)((1u << left) - 1);
-        v[p] = _mm512_mask_loadu_epi64(padding, valid, words + 8 * p);
-    }
+    softrank_load_padded<V>(words, n, v);
     softrank_column_network<V>(v);
     for (int b = 0; b < V; b += 8) {
         __m512i t[8];
