@@ -500,7 +500,10 @@ cdef inline double _merged_state(Mode* mode, double left, double right, double s
 # the stretch's first value s_ref, so the pooling loop does no exp and its comparisons wait on a
 # multiply, not on an exp: a mispredicted pooling branch (random rows pool about half of their
 # pushes) costs a short pipeline refill. A stretch ends where w would fall below exp(-EPOCH_SPAN):
-# no weight underflows, and W keeps a precision close to that of exps against the block heads.
+# no weight underflows. The weights carry their arguments' rounding back in
+# (softrank_exp_of_steps), so they are as precise as the exp however far from s_ref, and the
+# expansion turns them into outputs directly (w_j * R / W), except for blocks pooled across
+# stretches, whose weights are in two units.
 cdef double EPOCH_SPAN = 64.0
 
 
@@ -525,7 +528,8 @@ cdef inline Py_ssize_t _pav_rank_kl(Span[double] s, double eps, Span[int32_t] st
                                     Span[uint64_t] spare) noexcept nogil:
     """PAV of soft_rank/kl; returns the index of the top block. Per block: start, W (weight_sum,
     in units of its epoch's exp(s_ref/eps)), R (rho_sum, the sum of n - k over the block) and
-    its epoch's first position. spare: 2n words of scratch."""
+    its epoch's first position. spare: 2n words, left holding the weights w and the blocks'
+    epochs for the expansion."""
     cdef Py_ssize_t n = s.len
     cdef Span[double] w = Span[double](<double*>spare.ptr, n)
     cdef Span[int32_t] epoch = Span[int32_t](<int32_t*>(spare.ptr + n), n)
