@@ -536,7 +536,7 @@ cdef inline Py_ssize_t _pav_rank_kl(Span[double] s, double eps, Span[int32_t] st
     cdef Py_ssize_t j = 0, first, end, top = -1, floor
     # The top block lives in registers: the pooling loop waits on a multiply, not on stores
     # and reloads of the block it has just pooled.
-    cdef double top_w = 0.0, top_r = 0.0, shift
+    cdef double top_w = 0.0, top_r = 0.0, new_w, new_r, shift
     cdef int32_t top_start = 0, top_epoch = 0
     # 1 / eps overflows only for eps below 2**-1024: weights without the rounding correction.
     cdef bint precise = isfinite(1.0 / eps)
@@ -552,16 +552,35 @@ cdef inline Py_ssize_t _pav_rank_kl(Span[double] s, double eps, Span[int32_t] st
                                 w.sub(first + 1, end - first - 1).ptr, end - first - 1)
         floor = top + 1  # blocks floor.. are this epoch's; those below, older epochs'
         for j in range(first, end):
-            if top >= 0:
-                start[top] = top_start
-                weight_sum[top] = top_w
-                rho_sum[top] = top_r
-                epoch[top] = top_epoch
-            top += 1
-            top_start = <int32_t>j
-            top_epoch = <int32_t>first
-            top_w = w[j]
-            top_r = <double>(n - j)
+            new_w = w[j]
+            new_r = <double>(n - j)
+            if top >= floor and top >= 0:
+                # Test the new element against the top block where both are in registers (a
+                # spill and reload of the top would sit on the branch's critical path).
+                if not (top_w * new_r <= new_w * top_r):
+                    start[top] = top_start
+                    weight_sum[top] = top_w
+                    rho_sum[top] = top_r
+                    epoch[top] = top_epoch
+                    top += 1
+                    top_start = <int32_t>j
+                    top_epoch = <int32_t>first
+                    top_w = new_w
+                    top_r = new_r
+                    continue
+                top_w = top_w + new_w
+                top_r = top_r + new_r
+            else:
+                if top >= 0:
+                    start[top] = top_start
+                    weight_sum[top] = top_w
+                    rho_sum[top] = top_r
+                    epoch[top] = top_epoch
+                top += 1
+                top_start = <int32_t>j
+                top_epoch = <int32_t>first
+                top_w = new_w
+                top_r = new_r
             while True:
                 if top > floor:
                     if not (weight_sum[top - 1] * top_r <= top_w * rho_sum[top - 1]):
