@@ -619,19 +619,37 @@ cdef inline Py_ssize_t _pav_blocks(Mode* mode, Span[double] s, double eps, Span[
     cdef double log_q1 = softrank_log_q1(eps) if Mode is SortKL else 0.0
     if Mode is RankKL:
         return _pav_rank_kl(s, eps, start, state, value, spare)
+    # The top block lives in registers (top_start, top_state, top_value), spilled to the stack
+    # when a new element does not pool into it: the test against it waits on no reload.
+    cdef Py_ssize_t top_start = 0
+    cdef double top_state = 0.0, top_value = 0.0, new_value
     for j in range(n):
-        top += 1
-        start[top] = <int32_t>j
-        state[top] = _initial_state(mode)
-        value[top] = _block_value(mode, s[j], state[top], j, 1, n, eps, log_q1)
-        while top > 0 and value[top - 1] <= value[top]:
+        new_value = _block_value(mode, s[j], _initial_state(mode), j, 1, n, eps, log_q1)
+        if top < 0 or not (top_value <= new_value):
+            if top >= 0:
+                start[top] = <int32_t>top_start
+                state[top] = top_state
+                value[top] = top_value
+            top += 1
+            top_start = j
+            top_state = _initial_state(mode)
+            top_value = new_value
+            continue
+        a = top_start
+        top_state = _merged_state(mode, top_state, _initial_state(mode), s[j] - s[a], 1, eps)
+        top_value = _block_value(mode, s[a], top_state, a, j + 1 - a, n, eps, log_q1)
+        while top > 0 and value[top - 1] <= top_value:
             a = start[top - 1]
-            right = start[top]
-            st = _merged_state(mode, state[top - 1], state[top], s[right] - s[a],
-                               j + 1 - right, eps)
+            right = top_start
+            top_state = _merged_state(mode, state[top - 1], top_state, s[right] - s[a],
+                                      j + 1 - right, eps)
             top -= 1
-            state[top] = st
-            value[top] = _block_value(mode, s[a], st, a, j + 1 - a, n, eps, log_q1)
+            top_start = a
+            top_value = _block_value(mode, s[a], top_state, a, j + 1 - a, n, eps, log_q1)
+    if top >= 0:
+        start[top] = <int32_t>top_start
+        state[top] = top_state
+        value[top] = top_value
     return top
 
 
