@@ -554,20 +554,9 @@ cdef inline Py_ssize_t _pav_rank_kl(Span[double] s, double eps, Span[int32_t] st
         for j in range(first, end):
             new_w = w[j]
             new_r = <double>(n - j)
-            if top >= floor and top >= 0:
-                # Test the new element against the top block where both are in registers (a
-                # spill and reload of the top would sit on the branch's critical path).
-                if not (top_w * new_r <= new_w * top_r):
-                    start[top] = top_start
-                    weight_sum[top] = top_w
-                    rho_sum[top] = top_r
-                    epoch[top] = top_epoch
-                    top += 1
-                    top_start = <int32_t>j
-                    top_epoch = <int32_t>first
-                    top_w = new_w
-                    top_r = new_r
-                    continue
+            # The new element is tested against the top block while both are in registers (a
+            # spill and reload of the top would sit on the mispredicted branch's path).
+            if top >= floor and top >= 0 and top_w * new_r <= new_w * top_r:
                 top_w = top_w + new_w
                 top_r = top_r + new_r
             else:
@@ -581,6 +570,8 @@ cdef inline Py_ssize_t _pav_rank_kl(Span[double] s, double eps, Span[int32_t] st
                 top_epoch = <int32_t>first
                 top_w = new_w
                 top_r = new_r
+                if top > floor:  # the block below is this epoch's: the test above said no
+                    continue
             while True:
                 if top > floor:
                     if not (weight_sum[top - 1] * top_r <= top_w * rho_sum[top - 1]):
