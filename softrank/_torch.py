@@ -27,6 +27,9 @@ _SIGN_OF = {op: (V.sign_for(op, False), V.sign_for(op, True)) for op in ("rank",
 
 _functorch_active = torch._C._are_functorch_transforms_active
 _is_compiling = torch.compiler.is_compiling
+_is_grad_enabled = torch.is_grad_enabled
+_float32, _float64, _strided = torch.float32, torch.float64, torch.strided
+_cpu_apply, _cpu_solve = _torch_cpu.apply, _torch_cpu.solve
 
 
 class SoftOpFunction(torch.autograd.Function):
@@ -170,9 +173,8 @@ def soft_op(op, values, regularization, regularization_strength, dim, descending
             and type(dim) is int):
         mode = _MODE_OF[op].get(regularization)
         dtype = values.dtype
-        if (mode is not None and (dtype is torch.float32 or dtype is torch.float64)
-                and values.is_cpu and values.layout is torch.strided
-                and values.is_contiguous()):
+        if (mode is not None and (dtype is _float32 or dtype is _float64)
+                and values.is_cpu and values.layout is _strided and values.is_contiguous()):
             shape = values.shape
             ndim = len(shape)
             if ndim == 2 and (dim == -1 or dim == 1):  # zero-size too: solved as empty
@@ -185,10 +187,11 @@ def soft_op(op, values, regularization, regularization_strength, dim, descending
                 rows = -1
             if rows >= 0 and not (_functorch_active() or _forward_ad._current_level >= 0
                                   or _is_compiling()):
-                eps, sign = regularization_strength, _SIGN_OF[op][descending]
-                if values.requires_grad and torch.is_grad_enabled():
-                    return _torch_cpu.apply(values, mode, eps, sign, rows, n, shape)
-                return _torch_cpu.solve(values, mode, eps, sign, rows, n, shape)
+                spec = (mode, dtype is _float32, regularization_strength,
+                        _SIGN_OF[op][descending], rows, n, shape)  # softrank/_torch_cpu.py
+                if values.requires_grad and _is_grad_enabled():
+                    return _cpu_apply(values, spec)
+                return _cpu_solve(values, spec)
     regularization = V.check_regularization(regularization)
     eps = V.check_regularization_strength(regularization_strength)
     descending = V.check_descending(descending)

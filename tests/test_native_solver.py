@@ -113,8 +113,8 @@ def test_bounds_checks_abort_in_debug_builds():
 
 def _eager_route(route, x, op, reg, eps, sign):
     if route == "cpu":  # softrank/_torch_cpu.py: solver mode number, rows by address
-        return softrank_torch._torch_cpu.CpuSoftOp.apply(x, _cpu_backend.MODES[op, reg], eps,
-                                                          sign, *x.shape, None)
+        spec = (_cpu_backend.MODES[op, reg], x.dtype == torch.float32, eps, sign, *x.shape, None)
+        return softrank_torch._torch_cpu.CpuSoftOp.apply(x, spec)
     return softrank_torch.EagerSoftOp.apply(x, (op, reg, eps, sign))
 
 
