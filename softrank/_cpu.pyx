@@ -85,8 +85,10 @@ cdef Py_ssize_t RADIX_WIDE_MIN = 2048
 
 cdef extern from "_sort_kernels.h":
     void softrank_sort_by_key(const uint64_t *keys, int32_t *idx, Py_ssize_t n) noexcept nogil
-    void softrank_rank_by_counting(const uint64_t *keys, int32_t *perm, Py_ssize_t n) noexcept nogil
-    void softrank_rank_by_counting32(const uint32_t *keys, int32_t *perm, Py_ssize_t n) noexcept nogil
+    void softrank_rank_by_counting(const uint64_t *keys, const double *x, double sign,
+                                   int32_t *perm, double *s, Py_ssize_t n) noexcept nogil
+    void softrank_rank_by_counting32(const uint32_t *keys, const float *x, double sign,
+                                     int32_t *perm, double *s, Py_ssize_t n) noexcept nogil
     int softrank_counting_max_f32
     int softrank_counting_max_f64
     int softrank_network_max
@@ -400,11 +402,9 @@ cdef inline bint _counting_argsort(Span[floating] x, double sign, Span[uint64_t]
     if nonfinite:
         return True
     if floating is float:
-        softrank_rank_by_counting32(keys32.ptr, perm.ptr, n)
+        softrank_rank_by_counting32(keys32.ptr, x.ptr, sign, perm.ptr, s.ptr, n)
     else:
-        softrank_rank_by_counting(ka.ptr, perm.ptr, n)
-    for j in range(n):
-        s[j] = sign * x[perm[j]]
+        softrank_rank_by_counting(ka.ptr, x.ptr, sign, perm.ptr, s.ptr, n)
     return False
 
 

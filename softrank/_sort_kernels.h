@@ -14,22 +14,25 @@ static inline void softrank_sort_by_key(const uint64_t *keys, int32_t *idx, Py_s
 }
 /* Short rows: the position of key i is the number of keys ordered before it (ties by
    index). O(n^2) compares but branch-free: on short rows the mispredicted branches of a
-   comparison sort cost more than these compares. Writes perm directly. On x86-64 Linux with
+   comparison sort cost more than these compares. Writes perm and the sorted values s (sign * x,
+   as double) directly: a gather s[j] = sign * x[perm[j]] after the ranking waited on perm's
+   fresh stores (a fifth of a (1024, 10) forward). On x86-64 Linux with
    GCC, a CPU with AVX-512 (x86-64-v4) ranks rows of up to 16 in registers; without it an AVX2
    clone (8 float32 or 4 float64 key compares per instruction) is chosen at load time and ranks
    rows of up to 24. Longer rows go to the sorting network (softrank_network_max), then to the
    radix sort. Count is the counter's type: 32-bit counters for 32-bit keys keep
    the counts in the keys' lanes (17-24% faster with AVX2 at n = 64-96); 64-bit keys keep
    64-bit counters (32-bit ones cost AVX2 a narrowing per compare: 10-20% slower). */
-template <typename Key, typename Count>
+template <typename Key, typename Count, typename Value>
 static inline __attribute__((always_inline)) void softrank_count_ranks(
-        const Key *keys, int32_t *perm, Py_ssize_t n) {
+        const Key *keys, const Value *x, double sign, int32_t *perm, double *s, Py_ssize_t n) {
     for (Py_ssize_t i = 0; i < n; ++i) {
         const Key k = keys[i];
         Count before = 0;
         for (Py_ssize_t j = 0; j < i; ++j) before += keys[j] <= k;
         for (Py_ssize_t j = i + 1; j < n; ++j) before += keys[j] < k;
         perm[before] = (int32_t)i;
+        s[before] = sign * (double)x[i];
     }
 }
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
@@ -51,7 +54,8 @@ static int softrank_has_avx512 = 0;
    short trip counts cost the general loop most of its time: rows of 10-16 ranked 25-30%
    faster). */
 __attribute__((target("avx512f"))) static void softrank_rank16_32(
-        const uint32_t *keys, int32_t *perm, Py_ssize_t n) {
+        const uint32_t *keys, const float *x, double sign, int32_t *perm, double *s,
+        Py_ssize_t n) {
     const __mmask16 valid = (__mmask16)((1u << n) - 1);
     const __m512i all = _mm512_maskz_loadu_epi32(valid, keys);
     for (int i = 0; i < (int)n; ++i) {
@@ -59,11 +63,14 @@ __attribute__((target("avx512f"))) static void softrank_rank16_32(
         const unsigned below = (1u << i) - 1;  /* positions j < i: ties count */
         const unsigned le = _mm512_mask_cmple_epu32_mask(valid, all, k);
         const unsigned lt = _mm512_mask_cmplt_epu32_mask(valid, all, k);
-        perm[__builtin_popcount((le & below) | (lt & ~below))] = i;
+        const int before = __builtin_popcount((le & below) | (lt & ~below));
+        perm[before] = i;
+        s[before] = sign * (double)x[i];
     }
 }
 __attribute__((target("avx512f"))) static void softrank_rank16_64(
-        const uint64_t *keys, int32_t *perm, Py_ssize_t n) {
+        const uint64_t *keys, const double *x, double sign, int32_t *perm, double *s,
+        Py_ssize_t n) {
     const unsigned valid = (1u << n) - 1;
     const __m512i lo = _mm512_maskz_loadu_epi64((__mmask8)(valid & 0xFF), keys);
     const __m512i hi = _mm512_maskz_loadu_epi64((__mmask8)(valid >> 8), keys + 8);
@@ -76,35 +83,46 @@ __attribute__((target("avx512f"))) static void softrank_rank16_64(
         const unsigned lt =
             _mm512_mask_cmplt_epu64_mask((__mmask8)(valid & 0xFF), lo, k)
             | ((unsigned)_mm512_mask_cmplt_epu64_mask((__mmask8)(valid >> 8), hi, k) << 8);
-        perm[__builtin_popcount((le & below) | (lt & ~below))] = i;
+        const int before = __builtin_popcount((le & below) | (lt & ~below));
+        perm[before] = i;
+        s[before] = sign * x[i];
     }
 }
 #endif
 /* float32 keys compare as 32-bit words, float64 keys as 64-bit ones. */
-SOFTRANK_CLONES static void softrank_rank_by_counting32_any(const uint32_t *keys,
-                                                            int32_t *perm, Py_ssize_t n) {
-    softrank_count_ranks<uint32_t, int32_t>(keys, perm, n);
+SOFTRANK_CLONES static void softrank_rank_by_counting32_any(
+        const uint32_t *keys, const float *x, double sign, int32_t *perm, double *s,
+        Py_ssize_t n) {
+    softrank_count_ranks<uint32_t, int32_t>(keys, x, sign, perm, s, n);
 }
-SOFTRANK_CLONES static void softrank_rank_by_counting_any(const uint64_t *keys,
-                                                          int32_t *perm, Py_ssize_t n) {
-    softrank_count_ranks<uint64_t, int64_t>(keys, perm, n);
+SOFTRANK_CLONES static void softrank_rank_by_counting_any(
+        const uint64_t *keys, const double *x, double sign, int32_t *perm, double *s,
+        Py_ssize_t n) {
+    softrank_count_ranks<uint64_t, int64_t>(keys, x, sign, perm, s, n);
 }
-static inline void softrank_rank_by_counting32(const uint32_t *keys, int32_t *perm,
+/* perm <- the order of the keys of x (float32 rows), s <- sign * x in that order. */
+static inline void softrank_rank_by_counting32(const uint32_t *keys, const float *x,
+                                               double sign, int32_t *perm, double *s,
                                                Py_ssize_t n) {
 #ifdef SOFTRANK_AVX2_CLONES
     if (softrank_has_avx512) {
-        softrank_rank16_32(keys, perm, n);
+        softrank_rank16_32(keys, x, sign, perm, s, n);
         return;
     }
 #endif
-    softrank_rank_by_counting32_any(keys, perm, n);
+    softrank_rank_by_counting32_any(keys, x, sign, perm, s, n);
 }
-static inline void softrank_rank_by_counting(const uint64_t *keys, int32_t *perm,
+/* The same for float64 rows. */
+static inline void softrank_rank_by_counting(const uint64_t *keys, const double *x,
+                                             double sign, int32_t *perm, double *s,
                                              Py_ssize_t n) {
 #ifdef SOFTRANK_AVX2_CLONES
-    if (softrank_has_avx512) { softrank_rank16_64(keys, perm, n); return; }
+    if (softrank_has_avx512) {
+        softrank_rank16_64(keys, x, sign, perm, s, n);
+        return;
+    }
 #endif
-    softrank_rank_by_counting_any(keys, perm, n);
+    softrank_rank_by_counting_any(keys, x, sign, perm, s, n);
 }
 /* Longest rows ranked by counting, float32 and float64, and longest rows sorted by the
    network (0: none; longer rows are radix sorted): crossovers measured in one process. With
