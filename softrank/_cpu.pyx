@@ -431,27 +431,45 @@ cdef inline bint _argsort_row(Span[floating] x, double sign, Span[uint64_t] ka,
 
 cdef extern from *:
     """
-    /* log(1 - exp(-1/eps)) for the last eps this thread asked about: every row of a call has
-       the same eps, and computing it twice a row was a quarter of a (1024, 10) soft_sort/kl
-       forward. */
-    static thread_local double softrank_log_q1_eps = -1.0, softrank_log_q1_value = 0.0;
-    static inline double softrank_log_q1(double eps) {
-        if (eps != softrank_log_q1_eps) {
-            softrank_log_q1_value = log(-expm1(-1.0 / eps));
-            softrank_log_q1_eps = eps;
+    /* log(sum_{k<c} exp(-k/eps)) = log(1 - exp(-c/eps)) - log(1 - exp(-1/eps)), the part of a
+       soft_sort/kl block's value that depends only on its size c, memoised per thread for the
+       last eps the thread asked about: every row of a call (and usually every call of a
+       training run) has the same eps, and an expm1 and two logs per pooled block were a fifth
+       of a (1024, 10) forward. Entry c < SOFTRANK_GEOMETRIC_MEMO is filled on first use (NaN:
+       not yet; a new eps costs 64 stores, not 64 logs), with the expression used for larger
+       blocks, so the bits do not depend on the memo; entry 0 holds log(1 - exp(-1/eps)).
+       The lookup is not inlined: only pooled blocks need it, and inlined into the PAV loop it
+       cost rows that seldom pool (n >= 100) 2-10% of their time (interleaved), against
+       1.00-1.02x as a call, like the libm calls it replaces. */
+    #define SOFTRANK_GEOMETRIC_MEMO 64
+    static thread_local double softrank_geometric_eps = -1.0;
+    static thread_local double softrank_geometric_memo[SOFTRANK_GEOMETRIC_MEMO];
+    static inline double *softrank_geometric_memo_for(double eps) {
+        double *memo = softrank_geometric_memo;
+        if (eps != softrank_geometric_eps) {
+            for (int c = 1; c < SOFTRANK_GEOMETRIC_MEMO; ++c) memo[c] = NAN;
+            memo[0] = log(-expm1(-1.0 / eps));
+            softrank_geometric_eps = eps;
         }
-        return softrank_log_q1_value;
+        return memo;
+    }
+    static __attribute__((noinline)) double softrank_log_geometric_ratio(Py_ssize_t c, double eps,
+                                                                        double *memo) {
+        double v;
+        if (c < SOFTRANK_GEOMETRIC_MEMO) {
+            v = memo[c];
+            if (v == v) return v;
+        }
+        v = log(-expm1(-c / eps)) - memo[0];
+        if (c < SOFTRANK_GEOMETRIC_MEMO) memo[c] = v;
+        return v;
     }
     """
-    double softrank_log_q1(double eps) noexcept nogil
-
-
-cdef inline double _log_geometric_ratio(Py_ssize_t c, double eps, double log_q1) noexcept nogil:
-    """log(sum_{k<c} exp(-k/eps)) = logsumexp(rho_B/eps) - rho_a/eps for a block of c elements.
-
-    log_q1 = log(1 - exp(-1/eps)) is the same for every block (softrank_log_q1).
-    """
-    return log(-expm1(-c / eps)) - log_q1
+    double* softrank_geometric_memo_for(double eps) noexcept nogil
+    double _log_geometric_ratio "softrank_log_geometric_ratio" (Py_ssize_t c, double eps,
+                                                                double* memo) noexcept nogil
+    # log(sum_{k<c} exp(-k/eps)) = logsumexp(rho_B/eps) - rho_a/eps for a block of c elements;
+    # memo: softrank_geometric_memo_for(eps), this thread's.
 
 
 # Block state, relative to the block's first (largest) element s_a, so that a large common offset
@@ -469,7 +487,7 @@ cdef inline double _initial_state(Mode* mode) noexcept nogil:
 
 
 cdef inline double _block_value(Mode* mode, double s_a, double state, Py_ssize_t a, Py_ssize_t c,
-                                Py_ssize_t n, double eps, double log_q1) noexcept nogil:
+                                Py_ssize_t n, double eps, double* memo) noexcept nogil:
     cdef double mean_rho = (n - a) - 0.5 * (c - 1)
     if Mode is RankL2:      # eps * mean_B(s/eps - rho)
         return s_a + state / c - eps * mean_rho
@@ -480,7 +498,7 @@ cdef inline double _block_value(Mode* mode, double s_a, double state, Py_ssize_t
     else:                   # logsumexp(rho_B/eps) - logsumexp(s_B)
         if c == 1:
             return (n - a) / eps - s_a
-        return (n - a) / eps - s_a + _log_geometric_ratio(c, eps, log_q1) - log(state)
+        return (n - a) / eps - s_a + _log_geometric_ratio(c, eps, memo) - log(state)
 
 
 cdef inline double _merged_state(Mode* mode, double left, double right, double shift,
@@ -607,7 +625,7 @@ cdef inline Py_ssize_t _pav_blocks(Mode* mode, Span[double] s, double eps, Span[
     cdef Py_ssize_t n = s.len
     cdef Py_ssize_t j, top = -1, a, right
     cdef double st
-    cdef double log_q1 = softrank_log_q1(eps) if Mode is SortKL else 0.0
+    cdef double* memo = softrank_geometric_memo_for(eps) if Mode is SortKL else NULL
     if Mode is RankKL:
         return _pav_rank_kl(s, eps, start, state, value, spare)
     # The top block lives in registers (top_start, top_state, top_value), spilled to the stack
@@ -615,7 +633,7 @@ cdef inline Py_ssize_t _pav_blocks(Mode* mode, Span[double] s, double eps, Span[
     cdef Py_ssize_t top_start = 0
     cdef double top_state = 0.0, top_value = 0.0, new_value
     for j in range(n):
-        new_value = _block_value(mode, s[j], _initial_state(mode), j, 1, n, eps, log_q1)
+        new_value = _block_value(mode, s[j], _initial_state(mode), j, 1, n, eps, memo)
         if top < 0 or not (top_value <= new_value):
             if top >= 0:
                 start[top] = <int32_t>top_start
@@ -628,7 +646,7 @@ cdef inline Py_ssize_t _pav_blocks(Mode* mode, Span[double] s, double eps, Span[
             continue
         a = top_start
         top_state = _merged_state(mode, top_state, _initial_state(mode), s[j] - s[a], 1, eps)
-        top_value = _block_value(mode, s[a], top_state, a, j + 1 - a, n, eps, log_q1)
+        top_value = _block_value(mode, s[a], top_state, a, j + 1 - a, n, eps, memo)
         while top > 0 and value[top - 1] <= top_value:
             a = start[top - 1]
             right = top_start
@@ -636,7 +654,7 @@ cdef inline Py_ssize_t _pav_blocks(Mode* mode, Span[double] s, double eps, Span[
                                       j + 1 - right, eps)
             top -= 1
             top_start = a
-            top_value = _block_value(mode, s[a], top_state, a, j + 1 - a, n, eps, log_q1)
+            top_value = _block_value(mode, s[a], top_state, a, j + 1 - a, n, eps, memo)
     if top >= 0:
         start[top] = <int32_t>top_start
         state[top] = top_state
@@ -669,7 +687,7 @@ cdef inline void _expand_blocks(Mode* mode, Span[double] s, double eps, double s
     cdef Span[int32_t] epoch = Span[int32_t](<int32_t*>(spare.ptr + n), n)
     cdef Py_ssize_t j, b, a, e, c
     cdef double st, s_a, mean_rho, scale
-    cdef double log_q1 = softrank_log_q1(eps) if Mode is SortKL else 0.0
+    cdef double* memo = softrank_geometric_memo_for(eps) if Mode is SortKL else NULL
     for b in range(b_lo, b_hi):
         a = start[b]
         e = start[b + 1] if b < top else n
@@ -714,7 +732,7 @@ cdef inline void _expand_blocks(Mode* mode, Span[double] s, double eps, double s
                 out[j] = <floating>(sign * (s_a + st / c + ((a - j) + 0.5 * (c - 1)) / eps) + 0.0)
                 blocks[j] = <int32_t>a
         else:
-            st = s_a + log(st) - _log_geometric_ratio(c, eps, log_q1)
+            st = s_a + log(st) - _log_geometric_ratio(c, eps, memo)
             for j in range(a, e):
                 out[j] = <floating>(sign * (st - (j - a) / eps) + 0.0)
                 blocks[j] = <int32_t>a
