@@ -479,3 +479,23 @@ def test_rank_kl_singletons_have_exactly_zero_gradient(dtype):
     _cpu.backward(1, g, perm, blocks, out, 0.1, 1.0, grad, 1)
     assert np.all(grad[0, perm[0, :-2]] == 0.0)
     assert np.all(grad[0, perm[0, -2:]] != 0.0)
+
+
+def test_sort_kl_block_terms_follow_the_strength():
+    """soft_sort/kl keeps, per thread, a block-size term computed for the last strength it saw
+    (softrank_geometric_memo_for). Alternating strengths in one process, on rows that pool blocks
+    of under and over 64 elements, on one thread and on several, must give the reference's
+    values every time: a term left over from another strength would shift whole blocks."""
+    rng = np.random.default_rng(7)
+    short_rows = rng.normal(size=(64, 50)) * 4.0  # 3200 elements: rows solved in parallel
+    long_row = np.linspace(0.0, 40.0, 300)[None, :]  # evenly spaced: pools long blocks
+    sizes = set()
+    for eps in [0.3, 3.0, 0.3, 30.0, 3.0, 0.3]:
+        for x in (short_rows, long_row):
+            rows, n = x.shape
+            out, perm, blocks = _cpu.forward_at(3, x.ctypes.data, rows, n, False, eps, -1.0, 0)
+            for r in range(rows):
+                starts = np.flatnonzero(blocks[r] == np.arange(n))
+                sizes.update(np.diff(np.append(starts, n)).tolist())
+            np.testing.assert_allclose(out, ref.soft_sort(x, "kl", eps), rtol=1e-12, atol=1e-12)
+    assert any(1 < c < 64 for c in sizes) and max(sizes) >= 64, sorted(sizes)
