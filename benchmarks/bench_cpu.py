@@ -55,6 +55,10 @@ SORT_TARGET_MIN_N = 1000  # the torch.sort target applies for n >= this
 SORT_RATIO_TARGET = 1.0  # softrank fwd / torch.sort fwd must be <= this
 SMALL_SHAPE = (1, 10)
 SMALL_TARGET_S = 40e-6  # softrank fwd+bwd at SMALL_SHAPE must be < this
+# Rows of up to this many elements also time a do-nothing autograd.Function (the floor any
+# differentiable op pays): on them torchsort fwd+bwd / floor is the most that any
+# Function-based op could reach against torchsort, printed next to their [3x] misses.
+FLOOR_MAX_ELEMS = 320
 
 DEFAULT_BATCHES = [1, 32, 1024]
 DEFAULT_NS = [10, 100, 1000, 10_000, 100_000]
@@ -260,8 +264,9 @@ class Row:
     ts_fwd: Optional[float] = None
     ts_fb: Optional[float] = None
     sort_fwd: Optional[float] = None
-    # (1, 10) rows: the identity Function's fwd+bwd, timed in the same rounds (the floor the
-    # [40us] target sits on, under the same machine load)
+    # rows of up to FLOOR_MAX_ELEMS elements: the identity Function's fwd+bwd, timed in the same
+    # rounds (the floor that the [40us] and, on short rows, the [3x] targets sit on, under the
+    # same machine load)
     floor_fb: Optional[float] = None
     noise: Optional[float] = None  # worst IQR/median over the row's measurements
     errors: List[str] = field(default_factory=list)
@@ -730,7 +735,7 @@ def main(argv=None) -> int:
                         names += [prefix + "_fwd", prefix + "_fb"]
                         fns += [fwd, fb]
                         firsts += [t1 - t0, t2 - t1]
-                    if (b, n) == SMALL_SHAPE:
+                    if b * n <= FLOOR_MAX_ELEMS:
                         names.append("floor_fb")
                         fns.append(fwdbwd_closure(_Identity.apply, x, g))
                         firsts.append(None)
@@ -803,11 +808,17 @@ def summarize(rows: List[Row], have_ts: bool, have_sr: bool) -> List[str]:
         )
         groups: Dict[Tuple[str, str, str], List[str]] = {}
         for r in fails:
-            groups.setdefault((r.op, r.reg, r.dtype), []).append(f"{r.batch}x{r.n}={fmt(val(r))}")
+            item = f"{r.batch}x{r.n}={fmt(val(r))}"
+            if key == "3x" and r.floor_fb is not None and r.ts_fb is not None:
+                item += f" (ceiling {r.ts_fb / r.floor_fb:.2f}x)"
+            groups.setdefault((r.op, r.reg, r.dtype), []).append(item)
         for r in unknown:
             groups.setdefault((r.op, r.reg, r.dtype), []).append(f"{r.batch}x{r.n}=not measured")
         for (op, reg, dt), items in groups.items():
             out.append(f"      miss {op}/{reg}/{dt} (batch x n): " + ", ".join(items))
+        if key == "3x" and any(r.floor_fb is not None for r in fails):
+            out.append("      ceiling: torchsort fwd+bwd / do-nothing autograd.Function fwd+bwd, timed in "
+                       "the same rounds (the ratio a softrank costing nothing beyond the engine would reach)")
         if key == "40us":
             out.append("      softrank fwd+bwd / identity Function fwd+bwd timed in the same rounds: "
                        + ", ".join(f"{r.op}/{r.reg}/{r.dtype} {fmt_time(r.sr_fb)}/{fmt_time(r.floor_fb)}"
