@@ -217,3 +217,29 @@ def test_contiguous_nd_input_along_last_dim_equals_general_path(shape, op, reg):
     assert results[0][0].shape == shape
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("reg", REGS)
+def test_checkpointing_and_saved_tensor_hooks_give_the_same_gradient(op, reg):
+    """The CPU route keeps the partition on the Function's context and, for soft_sort/kl, the
+    input by reference (softrank/_torch_cpu.py): activation checkpointing (both kinds) and
+    saved-tensor hooks must still give the plain gradient."""
+    from torch.utils.checkpoint import checkpoint
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 6, dtype=torch.float64, generator=gen)
+    w = torch.randn(6, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    f = getattr(softrank, "soft_" + op)
+
+    def loss(x, w):
+        return f(x @ w, reg, 0.5).pow(2).sum()
+
+    (plain,) = torch.autograd.grad(loss(x, w), w)
+    for reentrant in (False, True):
+        w.grad = None
+        checkpoint(loss, x, w, use_reentrant=reentrant).backward()
+        torch.testing.assert_close(w.grad, plain, rtol=0, atol=1e-13)
+    with torch.autograd.graph.save_on_cpu():
+        (hooked,) = torch.autograd.grad(loss(x, w), w)
+    torch.testing.assert_close(hooked, plain, rtol=0, atol=0)
