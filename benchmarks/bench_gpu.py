@@ -11,6 +11,9 @@ and the ratios ``fwd/sort`` and ``fb/sort`` (lower is better).  Times come from 
 around blocks of back-to-back calls (median over rounds), after warm-up (which also pays the NVRTC
 compilation).  Targets (issue 3, H100): fwd/sort <= 1.5 on every shape; (1, 1e6) fwd+bwd < 1 ms.
 
+``--sweep`` also times soft_rank/l2 under alternative dispatch tables (one tuning key changed at a
+time, plus each family forced) to choose the thresholds in ``softrank/cuda/tuning.py``.
+
 ``--sanitize-cases`` instead runs a few tiny calls of every kernel family once (for
 compute-sanitizer in benchmarks/gpu_check.sh).
 """
@@ -77,13 +80,65 @@ def sanitize_cases():
     print("sanitize cases ok")
 
 
+def time_shape(torch, _cuda, tuning, fn, reg, dtype, batch, n, args):
+    """Median ms of torch.sort, fn forward and fn forward+backward on one (batch, n) input."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, n, device="cuda", dtype=dtype)
+    xg = x.clone().requires_grad_()
+    g = torch.randn_like(x)
+    plan = tuning.plan_forward(batch, n, x.element_size(),
+                               _cuda._smem_limit(torch.cuda.current_device()))
+
+    def fwd_bwd():
+        xg.grad = None
+        fn(xg, reg, 1.0).backward(g)
+
+    t_sort = bench(lambda: torch.sort(x, dim=-1), torch, args.rounds, args.min_ms)
+    t_fwd = bench(lambda: fn(x, reg, 1.0), torch, args.rounds, args.min_ms)
+    t_fb = bench(fwd_bwd, torch, args.rounds, args.min_ms)
+    return t_sort, t_fwd, t_fb, plan.kind
+
+
+SWEEP = [
+    {},
+    {"items_per_thread": 4}, {"items_per_thread": 16}, {"items_per_thread": 32},
+    {"block_threads": 128}, {"block_threads": 512}, {"block_threads": 1024},
+    {"max_group": 256}, {"max_group": 512},
+    {"tile": 2048}, {"tile": 8192}, {"tile_threads": 256}, {"tile_threads": 1024},
+    {"few_rows": 0},  # smem family wherever it fits
+    {"few_rows": 10**9, "split_min_n": 1},  # tiled family everywhere
+]
+
+
+def sweep(torch, _cuda, tuning, fn, args):
+    """soft_rank/l2 float32 under each table of SWEEP (ratios to the default table's time)."""
+    print()
+    print("sweep: soft_rank/l2 float32, ms (fwd | fwd+bwd) per tuning override")
+    for batch, n in SHAPES:
+        base = None
+        for cfg in SWEEP:
+            tuning.set_tuning(**cfg)
+            try:
+                _, t_fwd, t_fb, kind = time_shape(torch, _cuda, tuning, fn, "l2", torch.float32,
+                                                  batch, n, args)
+            except Exception as exc:  # a table the kernels reject is a finding, not a crash
+                print(f"  ({batch}, {n}) {cfg}: {type(exc).__name__}: {exc}")
+                continue
+            finally:
+                tuning.set_tuning()
+            base = base or (t_fwd, t_fb)
+            print(f"  ({batch:5d}, {n:7d}) {kind:>6} fwd {t_fwd:8.4f} ({t_fwd / base[0]:4.2f}) "
+                  f"f+b {t_fb:8.4f} ({t_fb / base[1]:4.2f})  {cfg or 'default'}", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--min-ms", type=float, default=150.0, help="measured time per function")
     parser.add_argument("--dtypes", default="float32,float64")
-    parser.add_argument("--op", default="rank", choices=["rank", "sort"])
-    parser.add_argument("--regularization", default="l2", choices=["l2", "kl"])
+    parser.add_argument("--ops", default="rank:l2,sort:l2,rank:kl,sort:kl",
+                        help="comma-separated op:regularization pairs")
+    parser.add_argument("--sweep", action="store_true", help="also time alternative tunings")
     parser.add_argument("--sanitize-cases", action="store_true")
     args = parser.parse_args(argv)
     if args.sanitize_cases:
@@ -96,43 +151,35 @@ def main(argv=None):
     from softrank import _cuda
     from softrank.cuda import tuning
 
-    fn = softrank.soft_rank if args.op == "rank" else softrank.soft_sort
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     print(f"copy bandwidth: {copy_bandwidth(torch):.2f} TB/s (read + write)")
     print(f"tuning: {tuning.get_tuning()}")
-    print(f"op: soft_{args.op}, regularization={args.regularization}, strength=1.0")
-    header = (f"{'dtype':8} {'batch':>6} {'n':>8} {'family':>9} {'sort ms':>9} {'fwd ms':>9} "
-              f"{'f+b ms':>9} {'fwd/sort':>9} {'fb/sort':>8}")
+    header = (f"{'op':8} {'dtype':8} {'batch':>6} {'n':>8} {'family':>6} {'sort ms':>9} "
+              f"{'fwd ms':>9} {'f+b ms':>9} {'fwd/sort':>9} {'fb/sort':>8}")
     print(header)
     print("-" * len(header))
     failures = []
-    for dtype_name in args.dtypes.split(","):
-        dtype = getattr(torch, dtype_name)
-        for batch, n in SHAPES:
-            torch.manual_seed(0)
-            x = torch.randn(batch, n, device="cuda", dtype=dtype)
-            xg = x.clone().requires_grad_()
-            g = torch.randn_like(x)
-            plan = tuning.plan_forward(batch, n, x.element_size(),
-                                       _cuda._smem_limit(torch.cuda.current_device()))
-
-            def fwd_bwd():
-                xg.grad = None
-                fn(xg, args.regularization, 1.0).backward(g)
-
-            t_sort = bench(lambda: torch.sort(x, dim=-1), torch, args.rounds, args.min_ms)
-            t_fwd = bench(lambda: fn(x, args.regularization, 1.0), torch, args.rounds, args.min_ms)
-            t_fb = bench(fwd_bwd, torch, args.rounds, args.min_ms)
-            r_f, r_fb = t_fwd / t_sort, t_fb / t_sort
-            mark = ""
-            if r_f > 1.5:
-                mark += " FAIL[fwd<=1.5x sort]"
-                failures.append((dtype_name, batch, n, "fwd"))
-            if (batch, n) == (1, 1_000_000) and t_fb >= 1.0:
-                mark += " FAIL[f+b<1ms]"
-                failures.append((dtype_name, batch, n, "1ms"))
-            print(f"{dtype_name:8} {batch:6d} {n:8d} {plan.kind:>9} {t_sort:9.4f} {t_fwd:9.4f} "
-                  f"{t_fb:9.4f} {r_f:9.2f} {r_fb:8.2f}{mark}", flush=True)
+    for pair in args.ops.split(","):
+        op, reg = pair.split(":")
+        fn = softrank.soft_rank if op == "rank" else softrank.soft_sort
+        for dtype_name in args.dtypes.split(","):
+            dtype = getattr(torch, dtype_name)
+            for batch, n in SHAPES:
+                t_sort, t_fwd, t_fb, kind = time_shape(torch, _cuda, tuning, fn, reg, dtype,
+                                                      batch, n, args)
+                r_f, r_fb = t_fwd / t_sort, t_fb / t_sort
+                mark = ""
+                if r_f > 1.5:
+                    mark += " FAIL[fwd<=1.5x sort]"
+                    failures.append((op, reg, dtype_name, batch, n, "fwd"))
+                if (batch, n) == (1, 1_000_000) and t_fb >= 1.0:
+                    mark += " FAIL[f+b<1ms]"
+                    failures.append((op, reg, dtype_name, batch, n, "1ms"))
+                print(f"{op + '/' + reg:8} {dtype_name:8} {batch:6d} {n:8d} {kind:>6} "
+                      f"{t_sort:9.4f} {t_fwd:9.4f} {t_fb:9.4f} {r_f:9.2f} {r_fb:8.2f}{mark}",
+                      flush=True)
+    if args.sweep:
+        sweep(torch, _cuda, tuning, softrank.soft_rank, args)
     print(f"targets missed: {len(failures)}")
     return 0
 

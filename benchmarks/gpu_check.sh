@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
 # One prepared check for the lent GPU machine (H100; torch with CUDA 13, cupy-cuda13x, cython,
-# pytest; no network), within 8 minutes:
-#   1. build the package in place (no network: --no-build-isolation --no-deps);
-#   2. the whole test suite, GPU tests included (tests/test_cuda_gpu.py is marked `cuda`);
+# pytest, pytest-xdist; no network), in about 6 minutes:
+#   1. build the extension in place (no network, no pip) and put the checkout on PYTHONPATH;
+#   2. the GPU tests (tests/test_cuda_gpu.py, the NVRTC compile tests, the CuPy Spearman tests);
 #   3. compute-sanitizer memcheck / racecheck / synccheck on tiny calls of every kernel family;
-#   4. the GPU benchmark vs torch.sort (benchmarks/bench_gpu.py), float32 and float64.
-# Usage: bash benchmarks/gpu_check.sh   (prints everything; exit status = number of failed steps)
+#   4. the GPU benchmark vs torch.sort (benchmarks/bench_gpu.py), all four op/regularization
+#      pairs, float32 and float64, then the dispatch-table sweep;
+#   5. the rest of the test suite, in parallel (the CPU path under that machine's Python/NumPy).
+# Usage: bash benchmarks/gpu_check.sh   (prints everything, and copies it to $OUT/gpu_check.log
+# when OUT is set; exit status = number of failed steps)
 set -u
 cd "$(dirname "$0")/.."
+if [ -n "${OUT:-}" ]; then exec > >(tee "$OUT/gpu_check.log") 2>&1; fi
+export PYTHONUNBUFFERED=1
 failed=0
 step() { echo; echo "=== $* ($(date +%T))"; }
 
 step "device"
-nvidia-smi -L 2>/dev/null || true
-python -c "import torch, cupy; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
-'cupy', cupy.__version__, 'gpus', cupy.cuda.runtime.getDeviceCount())" || failed=$((failed+1))
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || true
+python -c "import sys, torch, cupy, numpy; print('python', sys.version.split()[0], 'torch', \
+torch.__version__, 'cuda', torch.version.cuda, 'cupy', cupy.__version__, 'numpy', \
+numpy.__version__, 'gpus', cupy.cuda.runtime.getDeviceCount())" || failed=$((failed+1))
 
 step "build"
-if ! pip install --no-build-isolation --no-deps -e . > /tmp/softrank_build.log 2>&1; then
+# `python setup.py`, not pip: there the `pip` on PATH can belong to another interpreter
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! python setup.py build_ext --inplace > /tmp/softrank_build.log 2>&1; then
     tail -40 /tmp/softrank_build.log; failed=$((failed+1))
 fi
 
-step "tests (GPU tests included)"
-timeout 240 python -m pytest -q -x -p no:cacheprovider -rs tests 2>&1 | tail -40
+step "GPU tests"
+timeout 200 python -m pytest -q -p no:cacheprovider -rs --durations=5 tests/test_cuda_gpu.py \
+    tests/test_cuda_compile.py tests/test_spearman.py 2>&1 | tail -60
 [ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed+1))
 
 step "compute-sanitizer"
@@ -30,16 +39,21 @@ CS="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 
 if [ -n "$CS" ]; then
     for tool in memcheck racecheck synccheck; do
         echo "--- $tool"
-        timeout 60 "$CS" --tool "$tool" --error-exitcode 99 --target-processes all \
-            python benchmarks/bench_gpu.py --sanitize-cases 2>&1 | tail -8
+        timeout 50 "$CS" --tool "$tool" --error-exitcode 99 --target-processes all \
+            python benchmarks/bench_gpu.py --sanitize-cases 2>&1 | tail -12
         [ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed+1))
     done
 else
     echo "compute-sanitizer not found: skipped"
 fi
 
-step "benchmark (soft_rank l2 vs torch.sort)"
-timeout 150 python benchmarks/bench_gpu.py --rounds 5 --min-ms 60 || failed=$((failed+1))
+step "benchmark (vs torch.sort) and dispatch sweep"
+timeout 150 python benchmarks/bench_gpu.py --rounds 5 --min-ms 40 --sweep || failed=$((failed+1))
+
+step "rest of the test suite (parallel)"
+timeout 120 python -m pytest -q -p no:cacheprovider -n 12 tests \
+    --ignore=tests/test_cuda_gpu.py --ignore=tests/test_cuda_compile.py 2>&1 | tail -25
+[ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed+1))
 
 step "done: $failed failed step(s)"
 exit "$failed"

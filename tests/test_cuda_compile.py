@@ -124,7 +124,15 @@ def test_nvrtc_compiles_name_expressions():
             nvrtc.nvrtcGetProgramLog(prog, log)
             text = log.decode(errors="replace")
             assert int(err) == 0, text
+            for name in names:  # every kernel was instantiated and has a symbol
+                err, lowered = nvrtc.nvrtcGetLoweredName(prog, name.encode())
+                assert int(err) == 0 and lowered, name
+            err, cubin_size = nvrtc.nvrtcGetCUBINSize(prog)
+            assert int(err) == 0 and cubin_size > 0
+            # NVRTC 13 does not forward ptxas' verbose report to the program log (seen on an H100
+            # machine); where it does, it must show no spills.  The nvcc test above is the check
+            # of spills and registers on every architecture.
             spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
-            assert len(spills) == len(names), text
+            assert len(spills) in (0, len(names)), text
             assert all(s == ("0", "0") for s in spills), text
             nvrtc.nvrtcDestroyProgram(prog)

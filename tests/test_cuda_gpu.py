@@ -172,7 +172,9 @@ def test_torch_autograd_matches_cpu(rng):
                 grads = []
                 outs = []
                 for device in ("cpu", "cuda"):
-                    xd = x.to(device=device, dtype=dtype).requires_grad_()
+                    # copy=True: a fresh leaf each time (x.to(float64) on CPU would return x
+                    # itself and make x require grad, turning later conversions into non-leaves)
+                    xd = x.to(device=device, dtype=dtype, copy=True).requires_grad_()
                     out = fn(xd, reg, 0.3, dim=-1, descending=True)
                     out.backward(g.to(device=device, dtype=dtype))
                     outs.append(out.detach().cpu().double())
