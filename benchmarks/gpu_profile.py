@@ -2,7 +2,7 @@
 """Where the GPU path's time goes (a diagnosis for tuning, not a target check).
 
 For each shape of bench_gpu.SHAPES and each op/regularization, float32, prints the median ms per
-call of
+call of ``torch.sort(x, dim=-1)`` (``sort``, the reference of the targets) and of
 
 * ``host``    : CPU time of one back-end call (``_cuda.forward`` on preallocated CuPy arrays), from
                 a loop of calls without synchronisation; when it is close to ``kernels``, the call
@@ -10,6 +10,9 @@ call of
 * ``kernels`` : the same back-end calls timed with CUDA events (GPU time, back to back);
 * ``api``     : ``softrank.soft_rank/soft_sort`` on a torch CUDA tensor without grad (events);
 * ``api host``: the CPU time of that API call;
+* ``api f+b`` : forward + backward on a leaf that requires grad (events);
+* ``legacy``  : ``api`` and ``api f+b`` with the interop of softrank 0.1 (``Tensor.__dlpack__``
+                views, CuPy presort), in the same process;
 
 then, for the tiled shapes, the GPU time of each launch of one forward (presort, tile PAV, each
 merge level, tile expand), and a cProfile of the API call on the smallest-work shape.
@@ -18,6 +21,7 @@ Usage: python benchmarks/gpu_profile.py
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import io
 import pstats
@@ -89,6 +93,21 @@ def per_launch(cupy, _cuda, tuning, op, reg, x):
     return plan, rows_out
 
 
+@contextlib.contextmanager
+def legacy_interop():
+    """softrank/_interop.py as it was before the DLPack-capsule views and the torch.sort presort."""
+    from softrank import _cuda, _interop
+
+    saved = _interop._views, _cuda.needs_presort
+    _interop._views = lambda cupy, *ts: [None if t is None else cupy.from_dlpack(t.detach())
+                                         for t in ts]
+    _cuda.needs_presort = lambda shape, itemsize: False
+    try:
+        yield
+    finally:
+        _interop._views, _cuda.needs_presort = saved
+
+
 def main():
     import cupy
     import torch
@@ -99,8 +118,10 @@ def main():
 
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
           f"cupy {cupy.__version__}")
-    print(f"{'op':8} {'batch':>6} {'n':>8} {'family':>6} {'host':>8} {'kernels':>8} "
-          f"{'api':>8} {'api host':>8}")
+    print("legacy = the interop before this change (Tensor.__dlpack__ views, CuPy presort), "
+          "timed in the same process")
+    print(f"{'op':8} {'batch':>6} {'n':>8} {'family':>6} {'sort':>8} {'host':>8} {'kernels':>8} "
+          f"{'api':>8} {'legacy':>8} {'api host':>8} {'api f+b':>8} {'legacy':>8}")
     for op, reg in PAIRS:
         fn = softrank.soft_rank if op == "rank" else softrank.soft_sort
         for batch, n in SHAPES:
@@ -113,18 +134,28 @@ def main():
                 _cuda.forward(op, reg, x, 1.0, 1, out, perm, blocks)
 
             xt = torch.from_dlpack(x)
+            xg = xt.clone().requires_grad_()
+            gt = torch.randn_like(xt)
 
             def api():
                 fn(xt, reg, 1.0)
 
-            backend()
-            reps = 20
+            def api_fb():
+                xg.grad = None
+                fn(xg, reg, 1.0).backward(gt)
+
+            reps = 10
+            t_sort = event_ms(cupy, lambda: torch.sort(xt, dim=-1), reps)
             h = host_ms(cupy, backend, reps)
             k = event_ms(cupy, backend, reps)
             a = event_ms(cupy, api, reps)
             ah = host_ms(cupy, api, reps)
-            print(f"{op + '/' + reg:8} {batch:6d} {n:8d} {kind:>6} {h:8.4f} {k:8.4f} {a:8.4f} "
-                  f"{ah:8.4f}", flush=True)
+            fb = event_ms(cupy, api_fb, reps)
+            with legacy_interop():
+                a_old = event_ms(cupy, api, reps)
+                fb_old = event_ms(cupy, api_fb, reps)
+            print(f"{op + '/' + reg:8} {batch:6d} {n:8d} {kind:>6} {t_sort:8.4f} {h:8.4f} "
+                  f"{k:8.4f} {a:8.4f} {a_old:8.4f} {ah:8.4f} {fb:8.4f} {fb_old:8.4f}", flush=True)
 
     print("\nper launch of one forward (float32, GPU ms):")
     for op, reg in PAIRS:

@@ -188,8 +188,11 @@ def _i32(v):
     return np.int32(v)
 
 
-def forward_launches(xp, launch, plan, op, regularization, x, eps, sign, out, perm, blocks):
-    """Run the forward of ``plan`` (tuning.plan_forward) with ``launch``."""
+def forward_launches(xp, launch, plan, op, regularization, x, eps, sign, out, perm, blocks,
+                     presorted=False):
+    """Run the forward of ``plan`` (tuning.plan_forward) with ``launch``.  With ``presorted``, the
+    caller has already written :func:`presort`'s result into ``perm`` (used by the tiled family
+    only; the shared-memory family sorts in the kernel and overwrites ``perm``)."""
     rows, n = x.shape
     ctype = _CTYPES[np.dtype(x.dtype)]
     o, r = OPS[op], REGULARIZATIONS[regularization]
@@ -199,7 +202,8 @@ def forward_launches(xp, launch, plan, op, regularization, x, eps, sign, out, pe
                (x, out, perm, blocks, _i32(rows), _i32(n), _i32(plan.padded_n),
                 _i32(plan.log2_group), eps, sign))
         return
-    perm[...] = presort(xp, x, sign)
+    if not presorted:
+        perm[...] = presort(xp, x, sign)
     ws_acc = xp.empty((rows, n), dtype=np.float64)
     ws_link = xp.empty((rows, n), dtype=np.int32)
     ws_flags = xp.zeros(rows, dtype=np.int32)
@@ -266,8 +270,20 @@ def _gpu_launcher(device_id: int, dtype, op: str, regularization: str):
     return launch
 
 
-def forward(op, regularization, x, eps, sign, out, perm, blocks):
-    """Solve every row of ``x`` (rows, n) on CuPy's current device and stream (CONTRACT.md)."""
+def needs_presort(shape, itemsize: int) -> bool:
+    """Whether the forward of (rows, n) rows on CuPy's current device reads a presorted ``perm``
+    (the tiled family), which a caller may compute itself and pass with ``presorted=True``."""
+    cupy = require_cupy()
+    rows, n = shape
+    if rows == 0 or n == 0:
+        return False
+    plan = tuning.plan_forward(rows, n, itemsize, _smem_limit(cupy.cuda.Device().id))
+    return plan.kind == "tiled"
+
+
+def forward(op, regularization, x, eps, sign, out, perm, blocks, presorted=False):
+    """Solve every row of ``x`` (rows, n) on CuPy's current device and stream (CONTRACT.md).
+    ``presorted``: ``perm`` already holds :func:`presort`'s result (see :func:`needs_presort`)."""
     cupy = require_cupy()
     rows, n = x.shape
     if rows == 0 or n == 0:
@@ -278,7 +294,8 @@ def forward(op, regularization, x, eps, sign, out, perm, blocks):
     device_id = cupy.cuda.Device().id
     plan = tuning.plan_forward(rows, n, x.itemsize, _smem_limit(device_id))
     launch = _gpu_launcher(device_id, x.dtype, op, regularization)
-    forward_launches(cupy, launch, plan, op, regularization, x, eps, sign, out, perm, blocks)
+    forward_launches(cupy, launch, plan, op, regularization, x, eps, sign, out, perm, blocks,
+                     presorted)
 
 
 def forward_values(op, regularization, x, eps, sign):

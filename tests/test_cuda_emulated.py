@@ -208,6 +208,25 @@ def test_presort_matches_stable_argsort(dtype, rows, rng):
         np.testing.assert_array_equal(presort(np, x, sign), expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("rows", [1, 4])
+def test_torch_presort_matches_presort(dtype, rows, rng):
+    """softrank/_interop.py's torch.sort presort (used for torch CUDA tensors) == presort."""
+    torch = pytest.importorskip("torch")
+    from softrank import _interop
+
+    tied = rng.integers(-2, 3, size=(rows, 50)).astype(dtype)
+    tied[:, ::7] = -0.0
+    tied[:, 1::9] = 0.0
+    spread = rng.normal(size=(rows, 3000)).astype(dtype)
+    spread[:, ::5] = spread[:, 1::5]  # exact ties between far-apart positions
+    for x in (tied, spread):
+        for sign in (1, -1):
+            perm = torch.full(x.shape, -1, dtype=torch.int32)
+            _interop.torch_presort(torch.from_numpy(x), sign, perm)
+            np.testing.assert_array_equal(perm.numpy(), presort(np, x, sign))
+
+
 def test_plans_cover_every_family():
     from softrank.cuda import tuning
 
@@ -291,6 +310,10 @@ def test_threadsanitizer_sees_a_missing_barrier(tmp_path):
     assert res.returncode == 66 and "data race" in res.stderr, res.stderr[-2000:]
 
 
+def _must_not_run(*args):
+    raise AssertionError("presort ran although the caller passed presorted=True")
+
+
 def test_gpu_entry_points_with_a_fake_cupy(emu, monkeypatch, rng):
     """_cuda.forward/backward themselves (RawModule options and names, kernel cache, shared-memory
     opt-in, argument types) on the emulator through a NumPy stand-in for CuPy."""
@@ -301,6 +324,7 @@ def test_gpu_entry_points_with_a_fake_cupy(emu, monkeypatch, rng):
 
     fake = emu_fakecupy.make(emu)
     monkeypatch.setattr(_cuda, "require_cupy", lambda: fake)
+    presorted_calls = 0
     for cache in (_cuda._module, _cuda._kernel, _cuda._smem_limit):
         cache.cache_clear()
     try:
@@ -320,6 +344,17 @@ def test_gpu_entry_points_with_a_fake_cupy(emu, monkeypatch, rng):
                     assert_close(out, r_out, x.dtype.type)
                     np.testing.assert_array_equal(perm, r_perm)
                     np.testing.assert_array_equal(blocks, r_blocks)
+                    if _cuda.needs_presort(x.shape, x.itemsize):
+                        # a caller-made perm (torch.sort in softrank/_interop.py) is used as is
+                        presorted_calls += 1
+                        out2, blocks2 = np.empty_like(x), np.empty(x.shape, np.int32)
+                        perm2 = presort(np, x, -1)
+                        monkeypatch.setattr(_cuda, "presort", _must_not_run)
+                        _cuda.forward(op, reg, x, 0.5, -1, out2, perm2, blocks2, presorted=True)
+                        monkeypatch.setattr(_cuda, "presort", presort)
+                        np.testing.assert_array_equal(out2, out)
+                        np.testing.assert_array_equal(perm2, perm)
+                        np.testing.assert_array_equal(blocks2, blocks)
                     g = rng.normal(size=x.shape).astype(dtype)
                     aux = out if (op, reg) == ("rank", "kl") else (x if reg == "kl" else None)
                     grad = np.empty_like(x)
@@ -327,6 +362,7 @@ def test_gpu_entry_points_with_a_fake_cupy(emu, monkeypatch, rng):
                     r_grad = cpu_backward(op, reg, g, r_perm, r_blocks, aux, 0.5, -1)
                     scale = float(np.abs(g).max() * np.abs(r_out).max() / 0.5)
                     assert_close(grad, r_grad, x.dtype.type, scale if op == "rank" else 1.0)
+        assert presorted_calls == 2 * 2 * 4  # the two tiled tables, both dtypes, every pair
         big = [k for k in emu.launched if "softrank_forward<" in k]
         assert big, "the smem family did not run"
         for module in emu_fakecupy.RawModule.modules:

@@ -3,7 +3,7 @@
 * back end == CPU back end on every kernel family (the dispatch table is forced through each),
   every (op, regularization), float32/float64, sizes around every threshold, NaN rows;
 * the public API on CuPy arrays and torch CUDA tensors == the same call on CPU (dim, descending,
-  fp16/bf16), autograd included;
+  fp16/bf16, every kernel family), autograd included;
 * GPU-only: zero copy through DLPack, launches on torch's current stream (race test after a slow
   producer on a side stream), device index > 0 when two GPUs exist, 64-bit offsets.
 """
@@ -182,6 +182,38 @@ def test_torch_autograd_matches_cpu(rng):
                 tol = {torch.float64: 1e-10, torch.float32: 1e-5}.get(dtype, 2e-2)
                 torch.testing.assert_close(outs[1], outs[0], rtol=tol, atol=tol * 50)
                 torch.testing.assert_close(grads[1], grads[0], rtol=tol, atol=tol * 50)
+
+
+@needs_torch
+@pytest.mark.parametrize("family", ["default", "tiled", "small_tiles"])
+def test_torch_rows_of_every_family_match_cpu(tuned, family, rng):
+    """torch CUDA tensors through softrank/_interop.py (DLPack capsules; torch.sort's presort for
+    the tiled family) == the CPU path, values and gradients, both directions."""
+    import torch
+
+    import softrank
+
+    tuned(**FAMILIES[family])
+    for rows, n in [(3, 300), (2, 5000)]:
+        x = torch.from_numpy(rng.integers(-50, 50, size=(rows, n)) * 0.25)  # ties
+        x[0, ::11] = -0.0
+        g = torch.from_numpy(rng.normal(size=(rows, n)))
+        for fn in (softrank.soft_rank, softrank.soft_sort):
+            for reg in ("l2", "kl"):
+                for dtype in (torch.float64, torch.float32):
+                    for desc in (False, True):
+                        res = []
+                        for device in ("cpu", "cuda"):
+                            xd = x.to(device=device, dtype=dtype, copy=True).requires_grad_()
+                            out = fn(xd, reg, 0.7, descending=desc)
+                            out.backward(g.to(device=device, dtype=dtype))
+                            res.append((out.detach().cpu().double(), xd.grad.cpu().double()))
+                        dt = np.float64 if dtype == torch.float64 else np.float32
+                        (out_gpu, grad_gpu), (out_cpu, grad_cpu) = res[1], res[0]
+                        assert_close(out_gpu.numpy(), out_cpu.numpy(), dt)
+                        scale = (float(g.abs().max() * out_cpu.abs().max()) / 0.7
+                                 if fn is softrank.soft_rank else 1.0)
+                        assert_close(grad_gpu.numpy(), grad_cpu.numpy(), dt, scale)
 
 
 @needs_torch
