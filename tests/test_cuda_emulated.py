@@ -227,6 +227,25 @@ def test_torch_presort_matches_presort(dtype, rows, rng):
             np.testing.assert_array_equal(perm.numpy(), presort(np, x, sign))
 
 
+def test_memoised_plans_follow_set_tuning():
+    from softrank.cuda import tuning
+
+    try:
+        default = tuning.plan_forward(4096, 1000, 4, 227 * 1024)
+        assert tuning.plan_forward(4096, 1000, 4, 227 * 1024) is default  # memoised
+        tuning.set_tuning(block_threads=1024, items_per_thread=4)
+        changed = tuning.plan_forward(4096, 1000, 4, 227 * 1024)
+        assert changed.group == 256 and changed.block_threads == 1024 != default.block_threads
+        explicit = {"items_per_thread": 8, "block_threads": 256}  # on top of the overrides
+        assert tuning.plan_forward(4096, 1000, 4, 227 * 1024, explicit) == default
+        tuning.set_tuning(few_rows=10**9, split_min_n=1)  # adds to the overrides in force
+        assert tuning.plan_backward(4096, 1000, 4, 227 * 1024).kind == "tiled"
+    finally:
+        tuning.set_tuning()
+    assert tuning.plan_forward(4096, 1000, 4, 227 * 1024) == default
+    assert tuning.plan_backward(4096, 1000, 4, 227 * 1024).kind == "smem"
+
+
 def test_plans_cover_every_family():
     from softrank.cuda import tuning
 
