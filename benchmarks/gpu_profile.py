@@ -29,24 +29,14 @@ import statistics
 import sys
 import time
 
-from bench_gpu import SHAPES
+from bench_gpu import SHAPES, bench
 
 PAIRS = [("rank", "l2"), ("sort", "l2"), ("rank", "kl"), ("sort", "kl")]
 
 
-def event_ms(cupy, fn, reps, rounds=5):
-    fn()
-    cupy.cuda.Device().synchronize()
-    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-    samples = []
-    for _ in range(rounds):
-        start.record()
-        for _ in range(reps):
-            fn()
-        stop.record()
-        stop.synchronize()
-        samples.append(cupy.cuda.get_elapsed_time(start, stop) / reps)
-    return statistics.median(samples)
+def event_ms(torch, fn):
+    """GPU ms per call: bench_gpu's CUDA-event timer (5 rounds of at least 6 ms each)."""
+    return bench(fn, torch, 5, 30.0)
 
 
 def host_ms(cupy, fn, reps, rounds=5):
@@ -145,15 +135,15 @@ def main():
                 fn(xg, reg, 1.0).backward(gt)
 
             reps = 10
-            t_sort = event_ms(cupy, lambda: torch.sort(xt, dim=-1), reps)
+            t_sort = event_ms(torch, lambda: torch.sort(xt, dim=-1))
             h = host_ms(cupy, backend, reps)
-            k = event_ms(cupy, backend, reps)
-            a = event_ms(cupy, api, reps)
+            k = event_ms(torch, backend)
+            a = event_ms(torch, api)
             ah = host_ms(cupy, api, reps)
-            fb = event_ms(cupy, api_fb, reps)
+            fb = event_ms(torch, api_fb)
             with legacy_interop():
-                a_old = event_ms(cupy, api, reps)
-                fb_old = event_ms(cupy, api_fb, reps)
+                a_old = event_ms(torch, api)
+                fb_old = event_ms(torch, api_fb)
             print(f"{op + '/' + reg:8} {batch:6d} {n:8d} {kind:>6} {t_sort:8.4f} {h:8.4f} "
                   f"{k:8.4f} {a:8.4f} {a_old:8.4f} {ah:8.4f} {fb:8.4f} {fb_old:8.4f}", flush=True)
 
