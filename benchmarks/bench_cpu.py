@@ -21,6 +21,9 @@ slow calls, and then fewer rounds, at least 3, so that a function gets about
 ``--max-time`` seconds).  The reported number is the MEDIAN per-call time over
 the rounds, so the ratios compare numbers taken under the same machine load.
 Shared machines are noisy: compare medians and ratios, not single numbers.
+A burst of load from a neighbour can last as long as a row's rounds (a second or two) and skew
+that row alone; ``--passes P`` times the whole grid P times and reports, per row, the median
+over the passes of each time and of each ratio.
 
 Targets (each row is marked PASS/FAIL against those that apply):
   [3x]   softrank fwd+bwd >= 3x faster than torchsort fwd+bwd (every shape)
@@ -271,15 +274,23 @@ class Row:
     noise: Optional[float] = None  # worst IQR/median over the row's measurements
     errors: List[str] = field(default_factory=list)
     checks: Dict[str, Optional[bool]] = field(default_factory=dict)  # target -> pass?
+    # With --passes > 1: the median over the passes of each pass's ratio (a pass's two times
+    # were taken in the same rounds, under the same load), which the properties below return.
+    pass_speedup: Optional[float] = None
+    pass_sort_ratio: Optional[float] = None
 
     @property
     def speedup(self) -> Optional[float]:
+        if self.pass_speedup is not None:
+            return self.pass_speedup
         if self.ts_fb is None or self.sr_fb is None:
             return None
         return self.ts_fb / self.sr_fb
 
     @property
     def sort_ratio(self) -> Optional[float]:
+        if self.pass_sort_ratio is not None:
+            return self.pass_sort_ratio
         if self.sr_fwd is None or self.sort_fwd is None:
             return None
         return self.sr_fwd / self.sort_fwd
@@ -444,6 +455,7 @@ def header_lines(args, sr: Optional[Impl], sr_err: str, ts: Optional[Impl], ts_e
         lines.append("softrank cfg : " + ", ".join(extra))
     lines += [
         f"timing       : median per call; --repeat={args.repeat} rounds, --min-time={args.min_time}s, "
+        f"--passes={args.passes}, "
         f"--max-time={args.max_time}s; interleaved rounds; regularization_strength={args.strength}; x, g ~ randn",
         "targets      : [3x]   fwd+bwd >= 3x faster than torchsort 0.1.10, every shape",
         "               [sort] n >= 1000: softrank fwd no slower than torch.sort fwd (ratio <= 1.00)",
@@ -636,6 +648,7 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=int, default=None, help="interleaved sample rounds per row (default 11, quick 5)")
     p.add_argument("--min-time", type=float, default=None, help="target seconds per function per row for fast calls (default 0.2, quick 0.05)")
     p.add_argument("--max-time", type=float, default=None, help="cap, seconds per function per row, for slow calls (default 1.0)")
+    p.add_argument("--passes", type=int, default=1, help="time the whole grid this many times and report per row the median over the passes (default 1)")
     p.add_argument("--strength", type=float, default=1.0, help="regularization_strength (default 1.0)")
     p.add_argument("--markdown", action="store_true", help="also print the results as a Markdown table at the end")
     p.add_argument("--no-torchsort", action="store_true", help="do not time torchsort")
@@ -666,6 +679,8 @@ def parse_args(argv=None):
     args.batches = args.batches or DEFAULT_BATCHES
     args.ns = args.ns or DEFAULT_NS
     args.repeat = max(3, args.repeat or 11)
+    if args.passes < 1:
+        p.error("--passes must be >= 1")
     args.min_time = args.min_time if args.min_time is not None else 0.2
     args.max_time = args.max_time if args.max_time is not None else 1.0
     return args
@@ -703,51 +718,18 @@ def main(argv=None) -> int:
         print("skipped (batch*n > %.0e): %s" % (args.max_elems, ", ".join(f"{b}x{n}" for b, n in skipped)))
 
     t_start = time.perf_counter()
-    rows: List[Row] = []
-    print(plain_header(), flush=True)
-    for dname in args.dtypes:
-        dt = DTYPES[dname]
-        for b, n in shapes:
-            gen = torch.Generator().manual_seed(b * 1_000_003 + n)
-            x = torch.randn(b, n, generator=gen, dtype=dt)
-            g = torch.randn(b, n, generator=gen, dtype=dt)
-            for op in args.ops:
-                for reg in args.regs:
-                    row = Row(op, reg, dname, b, n)
-                    names = ["sort_fwd"]
-                    fns = [lambda: torch.sort(x, dim=-1)]
-                    firsts: List[Optional[float]] = [None]
-                    for imp, prefix in ((sr, "sr"), (ts, "ts")):
-                        if imp is None:
-                            continue
-                        f = imp.fn(op, reg, args.strength)
-                        # One first (warm-up) call each, so that a failure only drops this impl.
-                        fwd, fb = fwd_closure(f, x), fwdbwd_closure(f, x, g)
-                        try:
-                            t0 = time.perf_counter()
-                            fwd()
-                            t1 = time.perf_counter()
-                            fb()
-                            t2 = time.perf_counter()
-                        except Exception as e:
-                            row.errors.append(f"{imp.name}: {type(e).__name__}: {e}")
-                            continue
-                        names += [prefix + "_fwd", prefix + "_fb"]
-                        fns += [fwd, fb]
-                        firsts += [t1 - t0, t2 - t1]
-                    if b * n <= FLOOR_MAX_ELEMS:
-                        names.append("floor_fb")
-                        fns.append(fwdbwd_closure(_Identity.apply, x, g))
-                        firsts.append(None)
-                    timings = measure_group(fns, args.repeat, args.min_time, args.max_time, firsts)
-                    for name, t in zip(names, timings):
-                        setattr(row, name, t.median)
-                    row.noise = max(t.spread for t in timings)
-                    row.evaluate(ts is not None)
-                    rows.append(row)
-                    print(plain_row(row), flush=True)
-                    for err in row.errors:
-                        print("    error: " + err, flush=True)
+    passes: List[List[Row]] = []
+    for k in range(args.passes):
+        if args.passes > 1:
+            print(f"pass {k + 1} of {args.passes}", flush=True)
+        print(plain_header(), flush=True)
+        passes.append(time_grid(args, shapes, sr, ts))
+    rows = passes[0] if args.passes == 1 else merge_passes(passes, ts is not None)
+    if args.passes > 1:
+        print(f"\nmedian over the {args.passes} passes (ratios: median of each pass's ratio)")
+        print(plain_header())
+        for row in rows:
+            print(plain_row(row))
     elapsed = time.perf_counter() - t_start
 
     # ------------------------------------------------------------------ summary
@@ -773,6 +755,82 @@ def main(argv=None) -> int:
             print(line)
     print(flush=True)
     return 0
+
+
+def time_grid(args, shapes, sr: Optional[Impl], ts: Optional[Impl]) -> List[Row]:
+    """One pass: every (dtype, shape, op, regularization) row timed and printed."""
+    rows: List[Row] = []
+    for dname in args.dtypes:
+        dt = DTYPES[dname]
+        for b, n in shapes:
+            gen = torch.Generator().manual_seed(b * 1_000_003 + n)
+            x = torch.randn(b, n, generator=gen, dtype=dt)
+            g = torch.randn(b, n, generator=gen, dtype=dt)
+            for op in args.ops:
+                for reg in args.regs:
+                    row = time_row(args, Row(op, reg, dname, b, n), x, g, sr, ts)
+                    rows.append(row)
+                    print(plain_row(row), flush=True)
+                    for err in row.errors:
+                        print("    error: " + err, flush=True)
+    return rows
+
+
+def time_row(args, row: Row, x, g, sr: Optional[Impl], ts: Optional[Impl]) -> Row:
+    """Time one row's functions interleaved (see measure_group) and evaluate its targets."""
+    names = ["sort_fwd"]
+    fns = [lambda: torch.sort(x, dim=-1)]
+    firsts: List[Optional[float]] = [None]
+    for imp, prefix in ((sr, "sr"), (ts, "ts")):
+        if imp is None:
+            continue
+        f = imp.fn(row.op, row.reg, args.strength)
+        # One first (warm-up) call each, so that a failure only drops this impl.
+        fwd, fb = fwd_closure(f, x), fwdbwd_closure(f, x, g)
+        try:
+            t0 = time.perf_counter()
+            fwd()
+            t1 = time.perf_counter()
+            fb()
+            t2 = time.perf_counter()
+        except Exception as e:
+            row.errors.append(f"{imp.name}: {type(e).__name__}: {e}")
+            continue
+        names += [prefix + "_fwd", prefix + "_fb"]
+        fns += [fwd, fb]
+        firsts += [t1 - t0, t2 - t1]
+    if row.batch * row.n <= FLOOR_MAX_ELEMS:
+        names.append("floor_fb")
+        fns.append(fwdbwd_closure(_Identity.apply, x, g))
+        firsts.append(None)
+    timings = measure_group(fns, args.repeat, args.min_time, args.max_time, firsts)
+    for name, t in zip(names, timings):
+        setattr(row, name, t.median)
+    row.noise = max(t.spread for t in timings)
+    row.evaluate(ts is not None)
+    return row
+
+
+def merge_passes(passes: List[List[Row]], have_torchsort: bool) -> List[Row]:
+    """One row per row of the grid: each time the median over the passes, each ratio the median
+    of the passes' ratios, noise the median of the passes' noise; errors from any pass."""
+
+    def median_of(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    merged = []
+    for same in zip(*passes):
+        first = same[0]
+        row = Row(first.op, first.reg, first.dtype, first.batch, first.n)
+        for name in ("sr_fwd", "sr_fb", "ts_fwd", "ts_fb", "sort_fwd", "floor_fb", "noise"):
+            setattr(row, name, median_of(getattr(r, name) for r in same))
+        row.pass_speedup = median_of(r.speedup for r in same)
+        row.pass_sort_ratio = median_of(r.sort_ratio for r in same)
+        row.errors = sorted({e for r in same for e in r.errors})
+        row.evaluate(have_torchsort)
+        merged.append(row)
+    return merged
 
 
 def summarize(rows: List[Row], have_ts: bool, have_sr: bool) -> List[str]:
