@@ -80,14 +80,14 @@ def sanitize_cases():
     print("sanitize cases ok")
 
 
-def time_shape(torch, _cuda, tuning, fn, reg, dtype, batch, n, args):
+def time_shape(torch, _backend, tuning, fn, reg, dtype, batch, n, args):
     """Median ms of torch.sort, fn forward and fn forward+backward on one (batch, n) input."""
     torch.manual_seed(0)
     x = torch.randn(batch, n, device="cuda", dtype=dtype)
     xg = x.clone().requires_grad_()
     g = torch.randn_like(x)
     plan = tuning.plan_forward(batch, n, x.element_size(),
-                               _cuda._smem_limit(torch.cuda.current_device()))
+                               _backend._smem_limit(torch.cuda.current_device()))
 
     def fwd_bwd():
         xg.grad = None
@@ -110,7 +110,7 @@ SWEEP = [
 ]
 
 
-def sweep(torch, _cuda, tuning, fn, args):
+def sweep(torch, _backend, tuning, fn, args):
     """soft_rank/l2 float32 under each table of SWEEP (ratios to the default table's time)."""
     print()
     print("sweep: soft_rank/l2 float32, ms (fwd | fwd+bwd) per tuning override")
@@ -119,7 +119,7 @@ def sweep(torch, _cuda, tuning, fn, args):
         for cfg in SWEEP:
             tuning.set_tuning(**cfg)
             try:
-                _, t_fwd, t_fb, kind = time_shape(torch, _cuda, tuning, fn, "l2", torch.float32,
+                _, t_fwd, t_fb, kind = time_shape(torch, _backend, tuning, fn, "l2", torch.float32,
                                                   batch, n, args)
             except Exception as exc:  # a table the kernels reject is a finding, not a crash
                 print(f"  ({batch}, {n}) {cfg}: {type(exc).__name__}: {exc}")
@@ -148,7 +148,7 @@ def main(argv=None):
     import torch
 
     import softrank
-    from softrank import _cuda
+    from softrank.cuda import _backend
     from softrank.cuda import tuning
 
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
@@ -165,7 +165,7 @@ def main(argv=None):
         for dtype_name in args.dtypes.split(","):
             dtype = getattr(torch, dtype_name)
             for batch, n in SHAPES:
-                t_sort, t_fwd, t_fb, kind = time_shape(torch, _cuda, tuning, fn, reg, dtype,
+                t_sort, t_fwd, t_fb, kind = time_shape(torch, _backend, tuning, fn, reg, dtype,
                                                       batch, n, args)
                 r_f, r_fb = t_fwd / t_sort, t_fb / t_sort
                 mark = ""
@@ -179,7 +179,7 @@ def main(argv=None):
                       f"{t_sort:9.4f} {t_fwd:9.4f} {t_fb:9.4f} {r_f:9.2f} {r_fb:8.2f}{mark}",
                       flush=True)
     if args.sweep:
-        sweep(torch, _cuda, tuning, softrank.soft_rank, args)
+        sweep(torch, _backend, tuning, softrank.soft_rank, args)
     print(f"targets missed: {len(failures)}")
     return 0
 

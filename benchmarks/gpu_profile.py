@@ -4,9 +4,9 @@
 For each shape of bench_gpu.SHAPES and each op/regularization, float32, prints the median ms per
 call of ``torch.sort(x, dim=-1)`` (``sort``, the reference of the targets) and of
 
-* ``host``    : CPU time of one back-end call (``_cuda.forward`` on preallocated CuPy arrays), from
-                a loop of calls without synchronisation; when it is close to ``kernels``, the call
-                is bound by the Python and launch overhead, not by the GPU;
+* ``host``    : CPU time of one back-end call (``_backend.forward`` on preallocated CuPy arrays),
+                from a loop of calls without synchronisation; when it is close to ``kernels``,
+                the call is bound by the Python and launch overhead, not by the GPU;
 * ``kernels`` : the same back-end calls timed with CUDA events (GPU time, back to back);
 * ``api``     : ``softrank.soft_rank/soft_sort`` on a torch CUDA tensor without grad (events);
 * ``api host``: the CPU time of that API call;
@@ -51,14 +51,14 @@ def host_ms(cupy, fn, reps, rounds=5):
     return statistics.median(samples)
 
 
-def per_launch(cupy, _cuda, tuning, op, reg, x):
+def per_launch(cupy, _backend, tuning, op, reg, x):
     """GPU ms of every launch of one tiled forward, in order (merge levels by span)."""
     rows, n = x.shape
     out, perm, blocks = cupy.empty_like(x), cupy.empty(x.shape, "i4"), cupy.empty(x.shape, "i4")
     device_id = cupy.cuda.Device().id
-    plan = tuning.plan_forward(rows, n, x.itemsize, _cuda._smem_limit(device_id))
-    inner = _cuda._gpu_launcher(device_id, x.dtype, op, reg)
-    _cuda.forward(op, reg, x, 1.0, 1, out, perm, blocks)  # compile + warm
+    plan = tuning.plan_forward(rows, n, x.itemsize, _backend._smem_limit(device_id))
+    inner = _backend._gpu_launcher(device_id, x.dtype, op, reg)
+    _backend.forward(op, reg, x, 1.0, 1, out, perm, blocks)  # compile + warm
     timings = []
 
     def launch(name, grid, block, smem, args):
@@ -72,10 +72,10 @@ def per_launch(cupy, _cuda, tuning, op, reg, x):
     cupy.cuda.Device().synchronize()
     t0 = cupy.cuda.Event()
     t0.record()
-    _cuda.presort(cupy, x, 1)
+    _backend.presort(cupy, x, 1)
     t1 = cupy.cuda.Event()
     t1.record()
-    _cuda.forward_launches(cupy, launch, plan, op, reg, x, 1.0, 1, out, perm, blocks)
+    _backend.forward_launches(cupy, launch, plan, op, reg, x, 1.0, 1, out, perm, blocks)
     cupy.cuda.Device().synchronize()
     rows_out = [("presort (separate)", 0, 0, cupy.cuda.get_elapsed_time(t0, t1))]
     rows_out += [(name, grid, block, cupy.cuda.get_elapsed_time(a, b))
@@ -85,17 +85,17 @@ def per_launch(cupy, _cuda, tuning, op, reg, x):
 
 @contextlib.contextmanager
 def legacy_interop():
-    """softrank/_interop.py as it was before the DLPack-capsule views and the torch.sort presort."""
-    from softrank import _cuda, _interop
+    """_torch_bridge.py as it was before the DLPack-capsule views and the torch.sort presort."""
+    from softrank.cuda import _backend, _torch_bridge
 
-    saved = _interop._views, _cuda.needs_presort
-    _interop._views = lambda cupy, *ts: [None if t is None else cupy.from_dlpack(t.detach())
+    saved = _torch_bridge._views, _backend.needs_presort
+    _torch_bridge._views = lambda cupy, *ts: [None if t is None else cupy.from_dlpack(t.detach())
                                          for t in ts]
-    _cuda.needs_presort = lambda shape, itemsize: False
+    _backend.needs_presort = lambda shape, itemsize: False
     try:
         yield
     finally:
-        _interop._views, _cuda.needs_presort = saved
+        _torch_bridge._views, _backend.needs_presort = saved
 
 
 def main():
@@ -103,7 +103,7 @@ def main():
     import torch
 
     import softrank
-    from softrank import _cuda
+    from softrank.cuda import _backend
     from softrank.cuda import tuning
 
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
@@ -118,10 +118,10 @@ def main():
             x = cupy.random.standard_normal((batch, n), dtype=cupy.float32)
             out = cupy.empty_like(x)
             perm, blocks = cupy.empty(x.shape, "i4"), cupy.empty(x.shape, "i4")
-            kind = tuning.plan_forward(batch, n, 4, _cuda._smem_limit(0)).kind
+            kind = tuning.plan_forward(batch, n, 4, _backend._smem_limit(0)).kind
 
             def backend():
-                _cuda.forward(op, reg, x, 1.0, 1, out, perm, blocks)
+                _backend.forward(op, reg, x, 1.0, 1, out, perm, blocks)
 
             xt = torch.from_dlpack(x)
             xg = xt.clone().requires_grad_()
@@ -151,7 +151,7 @@ def main():
     for op, reg in PAIRS:
         for batch, n in SHAPES:
             x = cupy.random.standard_normal((batch, n), dtype=cupy.float32)
-            plan, launches = per_launch(cupy, _cuda, tuning, op, reg, x)
+            plan, launches = per_launch(cupy, _backend, tuning, op, reg, x)
             if plan.kind != "tiled":
                 continue
             total = sum(t for *_, t in launches[1:])

@@ -1,11 +1,12 @@
 """Every CUDA kernel instantiation compiles for sm_75, sm_80 and sm_90, without spills (no GPU).
 
-Compiles the exact translation unit that softrank/_cuda.py hands to NVRTC (``_cuda.source()``, with
-its ``#line`` directive) with the exact run-time options (``_cuda.compile_options()``), forcing
-every name expression of ``_cuda.kernel_names`` to be instantiated, with nvcc (``-cubin``, ptxas
-verbose).  nvcc is the toolkit's front end for the same compiler as NVRTC; on a machine with
-``cuda-bindings`` and ``nvidia-cuda-nvrtc`` installed the NVRTC test below compiles through NVRTC
-itself.  Skipped only if neither nvcc nor NVRTC is available.
+Compiles the exact translation unit that softrank/cuda/_backend.py hands to NVRTC
+(``_backend.source()``, with its ``#line`` directive) with the exact run-time options
+(``_backend.compile_options()``), forcing every name expression of ``_backend.kernel_names`` to be
+instantiated, with nvcc (``-cubin``, ptxas verbose).  nvcc is the toolkit's front end for the same
+compiler as NVRTC; on a machine with ``cuda-bindings`` and ``nvidia-cuda-nvrtc`` installed the
+NVRTC test below compiles through NVRTC itself.  Skipped only if neither nvcc nor NVRTC is
+available.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from softrank import _cuda
+from softrank.cuda import _backend
 
 ARCHS = ("sm_75", "sm_80", "sm_90")
 DTYPES = (np.float32, np.float64)
@@ -47,8 +48,8 @@ pytestmark = pytest.mark.skipif(NVCC is None and NVRTC is None,
 
 def translation_unit(dtype) -> str:
     refs = "\n".join(f"void* sr_instantiate_{i} = (void*)&{name};"
-                     for i, name in enumerate(_cuda.kernel_names(dtype)))
-    return _cuda.source() + "\n" + refs + "\n"
+                     for i, name in enumerate(_backend.kernel_names(dtype)))
+    return _backend.source() + "\n" + refs + "\n"
 
 
 def nvcc_compile(tmp_path, dtype):
@@ -56,7 +57,7 @@ def nvcc_compile(tmp_path, dtype):
     src = tmp_path / f"tu_{np.dtype(dtype).name}.cu"
     src.write_text(translation_unit(dtype))
     gencode = [f"-gencode=arch=compute_{a[3:]},code={a}" for a in ARCHS]
-    cmd = [NVCC, *_cuda.compile_options(), *gencode, "-fatbin", "-Xptxas", "-v",
+    cmd = [NVCC, *_backend.compile_options(), *gencode, "-fatbin", "-Xptxas", "-v",
            "-o", str(src.with_suffix(".fatbin")), str(src)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     return res.returncode, res.stdout + res.stderr
@@ -80,22 +81,23 @@ def test_all_instantiations_compile_without_spills(tmp_path):
         assert "warning" not in log.lower(), log
         for arch in ARCHS:
             assert f"for '{arch}'" in log, log
-        check_report(log, len(_cuda.kernel_names(dtype)) * len(ARCHS))
+        check_report(log, len(_backend.kernel_names(dtype)) * len(ARCHS))
 
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 def test_errors_point_at_the_real_file(tmp_path):
     src = tmp_path / "broken.cu"
-    src.write_text(_cuda.source().replace("namespace softrank {", "namespace softrank { oops;", 1))
-    res = subprocess.run([NVCC, *_cuda.compile_options(), "-arch=sm_90", "-cubin", "-o",
+    broken = _backend.source().replace("namespace softrank {", "namespace softrank { oops;", 1)
+    src.write_text(broken)
+    res = subprocess.run([NVCC, *_backend.compile_options(), "-arch=sm_90", "-cubin", "-o",
                           str(tmp_path / "b.cubin"), str(src)], capture_output=True, text=True)
     assert res.returncode != 0
-    assert os.path.join(_cuda.cuda_dir(), "kernels.cu") in res.stderr, res.stderr
+    assert os.path.join(_backend.cuda_dir(), "kernels.cu") in res.stderr, res.stderr
 
 
 def test_name_expressions_cover_every_pair():
     for dtype in DTYPES:
-        names = _cuda.kernel_names(dtype)
+        names = _backend.kernel_names(dtype)
         assert len(set(names)) == len(names) == 33
         ctype = "float" if dtype == np.float32 else "double"
         for op in (0, 1):
@@ -111,13 +113,14 @@ def test_nvrtc_compiles_name_expressions():
     nvrtc = NVRTC
     for dtype in DTYPES:
         for arch in ("sm_90",):  # the nvcc test covers every architecture
-            err, prog = nvrtc.nvrtcCreateProgram(_cuda.source().encode(), b"kernels.cu", 0, [], [])
+            err, prog = nvrtc.nvrtcCreateProgram(_backend.source().encode(), b"kernels.cu", 0,
+                                                 [], [])
             assert int(err) == 0
-            names = _cuda.kernel_names(dtype)
+            names = _backend.kernel_names(dtype)
             for name in names:
                 (err,) = nvrtc.nvrtcAddNameExpression(prog, name.encode())
                 assert int(err) == 0
-            opts = [o.encode() for o in _cuda.compile_options()]
+            opts = [o.encode() for o in _backend.compile_options()]
             opts += [f"-arch={arch}".encode(), b"--ptxas-options=-v"]
             (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
             _, size = nvrtc.nvrtcGetProgramLogSize(prog)

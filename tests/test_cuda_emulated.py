@@ -33,7 +33,7 @@ try:
 except ImportError:  # Cython extension not built
     cpu = reference
 
-from softrank._cuda import presort  # noqa: E402
+from softrank.cuda._backend import presort  # noqa: E402
 
 ALWAYS_TILED = dict(few_rows=10**9, split_min_n=1)
 # name -> (tuning overrides, expected forward family, expected backward family)
@@ -211,9 +211,9 @@ def test_presort_matches_stable_argsort(dtype, rows, rng):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("rows", [1, 4])
 def test_torch_presort_matches_presort(dtype, rows, rng):
-    """softrank/_interop.py's torch.sort presort (used for torch CUDA tensors) == presort."""
+    """The torch.sort presort of softrank/cuda/_torch_bridge.py (torch CUDA tensors) == presort."""
     torch = pytest.importorskip("torch")
-    from softrank import _interop
+    from softrank.cuda import _torch_bridge
 
     tied = rng.integers(-2, 3, size=(rows, 50)).astype(dtype)
     tied[:, ::7] = -0.0
@@ -223,7 +223,7 @@ def test_torch_presort_matches_presort(dtype, rows, rng):
     for x in (tied, spread):
         for sign in (1, -1):
             perm = torch.full(x.shape, -1, dtype=torch.int32)
-            _interop.torch_presort(torch.from_numpy(x), sign, perm)
+            _torch_bridge.torch_presort(torch.from_numpy(x), sign, perm)
             np.testing.assert_array_equal(perm.numpy(), presort(np, x, sign))
 
 
@@ -334,17 +334,17 @@ def _must_not_run(*args):
 
 
 def test_gpu_entry_points_with_a_fake_cupy(emu, monkeypatch, rng):
-    """_cuda.forward/backward themselves (RawModule options and names, kernel cache, shared-memory
-    opt-in, argument types) on the emulator through a NumPy stand-in for CuPy."""
+    """_backend.forward/backward themselves (RawModule options and names, kernel cache,
+    shared-memory opt-in, argument types) on the emulator through a NumPy stand-in for CuPy."""
     import emu_fakecupy
 
-    from softrank import _cuda
+    from softrank.cuda import _backend
     from softrank.cuda import tuning
 
     fake = emu_fakecupy.make(emu)
-    monkeypatch.setattr(_cuda, "require_cupy", lambda: fake)
+    monkeypatch.setattr(_backend, "require_cupy", lambda: fake)
     presorted_calls = 0
-    for cache in (_cuda._module, _cuda._kernel, _cuda._smem_limit):
+    for cache in (_backend._module, _backend._kernel, _backend._smem_limit):
         cache.cache_clear()
     try:
         for cfg, n in [(dict(items_per_thread=64, max_group=4, block_threads=8), 2000),
@@ -358,26 +358,26 @@ def test_gpu_entry_points_with_a_fake_cupy(emu, monkeypatch, rng):
                     out = np.empty_like(x)
                     perm = np.empty(x.shape, np.int32)
                     blocks = np.empty(x.shape, np.int32)
-                    _cuda.forward(op, reg, x, 0.5, -1, out, perm, blocks)
+                    _backend.forward(op, reg, x, 0.5, -1, out, perm, blocks)
                     r_out, r_perm, r_blocks = cpu_forward(op, reg, x, 0.5, -1)
                     assert_close(out, r_out, x.dtype.type)
                     np.testing.assert_array_equal(perm, r_perm)
                     np.testing.assert_array_equal(blocks, r_blocks)
-                    if _cuda.needs_presort(x.shape, x.itemsize):
-                        # a caller-made perm (torch.sort in softrank/_interop.py) is used as is
+                    if _backend.needs_presort(x.shape, x.itemsize):
+                        # a caller-made perm (torch.sort in _torch_bridge.py) is used as is
                         presorted_calls += 1
                         out2, blocks2 = np.empty_like(x), np.empty(x.shape, np.int32)
                         perm2 = presort(np, x, -1)
-                        monkeypatch.setattr(_cuda, "presort", _must_not_run)
-                        _cuda.forward(op, reg, x, 0.5, -1, out2, perm2, blocks2, presorted=True)
-                        monkeypatch.setattr(_cuda, "presort", presort)
+                        monkeypatch.setattr(_backend, "presort", _must_not_run)
+                        _backend.forward(op, reg, x, 0.5, -1, out2, perm2, blocks2, presorted=True)
+                        monkeypatch.setattr(_backend, "presort", presort)
                         np.testing.assert_array_equal(out2, out)
                         np.testing.assert_array_equal(perm2, perm)
                         np.testing.assert_array_equal(blocks2, blocks)
                     g = rng.normal(size=x.shape).astype(dtype)
                     aux = out if (op, reg) == ("rank", "kl") else (x if reg == "kl" else None)
                     grad = np.empty_like(x)
-                    _cuda.backward(op, reg, g, perm, blocks, aux, 0.5, -1, grad)
+                    _backend.backward(op, reg, g, perm, blocks, aux, 0.5, -1, grad)
                     r_grad = cpu_backward(op, reg, g, r_perm, r_blocks, aux, 0.5, -1)
                     scale = float(np.abs(g).max() * np.abs(r_out).max() / 0.5)
                     assert_close(grad, r_grad, x.dtype.type, scale if op == "rank" else 1.0)
@@ -385,19 +385,19 @@ def test_gpu_entry_points_with_a_fake_cupy(emu, monkeypatch, rng):
         big = [k for k in emu.launched if "softrank_forward<" in k]
         assert big, "the smem family did not run"
         for module in emu_fakecupy.RawModule.modules:
-            assert module.options == _cuda.compile_options()
+            assert module.options == _backend.compile_options()
             assert module.code.startswith('#line 1 "') and "kernels.cu" in module.code[:300]
             dtype = np.float64 if "<double, double" in module.names[1] else np.float32
             op, reg = (int(v) for v in module.names[1].rstrip(">").split(", ")[2:])
-            assert module.names == _cuda.kernel_names(dtype, op, reg)
+            assert module.names == _backend.kernel_names(dtype, op, reg)
         assert len(emu_fakecupy.RawModule.modules) == 2 * 4  # per dtype and (op, reg)
         assert emu_fakecupy.RawKernel.max_smem > emu_fakecupy.DEFAULT_SMEM  # opt-in exercised
         # empty input launches nothing
         before = len(emu.launched)
-        _cuda.forward("rank", "l2", np.empty((0, 5)), 1.0, 1, np.empty((0, 5)),
+        _backend.forward("rank", "l2", np.empty((0, 5)), 1.0, 1, np.empty((0, 5)),
                       np.empty((0, 5), np.int32), np.empty((0, 5), np.int32))
         assert len(emu.launched) == before
     finally:
         tuning.set_tuning()
-        for cache in (_cuda._module, _cuda._kernel, _cuda._smem_limit):
+        for cache in (_backend._module, _backend._kernel, _backend._smem_limit):
             cache.cache_clear()

@@ -73,16 +73,16 @@ def cpu_solve(op, reg, x, eps, sign, g):
 def gpu_solve(op, reg, x, eps, sign, g):
     import cupy
 
-    from softrank import _cuda
+    from softrank.cuda import _backend
 
     xc = cupy.asarray(x)
     out = cupy.empty_like(xc)
     perm = cupy.empty(x.shape, np.int32)
     blocks = cupy.empty(x.shape, np.int32)
-    _cuda.forward(op, reg, xc, eps, sign, out, perm, blocks)
+    _backend.forward(op, reg, xc, eps, sign, out, perm, blocks)
     aux = out if (op, reg) == ("rank", "kl") else (xc if reg == "kl" else None)
     grad = cupy.empty_like(xc)
-    _cuda.backward(op, reg, cupy.asarray(g), perm, blocks, aux, eps, sign, grad)
+    _backend.backward(op, reg, cupy.asarray(g), perm, blocks, aux, eps, sign, grad)
     return tuple(cupy.asnumpy(a) for a in (out, perm, blocks, grad))
 
 
@@ -187,8 +187,8 @@ def test_torch_autograd_matches_cpu(rng):
 @needs_torch
 @pytest.mark.parametrize("family", ["default", "tiled", "small_tiles"])
 def test_torch_rows_of_every_family_match_cpu(tuned, family, rng):
-    """torch CUDA tensors through softrank/_interop.py (DLPack capsules; torch.sort's presort for
-    the tiled family) == the CPU path, values and gradients, both directions."""
+    """torch CUDA tensors through softrank/cuda/_torch_bridge.py (DLPack capsules; torch.sort's
+    presort for the tiled family) == the CPU path, values and gradients, both directions."""
     import torch
 
     import softrank
@@ -233,17 +233,17 @@ def test_zero_copy_views_share_memory():
     import cupy
     import torch
 
-    from softrank import _interop
+    from softrank.cuda import _torch_bridge
 
     x = torch.randn(8, 64, device="cuda")
     out = torch.empty_like(x)
     perm = torch.empty(x.shape, dtype=torch.int32, device="cuda")
     blocks = torch.empty_like(perm)
-    with _interop.torch_stream_context(x.device):
-        views = _interop._views(cupy, x, out, perm, blocks)
+    with _torch_bridge.torch_stream_context(x.device):
+        views = _torch_bridge._views(cupy, x, out, perm, blocks)
         for t, v in zip((x, out, perm, blocks), views):
             assert v.data.ptr == t.data_ptr()
-    _interop.torch_cuda_forward("rank", "l2", x, 1.0, 1, out, perm, blocks)
+    _torch_bridge.torch_cuda_forward("rank", "l2", x, 1.0, 1, out, perm, blocks)
     torch.cuda.synchronize()
     expected = torch.from_numpy(cpu_solve("rank", "l2", x.cpu().numpy(), 1.0, 1,
                                           np.zeros((8, 64), np.float32))[0])
@@ -297,7 +297,7 @@ def test_64bit_offsets():
     """rows * n >= 2**31: offsets must not wrap (checked on sampled rows)."""
     import cupy
 
-    from softrank import _cuda
+    from softrank.cuda import _backend
 
     free, _ = cupy.cuda.runtime.memGetInfo()
     rows, n = 2**21 + 3, 1024  # 2**31 + 3072 elements
@@ -307,7 +307,7 @@ def test_64bit_offsets():
     out = cupy.empty_like(x)
     perm = cupy.empty((rows, n), np.int32)
     blocks = cupy.empty((rows, n), np.int32)
-    _cuda.forward("sort", "l2", x, 1.0, -1, out, perm, blocks)
+    _backend.forward("sort", "l2", x, 1.0, -1, out, perm, blocks)
     for r in (0, 2**21 - 1, rows - 1):
         xr = cupy.asnumpy(x[r:r + 1])
         ref = cpu_solve("sort", "l2", xr, 1.0, -1, np.zeros_like(xr))

@@ -1,7 +1,7 @@
 // softrank/cuda/prelude.cuh -- portability layer between NVRTC/nvcc and the host emulator.
 //
 // The kernels in this folder are compiled in two ways:
-//   * on a GPU machine by NVRTC (cupy.RawModule, see softrank/_cuda.py), or by nvcc in the compile
+//   * on a GPU machine by NVRTC (cupy.RawModule, see softrank/cuda/_backend.py), or by nvcc in the compile
 //     test (tests/test_cuda_compile.py);
 //   * on the CPU by g++ for the kernel-logic tests, after tests/emulation/emu.h, which defines
 //     SOFTRANK_EMULATION and provides threadIdx/blockIdx/blockDim, __syncthreads, atomicOr and

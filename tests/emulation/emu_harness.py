@@ -1,7 +1,7 @@
-"""Run the emulated kernels through the very launch sequences of softrank/_cuda.py (NumPy arrays).
+"""Run the emulated kernels through the very launch sequences of softrank/cuda/_backend.py.
 
-``Emulator.forward``/``backward`` call ``_cuda.forward_launches``/``backward_launches`` with NumPy
-as the array module and a launcher that maps each name expression to the matching extern "C"
+``Emulator.forward``/``backward`` call ``_backend.forward_launches``/``backward_launches`` with
+NumPy as the array module and a launcher that maps each name expression to the matching extern "C"
 entry point of tests/emulation/driver.cpp.
 """
 
@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from softrank import _cuda
+from softrank.cuda import _backend
 from softrank.cuda import tuning
 
 _NAME = re.compile(r"softrank::softrank_(\w+?)(?:<([\w, ]+)>)?$")
@@ -86,7 +86,7 @@ class Emulator:
         else:
             assert plan.smem_bytes == self.lib.emu_header_bytes(plan.block_threads, 1)
             assert plan.tile_smem == self.lib.emu_tile_pav_smem(plan.tile)
-        _cuda.forward_launches(POISONED_NUMPY, self.launch, plan, op, regularization, x, eps,
+        _backend.forward_launches(POISONED_NUMPY, self.launch, plan, op, regularization, x, eps,
                                sign, out, perm, blocks)
         return out, perm, blocks, plan
 
@@ -99,7 +99,7 @@ class Emulator:
         if plan.kind == "smem":
             assert plan.smem_bytes == self.lib.emu_backward_smem(
                 g.itemsize, n, plan.block_threads, plan.rows_per_block)
-        _cuda.backward_launches(POISONED_NUMPY, self.launch, plan, op, regularization, g,
+        _backend.backward_launches(POISONED_NUMPY, self.launch, plan, op, regularization, g,
                                 np.ascontiguousarray(perm), np.ascontiguousarray(blocks),
                                 None if aux is None else np.ascontiguousarray(aux), eps, sign,
                                 grad)

@@ -26,7 +26,7 @@ import warnings
 
 import numpy as np
 
-from .cuda import tuning
+from . import tuning
 
 OPS = {"rank": 0, "sort": 1}
 REGULARIZATIONS = {"l2": 0, "kl": 1}

@@ -15,7 +15,7 @@ with the tensors (no copy) and the outputs are written in place.  No ``synchroni
 
 Long rows (the tiled family) need ``perm`` before the kernels run; for torch tensors it comes from
 ``torch.sort`` (a segmented sort, several times faster than the CuPy 1-D radix sorts of
-``_cuda.presort`` on an H100), with the same key and tie order.
+``_backend.presort`` on an H100), with the same key and tie order.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from __future__ import annotations
 import contextlib
 import functools
 
-from . import _cuda
+from . import _backend
 
 
 @functools.lru_cache(maxsize=64)
 def _stream(cupy, ptr: int, idx: int):
     # A non-owning wrapper of torch's stream; cached because creating one costs a few us and a
     # warnings filter.  A pointer reused by a new torch stream wraps the same handle: still right.
-    return _cuda.external_stream(cupy, ptr, idx)
+    return _backend.external_stream(cupy, ptr, idx)
 
 
 @contextlib.contextmanager
@@ -38,7 +38,7 @@ def torch_stream_context(device):
     """Device + torch's current stream as CuPy's current device and stream; yields cupy."""
     import torch
 
-    cupy = _cuda.require_cupy()
+    cupy = _backend.require_cupy()
     idx = device.index if device.index is not None else torch.cuda.current_device()
     stream = torch.cuda.current_stream(idx)
     with cupy.cuda.Device(idx), _stream(cupy, stream.cuda_stream, idx):
@@ -52,7 +52,7 @@ def _views(cupy, *tensors):
 
 
 def torch_presort(x, sign: int, perm):
-    """Write into ``perm`` (int32, x's shape) what ``_cuda.presort`` computes, with torch.sort.
+    """Write into ``perm`` (int32, x's shape) what ``_backend.presort`` computes, with torch.sort.
 
     Key ``-(sign * x) + 0`` sorted ascending and stably: z decreasing, ties by index increasing,
     and -0.0 keyed as +0.0 (``0 - x`` and ``x + 0`` both map -0.0 to +0.0).  Works on any device.
@@ -67,15 +67,15 @@ def torch_presort(x, sign: int, perm):
 def torch_cuda_forward(op, regularization, x, eps, sign, out, perm, blocks):
     """CUDA back-end forward on torch CUDA tensors (docs/CONTRACT.md), on torch's current stream."""
     with torch_stream_context(x.device) as cupy:
-        presorted = _cuda.needs_presort(x.shape, x.element_size())
+        presorted = _backend.needs_presort(x.shape, x.element_size())
         if presorted:
             torch_presort(x, sign, perm)
         xc, oc, pc, bc = _views(cupy, x, out, perm, blocks)
-        _cuda.forward(op, regularization, xc, eps, sign, oc, pc, bc, presorted=presorted)
+        _backend.forward(op, regularization, xc, eps, sign, oc, pc, bc, presorted=presorted)
 
 
 def torch_cuda_backward(op, regularization, g, perm, blocks, aux, eps, sign, grad):
     """CUDA back-end VJP on torch CUDA tensors (docs/CONTRACT.md), on torch's current stream."""
     with torch_stream_context(g.device) as cupy:
         gc, pc, bc, ac, rc = _views(cupy, g, perm, blocks, aux, grad)
-        _cuda.backward(op, regularization, gc, pc, bc, ac, eps, sign, rc)
+        _backend.backward(op, regularization, gc, pc, bc, ac, eps, sign, rc)
