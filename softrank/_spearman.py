@@ -6,8 +6,9 @@ a torch tensor is recognised through ``sys.modules`` and CuPy is imported only w
 CuPy array comes in.
 """
 
-import operator
 import sys
+
+from . import _contract as C
 
 __all__ = ["spearmanr", "pearsonr"]
 
@@ -23,28 +24,26 @@ def _torch_module(*arrays):
 def _array_namespace(x):
     """NumPy or CuPy, whichever the (non-torch) array ``x`` belongs to."""
     if type(x).__module__.startswith("cupy"):
-        import cupy
+        from .cuda import _backend
 
-        return cupy
+        return _backend.require_cupy()
     import numpy
 
     return numpy
 
 
 def _check_pair(x, y, names):
-    """Validate shapes; coerce a mixed torch/array pair to tensors."""
+    """(xp, x, y): both inputs as arrays of one library (torch, NumPy or CuPy) and one shape.
+
+    A torch tensor paired with an array makes the array a tensor on the tensor's device, in
+    the wider dtype of the two (the dtype is chosen later, by _pearson).
+    """
     torch = _torch_module(x, y)
     if torch is not None:
-        # Allow e.g. a NumPy target next to a tensor prediction: the array becomes a
-        # tensor on the tensor's device.
         ref = x if isinstance(x, torch.Tensor) else y
-        like = dict(device=ref.device)
-        if ref.is_floating_point():
-            like["dtype"] = ref.dtype
-        if not isinstance(x, torch.Tensor):
-            x = torch.as_tensor(x, **like)
-        if not isinstance(y, torch.Tensor):
-            y = torch.as_tensor(y, **like)
+        x = x if isinstance(x, torch.Tensor) else torch.as_tensor(x, device=ref.device)
+        y = y if isinstance(y, torch.Tensor) else torch.as_tensor(y, device=ref.device)
+        xp = torch
     else:
         xp = _array_namespace(x)
         if _array_namespace(y) is not xp:
@@ -64,86 +63,65 @@ def _check_pair(x, y, names):
         raise ValueError(
             f"{names[0]} and {names[1]} must have at least one dimension (got 0-d inputs)"
         )
-    return torch, x, y
-
-
-def _normalize_dim(dim, ndim):
-    try:
-        d = operator.index(dim)
-    except TypeError:
-        raise TypeError(f"dim must be an int, got {type(dim).__name__}") from None
-    if not -ndim <= d < ndim:
-        raise ValueError(f"dim={dim} is out of range for inputs with {ndim} dimension(s)")
-    return d % ndim
+    return xp, x, y
 
 
 def _flat_tolerance(n):
     """Spread (2-norm of the centred slice) below which a slice counts as constant, in
-    units of eps * max|value|.  Centring a constant slice leaves rounding noise of
-    about sqrt(n) * eps * |value| (measured: < 5 sqrt(n) up to n = 1e6, float32, NumPy
-    and torch); the tolerance is min(n, 16 sqrt(n)) of that unit."""
+    units of eps * max|value|: centring a constant slice leaves rounding noise of about
+    sqrt(n) * eps * |value|; the tolerance is min(n, 16 sqrt(n)) of that unit."""
     return min(float(n), 16.0 * n ** 0.5)
 
 
-def _pearson_torch(torch, x, y, dim):
-    dtype = torch.promote_types(x.dtype, y.dtype)
-    if dtype.is_complex:
-        raise TypeError(f"complex inputs are not supported (got {dtype})")
-    if not dtype.is_floating_point:
-        dtype = torch.get_default_dtype()
-    out_dtype = dtype
-    if dtype in (torch.float16, torch.bfloat16):
-        dtype = torch.float32  # sums of squared ranks overflow half precision
-    x = x.to(dtype)
-    y = y.to(dtype)
-    n = x.shape[dim]
-    if n == 0:
-        return ((x.sum(dim) + y.sum(dim)) * 0).to(out_dtype)
-    tiny = _flat_tolerance(n) * torch.finfo(dtype).eps
-    xc = x - x.mean(dim, keepdim=True)
-    yc = y - y.mean(dim, keepdim=True)
-    sxx = (xc * xc).sum(dim)
-    syy = (yc * yc).sum(dim)
-    with torch.no_grad():
-        # A slice whose spread is at rounding level relative to its magnitude is constant.
-        flat = (sxx.sqrt() <= tiny * x.abs().amax(dim)) | (
-            syy.sqrt() <= tiny * y.abs().amax(dim)
-        )
-    one = torch.ones((), dtype=dtype, device=x.device)
-    # Safe denominators keep the gradient finite (exactly zero) on flat slices.
-    nx = torch.where(flat, one, sxx).sqrt()
-    ny = torch.where(flat, one, syy).sqrt()
-    r = (xc * yc).sum(dim) / (nx * ny)
-    r = torch.where(flat, torch.zeros((), dtype=dtype, device=x.device), r)
-    return r.clamp(-1.0, 1.0).to(out_dtype)
+def _dtypes(xp, x, y):
+    """(compute, output) dtype of the pair: the wider of the two, by softrank/_contract.py's
+    policy (integers become float64 for arrays, torch's default dtype for tensors)."""
+    if xp is sys.modules.get("torch"):
+        wider = str(xp.promote_types(x.dtype, y.dtype)).replace("torch.", "")
+        integer = str(xp.get_default_dtype()).replace("torch.", "")
+    else:
+        wider, integer = xp.result_type(x.dtype, y.dtype).name, "float64"
+    compute, out = C.solver_dtypes(wider, integer)
+    return getattr(xp, compute), getattr(xp, out)
 
 
-def _pearson_array(xp, x, y, dim):
-    dtype = xp.result_type(x.dtype, y.dtype)
-    if dtype.kind == "c":
-        raise TypeError(f"complex inputs are not supported (got {dtype})")
-    if dtype.kind != "f":
-        dtype = xp.dtype(xp.float64)
-    out_dtype = dtype
-    if dtype == xp.float16:
-        dtype = xp.dtype(xp.float32)
-    x = x.astype(dtype, copy=False)
-    y = y.astype(dtype, copy=False)
+def _astype(xp, a, dtype):
+    return a.to(dtype) if xp is sys.modules.get("torch") else a.astype(dtype, copy=False)
+
+
+def _pearson(xp, x, y, dim):
+    """Pearson correlation along dim, for torch, NumPy and CuPy alike (see pearsonr)."""
+    compute, out_dtype = _dtypes(xp, x, y)
+    x, y = _astype(xp, x, compute), _astype(xp, y, compute)
     n = x.shape[dim]
     if n == 0:
-        return xp.zeros(x.shape[:dim] + x.shape[dim + 1:], dtype=out_dtype)[()]
-    tiny = _flat_tolerance(n) * float(xp.finfo(dtype).eps)
-    xc = x - x.mean(axis=dim, keepdims=True)
-    yc = y - y.mean(axis=dim, keepdims=True)
-    sxx = (xc * xc).sum(axis=dim)
-    syy = (yc * yc).sum(axis=dim)
-    flat = (xp.sqrt(sxx) <= tiny * xp.abs(x).max(axis=dim)) | (
-        xp.sqrt(syy) <= tiny * xp.abs(y).max(axis=dim)
-    )
-    den = xp.sqrt(xp.where(flat, 1, sxx) * xp.where(flat, 1, syy))
-    r = xp.where(flat, 0, (xc * yc).sum(axis=dim) / den)
-    r = xp.clip(r, -1.0, 1.0).astype(out_dtype, copy=False)
-    return r[()]
+        return _astype(xp, (x.sum(axis=dim) + y.sum(axis=dim)) * 0, out_dtype)[()]
+    tiny = _flat_tolerance(n) * float(xp.finfo(compute).eps)
+    sxx, syy, sxy = _scaled_moments(xp, x, y, dim)
+    # A slice whose spread is at rounding level relative to its magnitude (1 after scaling) is
+    # constant; NaN stays NaN (a comparison with NaN is False).
+    flat = (xp.sqrt(_detached(sxx)) <= tiny) | (xp.sqrt(_detached(syy)) <= tiny)
+    # Safe denominators keep the gradient finite (exactly zero) on flat slices; 0 * sxx * syy
+    # is 0 there, or NaN when the slice holds NaN.
+    den = xp.sqrt(xp.where(flat, 1.0, sxx) * xp.where(flat, 1.0, syy))
+    r = xp.where(flat, 0 * sxx * syy, sxy / den)
+    return _astype(xp, r.clip(-1.0, 1.0), out_dtype)[()]
+
+
+def _scaled_moments(xp, x, y, dim):
+    """Centred second moments of x / max|x| and y / max|y| along dim: the correlation does not
+    change, and no sum of squares overflows or underflows at any finite scale."""
+    moments = []
+    for a in (x, y):
+        scale = _detached(xp.amax(xp.abs(a), axis=dim, keepdims=True))
+        a = a / xp.where(scale > 0, scale, 1.0)
+        moments.append(a - a.mean(axis=dim, keepdims=True))
+    xc, yc = moments
+    return ((xc * xc).sum(axis=dim), (yc * yc).sum(axis=dim), (xc * yc).sum(axis=dim))
+
+
+def _detached(a):
+    return a.detach() if hasattr(a, "detach") else a
 
 
 def pearsonr(x, y, *, dim=-1):
@@ -172,11 +150,8 @@ def pearsonr(x, y, *, dim=-1):
     slice gives **0** (the neutral value, "no association"), never NaN, and its gradient
     with respect to both inputs is exactly zero.  NaN in the input still propagates.
     """
-    torch, x, y = _check_pair(x, y, ("x", "y"))
-    d = _normalize_dim(dim, x.ndim)
-    if torch is not None:
-        return _pearson_torch(torch, x, y, d)
-    return _pearson_array(_array_namespace(x), x, y, d)
+    xp, x, y = _check_pair(x, y, ("x", "y"))
+    return _pearson(xp, x, y, C.normalize_dim(dim, x.ndim))
 
 
 def spearmanr(pred, target, *, dim=-1, regularization="l2", regularization_strength=1.0):
@@ -228,13 +203,13 @@ def spearmanr(pred, target, *, dim=-1, regularization="l2", regularization_stren
     >>> float(softrank.spearmanr(np.ones(4), np.arange(4.0)))  # constant: 0, not NaN
     0.0
     """
-    torch, pred, target = _check_pair(pred, target, ("pred", "target"))
-    d = _normalize_dim(dim, pred.ndim)
+    C.check_regularization(regularization)
+    C.check_regularization_strength(regularization_strength)
+    xp, pred, target = _check_pair(pred, target, ("pred", "target"))
+    d = C.normalize_dim(dim, pred.ndim)
     if pred.shape[d] > 0:
         from . import soft_rank
 
         pred = soft_rank(pred, regularization, regularization_strength, dim=d)
         target = soft_rank(target, regularization, regularization_strength, dim=d)
-    if torch is not None:
-        return _pearson_torch(torch, pred, target, d)
-    return _pearson_array(_array_namespace(pred), pred, target, d)
+    return _pearson(xp, pred, target, d)

@@ -2,6 +2,7 @@
 
 import torch
 
+from . import _contract as C
 from ._spearman import spearmanr
 
 __all__ = ["SpearmanLoss"]
@@ -57,15 +58,9 @@ class SpearmanLoss(torch.nn.Module):
                 f"reduction must be one of {', '.join(map(repr, _REDUCTIONS))}, "
                 f"got reduction={reduction!r}"
             )
-        if regularization not in ("l2", "kl"):
-            raise ValueError(
-                f"regularization must be 'l2' or 'kl', got regularization={regularization!r}"
-            )
-        if not regularization_strength > 0:
-            raise ValueError(
-                "regularization_strength must be > 0, got "
-                f"regularization_strength={regularization_strength!r}"
-            )
+        C.check_regularization(regularization)
+        C.check_regularization_strength(regularization_strength)
+        C.check_dim(dim)
         self.dim = dim
         self.regularization = regularization
         self.regularization_strength = regularization_strength

@@ -1,5 +1,7 @@
 """Tests for softrank.spearmanr, softrank.pearsonr and softrank.SpearmanLoss."""
 
+import math
+import re
 import subprocess
 import sys
 
@@ -178,6 +180,58 @@ def test_nan_propagates():
     assert np.isnan(r[0]) and np.isfinite(r[1])
 
 
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_nan_next_to_a_constant_slice_propagates(kind):
+    x = np.array([[0.0, np.nan, 1.0], [0.0, 2.0, 1.0]])
+    y = np.array([[5.0, 5.0, 5.0], [5.0, 5.0, 5.0]])
+    if kind == "torch":
+        x, y = torch.tensor(x), torch.tensor(y)
+    for a, b in ((x, y), (y, x)):
+        r = np.asarray(softrank.pearsonr(a, b))
+        assert np.isnan(r[0]) and r[1] == 0.0
+
+
+def test_float64_array_precision_is_kept_next_to_a_float32_tensor():
+    """1 + 1e-9 * k is constant in float32: computed in the tensor's float32, a perfect
+    correlation would come out 0."""
+    x = 1.0 + 1e-9 * np.arange(10.0)
+    r = softrank.pearsonr(torch.arange(10.0), x)
+    assert r.dtype == torch.float64 and r.item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("dtype,scales", [
+    (np.float64, [1e160, 1e-200, 1e300, 1e-300]),
+    (np.float32, [1e20, 1e-25, 1e35, 1e-35]),
+])
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_pearson_is_scale_invariant(kind, dtype, scales):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 50))
+    y = x + 0.2 * rng.normal(size=(3, 50))
+    expected = np.array([scipy.stats.pearsonr(a, b).statistic for a, b in zip(x, y)])
+    for sx in scales:
+        for sy in (1.0, sx):
+            a, b = (x * sx).astype(dtype), (y * sy).astype(dtype)
+            assert np.isfinite(a).all() and np.isfinite(b).all()
+            if kind == "torch":
+                a, b = torch.from_numpy(a), torch.from_numpy(b)
+            r = np.asarray(softrank.pearsonr(a, b), dtype=np.float64)
+            np.testing.assert_allclose(r, expected, atol=1e-5 if dtype == np.float32 else 1e-12,
+                                       err_msg=f"scale {sx}, {sy}")
+
+
+def test_pearson_gradient_is_scale_invariant_where_it_should_be():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 8, dtype=torch.float64, generator=g)
+    y = torch.randn(2, 8, dtype=torch.float64, generator=g)
+    grads = []
+    for scale in (1.0, 1e100):
+        leaf = (x * scale).requires_grad_()
+        softrank.pearsonr(leaf, y).sum().backward()
+        grads.append(leaf.grad * scale)  # r(c x) = r(x): d r / d(c x) = (d r / dx) / c
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-14)
+
+
 # ---------------------------------------------------------------------- gradients
 
 
@@ -254,6 +308,33 @@ def test_bad_regularization():
         softrank.spearmanr(np.arange(3.0), np.arange(3.0), regularization="l1")
 
 
+BAD_SPEARMAN_ARGUMENTS = [
+    (dict(dim=True), TypeError, "dim must be an int, got bool"),
+    (dict(dim=1.0), TypeError, "dim must be an int, got float"),
+    (dict(regularization="l1"), ValueError, "regularization must be 'l2' or 'kl', got 'l1'"),
+    (dict(regularization_strength=math.inf), ValueError,
+     "regularization_strength must be a finite number > 0"),
+    (dict(regularization_strength=True), TypeError,
+     "regularization_strength must be a real number, got bool"),
+    (dict(regularization_strength="1"), TypeError,
+     "regularization_strength must be a real number, got str"),
+    (dict(regularization_strength=10**400), ValueError,
+     "regularization_strength must be a finite number > 0"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,message", BAD_SPEARMAN_ARGUMENTS)
+def test_every_entry_point_validates_alike(kwargs, exc, message):
+    """spearmanr, SpearmanLoss and soft_rank give the same error for the same bad argument."""
+    x = np.array([[0.3, 0.1, 0.2]])
+    calls = [lambda: softrank.spearmanr(x, x, **kwargs),
+             lambda: softrank.SpearmanLoss(**kwargs)(torch.tensor(x), torch.tensor(x)),
+             lambda: softrank.soft_rank(x, **kwargs)]
+    for call in calls:
+        with pytest.raises(exc, match=re.escape(message)):
+            call()
+
+
 # -------------------------------------------------------------- numpy vs torch
 
 
@@ -275,9 +356,12 @@ def test_numpy_equals_torch(reg, strength):
 def test_dtypes_and_mixed_inputs():
     rng = np.random.default_rng(10)
     x, y = rng.normal(size=(2, 9)), rng.normal(size=(2, 9))
-    r32 = softrank.spearmanr(torch.tensor(x, dtype=torch.float32), y)  # numpy target
+    r32 = softrank.spearmanr(torch.tensor(x, dtype=torch.float32), y.astype(np.float32))
     assert r32.dtype == torch.float32
     np.testing.assert_allclose(r32.numpy(), softrank.spearmanr(x, y), atol=1e-5)
+    # A float32 tensor next to a float64 array is computed in the wider dtype.
+    r64 = softrank.spearmanr(torch.tensor(x, dtype=torch.float32), y)
+    assert r64.dtype == torch.float64
     ri = softrank.spearmanr(np.array([[3, 1, 2]]), np.array([[1, 2, 3]]))
     assert ri.dtype == np.float64
     np.testing.assert_allclose(ri, [-0.5], atol=1e-3)

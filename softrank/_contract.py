@@ -1,0 +1,133 @@
+"""The one place that defines what a soft operator call means, for every front end and back end.
+
+* The mode: the (op, regularization) pair as the integer both back ends take (docs/CONTRACT.md).
+* The sign convention: every call is solved as "sort sign * x decreasingly".
+* Argument checks, with the canonical error messages (ValueError for a bad value, TypeError for
+  a bad type, each naming the argument).
+"""
+import math
+import numbers
+import operator
+
+OPS = ("rank", "sort")
+REGULARIZATIONS = ("l2", "kl")
+
+# The back ends' mode numbers; odd modes are kl.
+MODES = {("rank", "l2"): 0, ("rank", "kl"): 1, ("sort", "l2"): 2, ("sort", "kl"): 3}
+MODE_NAMES = {mode: names for names, mode in MODES.items()}
+RANK_L2, RANK_KL, SORT_L2, SORT_KL = 0, 1, 2, 3
+
+
+def is_kl(mode):
+    return mode & 1 == 1
+
+
+def aux_of(mode):
+    """What the backward reads besides the cotangent: "out" (rank/kl), "x" (sort/kl) or None."""
+    return {RANK_KL: "out", SORT_KL: "x"}.get(mode)
+
+# Rows are indexed with int32 (permutations, block starts): a longer row cannot be represented.
+MAX_ROW_LENGTH = 2**31 - 1
+
+
+def mode_of(op, regularization):
+    """The back ends' mode number of a checked (op, regularization) pair."""
+    return MODES[op, check_regularization(regularization)]
+
+
+def check_regularization(regularization):
+    if not isinstance(regularization, str) or regularization not in REGULARIZATIONS:
+        raise ValueError(f"regularization must be 'l2' or 'kl', got {regularization!r}")
+    return regularization
+
+
+def check_regularization_strength(strength):
+    """Return the strength as a Python float; it must be a finite real number > 0."""
+    if type(strength) is float and 0.0 < strength < math.inf:  # the common case, checked first
+        return strength
+    dtype = str(getattr(strength, "dtype", ""))
+    real = isinstance(strength, numbers.Real) or (
+        tuple(getattr(strength, "shape", (None,))) == () and hasattr(strength, "__float__"))
+    if (isinstance(strength, (bool, str, bytes)) or not real or "complex" in dtype
+            or "bool" in dtype):
+        raise TypeError(
+            f"regularization_strength must be a real number, got {type(strength).__name__}"
+        )
+    try:
+        value = float(strength)
+    except OverflowError:  # an int beyond float64's range
+        value = math.inf
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"regularization_strength must be a finite number > 0, got {strength!r}"
+        )
+    return value
+
+
+def check_descending(descending):
+    if not isinstance(descending, bool):
+        # numpy.bool_ is not a bool subclass; accept it explicitly.
+        if type(descending).__name__ in ("bool_", "bool") and hasattr(descending, "item"):
+            return bool(descending)
+        raise TypeError(f"descending must be a bool, got {type(descending).__name__}")
+    return descending
+
+
+def check_dim(dim):
+    """Return dim as a Python int; it must be an integer (not a bool)."""
+    if type(dim) is int:
+        return dim
+    if not isinstance(dim, bool) and hasattr(type(dim), "__index__"):
+        if not (getattr(dim, "dtype", None) is not None and "bool" in str(dim.dtype)):
+            return operator.index(dim)
+    raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+
+
+def normalize_dim(dim, ndim):
+    """Return dim as a non-negative axis of an ndim-dimensional input."""
+    if type(dim) is int and -ndim <= dim < ndim:  # the common case, checked first
+        return dim % ndim
+    dim = check_dim(dim)
+    if ndim == 0:
+        raise ValueError("values must have at least one dimension, got a 0-d input")
+    if not -ndim <= dim < ndim:
+        raise ValueError(
+            f"dim must be in [{-ndim}, {ndim - 1}] for a {ndim}-d input, got {dim}"
+        )
+    return dim % ndim
+
+
+def check_row_length(n):
+    if n > MAX_ROW_LENGTH:
+        raise ValueError(
+            f"values has {n} elements along dim; at most {MAX_ROW_LENGTH} are supported"
+        )
+
+
+def solver_dtypes(name, integer_dtype):
+    """The dtype policy, by dtype name: (compute dtype, output dtype) names for an input of
+    dtype `name`, or a TypeError. The solvers run in float32 or float64 only.
+
+    float32/float64 are kept; narrower floats (float16, bfloat16, float8 kinds) are solved in
+    float32 and cast back; wider ones (longdouble) in float64; integers and bool become
+    `integer_dtype` (float64 for arrays, torch's default dtype for tensors), itself solved by
+    this policy.
+    """
+    if name in ("float32", "float64"):
+        return name, name
+    if name.startswith("complex"):
+        raise TypeError(f"values must be real, got complex dtype {name}")
+    if name in ("float16", "bfloat16") or name.startswith("float8"):
+        return "float32", name
+    if name in ("float128", "longdouble", "float96"):
+        return "float64", name
+    if name == "bool" or name.startswith(("int", "uint")):
+        return solver_dtypes(integer_dtype, integer_dtype)[0], integer_dtype
+    raise TypeError(f"values must be a real numeric array, got dtype {name}")
+
+
+def sign_for(op, descending):
+    """The sign that maps the problem to 'sort sign*x decreasingly' (docs/CONTRACT.md)."""
+    if op == "rank":
+        return -1 if descending else 1
+    return 1 if descending else -1
