@@ -148,8 +148,7 @@ def main(argv=None):
     import torch
 
     import softrank
-    from softrank.cuda import _backend
-    from softrank.cuda import tuning
+    from softrank.cuda import _backend, tuning
 
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     print(f"copy bandwidth: {copy_bandwidth(torch):.2f} TB/s (read + write)")

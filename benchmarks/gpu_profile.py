@@ -4,8 +4,8 @@
 For each shape of bench_gpu.SHAPES and each op/regularization, float32, prints the median ms per
 call of ``torch.sort(x, dim=-1)`` (``sort``, the reference of the targets) and of
 
-* ``host``    : CPU time of one back-end call (``_backend.forward`` on preallocated CuPy arrays),
-                from a loop of calls without synchronisation; when it is close to ``kernels``,
+* ``host``    : CPU time of one back-end call (``_backend.forward_into`` on preallocated CuPy
+                arrays), from a loop of calls without synchronisation; when it is close to ``kernels``,
                 the call is bound by the Python and launch overhead, not by the GPU;
 * ``kernels`` : the same back-end calls timed with CUDA events (GPU time, back to back);
 * ``api``     : ``softrank.soft_rank/soft_sort`` on a torch CUDA tensor without grad (events);
@@ -51,14 +51,14 @@ def host_ms(cupy, fn, reps, rounds=5):
     return statistics.median(samples)
 
 
-def per_launch(cupy, _backend, tuning, op, reg, x):
+def per_launch(cupy, _backend, tuning, mode, x):
     """GPU ms of every launch of one tiled forward, in order (merge levels by span)."""
     rows, n = x.shape
     out, perm, blocks = cupy.empty_like(x), cupy.empty(x.shape, "i4"), cupy.empty(x.shape, "i4")
     device_id = cupy.cuda.Device().id
     plan = tuning.plan_forward(rows, n, x.itemsize, _backend._smem_limit(device_id))
-    inner = _backend._gpu_launcher(device_id, x.dtype, op, reg)
-    _backend.forward(op, reg, x, 1.0, 1, out, perm, blocks)  # compile + warm
+    inner = _backend._launcher(device_id, x.dtype, mode)
+    _backend.forward_into(mode, x, 1.0, 1, out, perm, blocks)  # compile + warm
     timings = []
 
     def launch(name, grid, block, smem, args):
@@ -75,7 +75,7 @@ def per_launch(cupy, _backend, tuning, op, reg, x):
     _backend.presort(cupy, x, 1)
     t1 = cupy.cuda.Event()
     t1.record()
-    _backend.forward_launches(cupy, launch, plan, op, reg, x, 1.0, 1, out, perm, blocks)
+    _backend.forward_launches(cupy, launch, plan, mode, x, 1.0, 1, out, perm, blocks)
     cupy.cuda.Device().synchronize()
     rows_out = [("presort (separate)", 0, 0, cupy.cuda.get_elapsed_time(t0, t1))]
     rows_out += [(name, grid, block, cupy.cuda.get_elapsed_time(a, b))
@@ -103,8 +103,8 @@ def main():
     import torch
 
     import softrank
-    from softrank.cuda import _backend
-    from softrank.cuda import tuning
+    from softrank._contract import MODES
+    from softrank.cuda import _backend, tuning
 
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
           f"cupy {cupy.__version__}")
@@ -121,7 +121,7 @@ def main():
             kind = tuning.plan_forward(batch, n, 4, _backend._smem_limit(0)).kind
 
             def backend():
-                _backend.forward(op, reg, x, 1.0, 1, out, perm, blocks)
+                _backend.forward_into(MODES[op, reg], x, 1.0, 1, out, perm, blocks)
 
             xt = torch.from_dlpack(x)
             xg = xt.clone().requires_grad_()
@@ -151,7 +151,7 @@ def main():
     for op, reg in PAIRS:
         for batch, n in SHAPES:
             x = cupy.random.standard_normal((batch, n), dtype=cupy.float32)
-            plan, launches = per_launch(cupy, _backend, tuning, op, reg, x)
+            plan, launches = per_launch(cupy, _backend, tuning, MODES[op, reg], x)
             if plan.kind != "tiled":
                 continue
             total = sum(t for *_, t in launches[1:])

@@ -6,8 +6,9 @@ launched with the very launch plans of softrank/cuda/tuning.py, shrunk so that e
 runs on tiny rows: G = 1 (a thread per row, many rows per block), sub-warp groups, block per row
 with many chunk merges, and the tiled long-row family (global sort, tiles of 16 positions, up to
 three cross-tile merge levels, global-memory workspaces poisoned like device memory), also with a
-single tile per row.  Reference: softrank._cpu_backend (the Cython back end); the
-NumPy transcription of docs/CONTRACT.md in tests/emulation/emu_reference.py where it is missing.
+single tile per row.  Reference: the CPU back end (softrank/_cpu_backend.py, the same contract, so
+perm and blocks must match exactly), and tests/_reference.py (the slow reference written from the
+paper) for values and gradients.
 """
 
 from __future__ import annotations
@@ -23,17 +24,16 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "emulation"))
 
+import _reference as ref  # noqa: E402
 import emu_build as build  # noqa: E402
-import emu_reference as reference  # noqa: E402
+
+from softrank._contract import (  # noqa: E402
+    MODE_NAMES, MODES, RANK_KL, RANK_L2, SORT_L2, is_kl, sign_for)
+from softrank.cuda import _backend, tuning  # noqa: E402
+from softrank.cuda._backend import presort  # noqa: E402
 
 pytestmark = pytest.mark.skipif(build.compiler() is None, reason="needs g++ for the emulation")
-
-try:
-    from softrank import _cpu_backend as cpu
-except ImportError:  # Cython extension not built
-    cpu = reference
-
-from softrank.cuda._backend import presort  # noqa: E402
+cpu = pytest.importorskip("softrank._cpu_backend", reason="needs the Cython extension built")
 
 ALWAYS_TILED = dict(few_rows=10**9, split_min_n=1)
 # name -> (tuning overrides, expected forward family, expected backward family)
@@ -45,7 +45,8 @@ FAMILIES = {
     "one_tile": (dict(items_per_thread=4, tile=128, tile_threads=16, **ALWAYS_TILED), "tiled",
                  "tiled"),
 }
-OPREGS = [("rank", "l2"), ("rank", "kl"), ("sort", "l2"), ("sort", "kl")]
+ALL_MODES = pytest.mark.parametrize("mode", sorted(MODE_NAMES),
+                                    ids=["/".join(MODE_NAMES[m]) for m in sorted(MODE_NAMES)])
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
 
 
@@ -77,18 +78,13 @@ def rows_of(kind, rng, rows, n):
     raise ValueError(kind)
 
 
-def cpu_forward(op, reg, x, eps, sign):
-    out = np.empty_like(x)
-    perm = np.empty(x.shape, np.int32)
-    blocks = np.empty(x.shape, np.int32)
-    cpu.forward(op, reg, x, eps, sign, out, perm, blocks)
-    return out, perm, blocks
+def aux_for(mode, x, out):
+    """The backward's aux (docs/CONTRACT.md): out for rank/kl, x for sort/kl, None for l2."""
+    return out if mode == RANK_KL else (x if is_kl(mode) else None)
 
 
-def cpu_backward(op, reg, g, perm, blocks, aux, eps, sign):
-    grad = np.empty_like(g)
-    cpu.backward(op, reg, g, perm, blocks, aux, eps, sign, grad)
-    return grad
+def is_rank(mode):
+    return MODE_NAMES[mode][0] == "rank"
 
 
 def assert_close(actual, expected, dtype, scale=1.0):
@@ -100,12 +96,12 @@ def assert_close(actual, expected, dtype, scale=1.0):
     np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, equal_nan=True)
 
 
-def check(emu, family, op, reg, x, eps, sign, partitions=True):
+def check(emu, family, mode, x, eps, sign, partitions=True):
     cfg, fwd_kind, bwd_kind = FAMILIES[family]
     dtype = x.dtype.type
-    out, perm, blocks, plan = emu.forward(op, reg, x, eps, sign, cfg)
+    out, perm, blocks, plan = emu.forward(mode, x, eps, sign, cfg)
     assert plan.kind == fwd_kind
-    r_out, r_perm, r_blocks = cpu_forward(op, reg, x, eps, sign)
+    r_out, r_perm, r_blocks = cpu.forward(mode, x, eps, sign)
     assert_close(out, r_out, dtype)
     np.testing.assert_array_equal(perm, r_perm)
     if partitions:
@@ -115,34 +111,34 @@ def check(emu, family, op, reg, x, eps, sign, partitions=True):
     # backward on identical inputs (the CPU's perm/blocks/out)
     rng = np.random.default_rng(int(abs(x).sum() * 1000) % 2**32 if np.isfinite(x).all() else 1)
     g = rng.normal(size=x.shape).astype(dtype)
-    aux = r_out if (op, reg) == ("rank", "kl") else (x if reg == "kl" else None)
-    grad, bplan = emu.backward(op, reg, g, r_perm, r_blocks, aux, eps, sign, cfg)
+    aux = aux_for(mode, x, r_out)
+    grad, bplan = emu.backward(mode, g, r_perm, r_blocks, aux, eps, sign, cfg)
     assert bplan.kind == bwd_kind
-    r_grad = cpu_backward(op, reg, g, r_perm, r_blocks, aux, eps, sign)
+    r_grad = cpu.backward(mode, g, r_perm, r_blocks, aux, eps, sign)
     # rank gradients are (1/eps) * r * (g - mean): float32 rounding of g*r is amplified by 1/eps
     scale = 1.0
-    if op == "rank":
-        r_mag = float(np.abs(r_out[np.isfinite(r_out)]).max(initial=1.0)) if reg == "kl" else 1.0
+    if is_rank(mode):
+        r_mag = float(np.abs(r_out[np.isfinite(r_out)]).max(initial=1.0)) if is_kl(mode) else 1.0
         scale = float(np.abs(g).max()) * r_mag / eps
     assert_close(grad, r_grad, dtype, scale)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("op,reg", OPREGS)
-def test_random_rows_all_sizes(emu, family, dtype, op, reg, rng):
+@ALL_MODES
+def test_random_rows_all_sizes(emu, family, dtype, mode, rng):
     """Tie-free rows: values, perm and block partitions equal the CPU path."""
     for n in (1, 2, 3, 7, 16, 33, 64):
         for eps in (1e-3, 0.1, 1.0, 1e3):
             for sign in (1, -1):
                 x = rng.normal(size=(5, n)).astype(dtype)
-                check(emu, family, op, reg, x, eps, sign)
+                check(emu, family, mode, x, eps, sign)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("kind", ["integers", "constant", "adversarial", "relu", "zeros"])
-@pytest.mark.parametrize("op,reg", OPREGS)
-def test_structured_rows(emu, family, kind, op, reg, rng):
+@ALL_MODES
+def test_structured_rows(emu, family, kind, mode, rng):
     """Ties, one-block rows, long junction merges; float64 and float32."""
     for dtype in (np.float64, np.float32):
         for n in (5, 40, 97):
@@ -152,13 +148,13 @@ def test_structured_rows(emu, family, kind, op, reg, rng):
                 # every pooled value is exact (L2 on small integers with eps = 1) or no two
                 # adjacent block values tie (e.g. sort/kl on integers, eps = 1, has
                 # rho/eps - s = const on runs of consecutive integers)
-                exact = kind in ("constant", "adversarial") or (eps == 1.0 and reg == "l2")
-                check(emu, family, op, reg, x, eps, 1, partitions=exact)
+                exact = kind in ("constant", "adversarial") or (eps == 1.0 and not is_kl(mode))
+                check(emu, family, mode, x, eps, 1, partitions=exact)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("op,reg", OPREGS)
-def test_nan_rows_are_contained(emu, family, op, reg, rng):
+@ALL_MODES
+def test_nan_rows_are_contained(emu, family, mode, rng):
     x = rng.normal(size=(7, 20))
     x[1, 3] = np.nan
     x[3, 0] = np.inf
@@ -166,14 +162,14 @@ def test_nan_rows_are_contained(emu, family, op, reg, rng):
     x[6, :] = np.nan
     for dtype in (np.float64, np.float32):
         xd = x.astype(dtype)
-        out, perm, blocks, _ = emu.forward(op, reg, xd, 1.0, 1, FAMILIES[family][0])
+        out, perm, blocks, _ = emu.forward(mode, xd, 1.0, 1, FAMILIES[family][0])
         bad = ~np.isfinite(xd).all(axis=1)
         assert np.isnan(out[bad]).all() and np.isfinite(out[~bad]).all()
         assert (blocks[bad, 0] == -1).all() and (blocks[~bad, 0] == 0).all()
-        check(emu, family, op, reg, xd, 1.0, 1)
+        check(emu, family, mode, xd, 1.0, 1)
         g = np.ones_like(xd)
-        aux = out if (op, reg) == ("rank", "kl") else (xd if reg == "kl" else None)
-        grad, _ = emu.backward(op, reg, g, perm, blocks, aux, 1.0, 1, FAMILIES[family][0])
+        grad, _ = emu.backward(mode, g, perm, blocks, aux_for(mode, xd, out), 1.0, 1,
+                               FAMILIES[family][0])
         assert np.isnan(grad[bad]).all() and np.isfinite(grad[~bad]).all()
 
 
@@ -182,8 +178,8 @@ def test_many_rows_and_partial_last_block(emu, rng):
     for family in ("thread_per_row", "subwarp"):
         for dtype in (np.float64, np.float32):
             x = rng.normal(size=(37, 9)).astype(dtype)
-            check(emu, family, "rank", "l2", x, 0.5, -1)
-            check(emu, family, "sort", "kl", x, 0.5, 1)
+            check(emu, family, MODES["rank", "l2"], x, 0.5, -1)
+            check(emu, family, MODES["sort", "kl"], x, 0.5, 1)
 
 
 def test_default_tuning_shapes(emu, rng):
@@ -191,8 +187,8 @@ def test_default_tuning_shapes(emu, rng):
     for n in (3, 100, 256):
         x = rng.normal(size=(4, n))
         cfg = dict(block_threads=64)
-        out, perm, blocks, plan = emu.forward("rank", "l2", x, 1.0, 1, cfg)
-        r_out, r_perm, r_blocks = cpu_forward("rank", "l2", x, 1.0, 1)
+        out, perm, blocks, plan = emu.forward(RANK_L2, x, 1.0, 1, cfg)
+        r_out, r_perm, r_blocks = cpu.forward(RANK_L2, x, 1.0, 1)
         assert_close(out, r_out, np.float64)
         np.testing.assert_array_equal(blocks, r_blocks)
 
@@ -228,8 +224,6 @@ def test_torch_presort_matches_presort(dtype, rows, rng):
 
 
 def test_memoised_plans_follow_set_tuning():
-    from softrank.cuda import tuning
-
     try:
         default = tuning.plan_forward(4096, 1000, 4, 227 * 1024)
         assert tuning.plan_forward(4096, 1000, 4, 227 * 1024) is default  # memoised
@@ -247,8 +241,6 @@ def test_memoised_plans_follow_set_tuning():
 
 
 def test_plans_cover_every_family():
-    from softrank.cuda import tuning
-
     big = 1 << 40
     assert tuning.plan_forward(65536, 32, 4, 227 * 1024).kind == "smem"
     p = tuning.plan_forward(4096, 1000, 4, 227 * 1024)
@@ -276,11 +268,11 @@ import emu_harness as harness
 emu = harness.Emulator({lib!r})
 rng = np.random.default_rng(0)
 for cfg in {configs!r}:
-    for op, reg in [("rank", "kl"), ("sort", "l2")]:
+    for mode in ({rank_kl}, {sort_l2}):
         x = rng.normal(size=(3, 24))
-        out, perm, blocks, _ = emu.forward(op, reg, x, 1.0, 1, cfg)
-        emu.backward(op, reg, rng.normal(size=x.shape), perm, blocks,
-                     out if reg == "kl" else None, 1.0, 1, cfg)
+        out, perm, blocks, _ = emu.forward(mode, x, 1.0, 1, cfg)
+        emu.backward(mode, rng.normal(size=x.shape), perm, blocks,
+                     out if mode == {rank_kl} else None, 1.0, 1, cfg)
 print("ok")
 """
 
@@ -292,7 +284,8 @@ def run_under_tsan(tmp_path, lib, configs):
         pytest.skip("libtsan.so not found")
     script = tmp_path / "run_tsan.py"
     script.write_text(TSAN_SCRIPT.format(emulation=str(HERE / "emulation"),
-                                         root=str(HERE.parent), lib=str(lib), configs=configs))
+                                         root=str(HERE.parent), lib=str(lib), configs=configs,
+                                         rank_kl=RANK_KL, sort_l2=SORT_L2))
     env = dict(os.environ, LD_PRELOAD=libtsan, TSAN_OPTIONS="halt_on_error=1 exitcode=66")
     # sys.executable is the real interpreter (a pyenv shim is a shell script that TSan crashes)
     return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
@@ -329,75 +322,244 @@ def test_threadsanitizer_sees_a_missing_barrier(tmp_path):
     assert res.returncode == 66 and "data race" in res.stderr, res.stderr[-2000:]
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+@ALL_MODES
+def test_matches_the_shared_reference(emu, family, mode, rng):
+    """Values and gradients against tests/_reference.py, the slow reference written from the
+    paper (not from docs/CONTRACT.md): forward by value, backward by central differences."""
+    op, reg = MODE_NAMES[mode]
+    cfg = FAMILIES[family][0]
+    for n in (1, 2, 7, 33):
+        for eps in (0.3, 1.0):
+            for descending in (False, True):
+                sign = sign_for(op, descending)
+                x = rng.normal(size=(2, n))
+
+                def reference(values):
+                    return ref.soft_op(op, values, reg, eps, descending=descending)
+
+                expected = reference(x)
+                out, perm, blocks, _ = emu.forward(mode, x, eps, sign, cfg)
+                scale = max(1.0, float(np.abs(expected).max()))
+                np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-9 * scale)
+                v = rng.normal(size=x.shape)
+                grad, _ = emu.backward(mode, v, perm, blocks, aux_for(mode, x, out), eps, sign,
+                                       cfg)
+                np.testing.assert_allclose(grad, ref.numerical_vjp(reference, x, v), rtol=1e-5,
+                                           atol=1e-5 * scale / eps)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+@pytest.fixture
+def fake_cupy(emu, monkeypatch):
+    """softrank/cuda/_backend.py with a NumPy stand-in for CuPy that launches on the emulator."""
+    import emu_fakecupy
+
+    fake = emu_fakecupy.make(emu)
+    monkeypatch.setattr(_backend, "require_cupy", lambda: fake)
+    caches = (_backend._module, _backend._kernel, _backend._smem_limit)
+    for cache in caches:
+        cache.cache_clear()
+    emu_fakecupy.RawModule.modules.clear()
+    yield fake
+    tuning.set_tuning()
+    for cache in caches:
+        cache.cache_clear()
+
+
 def _must_not_run(*args):
     raise AssertionError("presort ran although the caller passed presorted=True")
 
 
-def test_gpu_entry_points_with_a_fake_cupy(emu, monkeypatch, rng):
-    """_backend.forward/backward themselves (RawModule options and names, kernel cache,
-    shared-memory opt-in, argument types) on the emulator through a NumPy stand-in for CuPy."""
+def test_gpu_entry_points_with_a_fake_cupy(emu, fake_cupy, monkeypatch, rng):
+    """_backend.forward/forward_values/backward themselves (RawModule options and names, kernel
+    cache, shared-memory opt-in, argument types) on the emulator through a NumPy stand-in for
+    CuPy."""
     import emu_fakecupy
 
-    from softrank.cuda import _backend
-    from softrank.cuda import tuning
-
-    fake = emu_fakecupy.make(emu)
-    monkeypatch.setattr(_backend, "require_cupy", lambda: fake)
     presorted_calls = 0
-    for cache in (_backend._module, _backend._kernel, _backend._smem_limit):
-        cache.cache_clear()
-    try:
-        for cfg, n in [(dict(items_per_thread=64, max_group=4, block_threads=8), 2000),
-                       (dict(items_per_thread=4, max_group=8, block_threads=16), 40),
-                       (dict(items_per_thread=2, tile=16, tile_threads=4, **ALWAYS_TILED), 70),
-                       (dict(items_per_thread=2, tile=4096, tile_threads=8, smem_limit=300), 70)]:
-            tuning.set_tuning(**cfg)
-            for dtype in (np.float64, np.float32):
-                for op, reg in OPREGS:
-                    x = rng.normal(size=(3, n)).astype(dtype)
-                    out = np.empty_like(x)
-                    perm = np.empty(x.shape, np.int32)
-                    blocks = np.empty(x.shape, np.int32)
-                    _backend.forward(op, reg, x, 0.5, -1, out, perm, blocks)
-                    r_out, r_perm, r_blocks = cpu_forward(op, reg, x, 0.5, -1)
-                    assert_close(out, r_out, x.dtype.type)
-                    np.testing.assert_array_equal(perm, r_perm)
-                    np.testing.assert_array_equal(blocks, r_blocks)
-                    if _backend.needs_presort(x.shape, x.itemsize):
-                        # a caller-made perm (torch.sort in _torch_bridge.py) is used as is
-                        presorted_calls += 1
-                        out2, blocks2 = np.empty_like(x), np.empty(x.shape, np.int32)
-                        perm2 = presort(np, x, -1)
-                        monkeypatch.setattr(_backend, "presort", _must_not_run)
-                        _backend.forward(op, reg, x, 0.5, -1, out2, perm2, blocks2, presorted=True)
-                        monkeypatch.setattr(_backend, "presort", presort)
-                        np.testing.assert_array_equal(out2, out)
-                        np.testing.assert_array_equal(perm2, perm)
-                        np.testing.assert_array_equal(blocks2, blocks)
-                    g = rng.normal(size=x.shape).astype(dtype)
-                    aux = out if (op, reg) == ("rank", "kl") else (x if reg == "kl" else None)
-                    grad = np.empty_like(x)
-                    _backend.backward(op, reg, g, perm, blocks, aux, 0.5, -1, grad)
-                    r_grad = cpu_backward(op, reg, g, r_perm, r_blocks, aux, 0.5, -1)
-                    scale = float(np.abs(g).max() * np.abs(r_out).max() / 0.5)
-                    assert_close(grad, r_grad, x.dtype.type, scale if op == "rank" else 1.0)
-        assert presorted_calls == 2 * 2 * 4  # the two tiled tables, both dtypes, every pair
-        big = [k for k in emu.launched if "softrank_forward<" in k]
-        assert big, "the smem family did not run"
-        for module in emu_fakecupy.RawModule.modules:
-            assert module.options == _backend.compile_options()
-            assert module.code.startswith('#line 1 "') and "kernels.cu" in module.code[:300]
-            dtype = np.float64 if "<double, double" in module.names[1] else np.float32
-            op, reg = (int(v) for v in module.names[1].rstrip(">").split(", ")[2:])
-            assert module.names == _backend.kernel_names(dtype, op, reg)
-        assert len(emu_fakecupy.RawModule.modules) == 2 * 4  # per dtype and (op, reg)
-        assert emu_fakecupy.RawKernel.max_smem > emu_fakecupy.DEFAULT_SMEM  # opt-in exercised
-        # empty input launches nothing
-        before = len(emu.launched)
-        _backend.forward("rank", "l2", np.empty((0, 5)), 1.0, 1, np.empty((0, 5)),
-                      np.empty((0, 5), np.int32), np.empty((0, 5), np.int32))
-        assert len(emu.launched) == before
-    finally:
-        tuning.set_tuning()
-        for cache in (_backend._module, _backend._kernel, _backend._smem_limit):
-            cache.cache_clear()
+    for cfg, n in [(dict(items_per_thread=64, max_group=4, block_threads=8), 2000),
+                   (dict(items_per_thread=4, max_group=8, block_threads=16), 40),
+                   (dict(items_per_thread=2, tile=16, tile_threads=4, **ALWAYS_TILED), 70),
+                   (dict(items_per_thread=2, tile=4096, tile_threads=8, smem_limit=300), 70)]:
+        tuning.set_tuning(**cfg)
+        for dtype in (np.float64, np.float32):
+            for mode in sorted(MODE_NAMES):
+                x = rng.normal(size=(3, n)).astype(dtype)
+                out, perm, blocks = _backend.forward(mode, x, 0.5, -1)
+                r_out, r_perm, r_blocks = cpu.forward(mode, x, 0.5, -1)
+                assert out.dtype == x.dtype and perm.dtype == blocks.dtype == np.int32
+                assert_close(out, r_out, x.dtype.type)
+                np.testing.assert_array_equal(perm, r_perm)
+                np.testing.assert_array_equal(blocks, r_blocks)
+                np.testing.assert_array_equal(_backend.forward_values(mode, x, 0.5, -1), out)
+                if _backend.needs_presort(x.shape, x.itemsize):
+                    # a caller-made perm (torch.sort in _torch_bridge.py) is used as is
+                    presorted_calls += 1
+                    out2, blocks2 = np.empty_like(x), np.empty(x.shape, np.int32)
+                    perm2 = presort(np, x, -1)
+                    monkeypatch.setattr(_backend, "presort", _must_not_run)
+                    _backend.forward_into(mode, x, 0.5, -1, out2, perm2, blocks2,
+                                          presorted=True)
+                    monkeypatch.setattr(_backend, "presort", presort)
+                    np.testing.assert_array_equal(out2, out)
+                    np.testing.assert_array_equal(perm2, perm)
+                    np.testing.assert_array_equal(blocks2, blocks)
+                g = rng.normal(size=x.shape).astype(dtype)
+                aux = aux_for(mode, x, out)
+                grad = _backend.backward(mode, g, perm, blocks, aux, 0.5, -1)
+                r_grad = cpu.backward(mode, g, r_perm, r_blocks, aux, 0.5, -1)
+                scale = float(np.abs(g).max() * np.abs(r_out).max() / 0.5)
+                assert grad.dtype == x.dtype
+                assert_close(grad, r_grad, x.dtype.type, scale if is_rank(mode) else 1.0)
+    assert presorted_calls == 2 * 2 * 4  # the two tiled tables, both dtypes, every mode
+    big = [k for k in emu.launched if "softrank_forward<" in k]
+    assert big, "the smem family did not run"
+    modes_of = {args: mode for mode, args in _backend.TEMPLATE_ARGS.items()}
+    for module in emu_fakecupy.RawModule.modules:
+        assert module.options == _backend.compile_options()
+        assert module.code.startswith('#line 1 "') and "kernels.cu" in module.code[:300]
+        dtype = np.float64 if "<double, double" in module.names[1] else np.float32
+        op, reg = (int(v) for v in module.names[1].rstrip(">").split(", ")[2:])
+        assert module.names == _backend.kernel_names(dtype, modes_of[op, reg])
+    assert len(emu_fakecupy.RawModule.modules) == 2 * 4  # per dtype and mode
+    assert emu_fakecupy.RawKernel.max_smem > emu_fakecupy.DEFAULT_SMEM  # opt-in exercised
+    # empty input: outputs of the right shape and dtype, and nothing launched
+    before = len(emu.launched)
+    for shape in ((0, 5), (3, 0)):
+        out, perm, blocks = _backend.forward(RANK_KL, np.empty(shape, np.float32), 1.0, 1)
+        assert out.shape == perm.shape == blocks.shape == shape
+        assert out.dtype == np.float32 and perm.dtype == blocks.dtype == np.int32
+        assert _backend.forward_values(RANK_L2, np.empty(shape), 1.0, 1).shape == shape
+        grad = _backend.backward(RANK_KL, np.empty(shape, np.float32), perm, blocks, out, 1.0, 1)
+        assert grad.shape == shape and grad.dtype == np.float32
+    assert len(emu.launched) == before
+
+
+def _bad_backend_calls():
+    """(call, message) pairs: each must raise ValueError before anything is launched."""
+    x = np.zeros((2, 5))
+    i32 = np.zeros((2, 5), np.int32)
+    return [
+        (lambda: _backend.forward(4, x, 1.0, 1), "mode must be one of"),
+        (lambda: _backend.forward(RANK_L2, x.astype(np.float16), 1.0, 1),
+         "x must be float32 or float64, got float16"),
+        (lambda: _backend.forward(RANK_L2, x[0], 1.0, 1), r"x must be 2-D \(rows, n\)"),
+        (lambda: _backend.forward_values(RANK_L2, np.zeros((2, 10))[:, ::2], 1.0, 1),
+         "x must be a C-contiguous"),
+        (lambda: _backend.backward(RANK_L2, x, i32.astype(np.int64), i32, None, 1.0, 1),
+         r"perm must be a C-contiguous \(2, 5\) array of int32, got int64"),
+        (lambda: _backend.backward(RANK_L2, x, i32, i32[:, :4], None, 1.0, 1),
+         r"blocks must be a C-contiguous \(2, 5\) array of int32, got int32 \(2, 4\)"),
+        (lambda: _backend.backward(RANK_KL, x, i32, i32, None, 1.0, 1),
+         "aux must be the forward's out for rank/kl"),
+        (lambda: _backend.backward(MODES["sort", "kl"], x, i32, i32, None, 1.0, 1),
+         "aux must be x for sort/kl"),
+        (lambda: _backend.backward(SORT_L2, x, i32, i32, x, 1.0, 1), "aux must be None"),
+        (lambda: _backend.backward(RANK_KL, x, i32, i32, x.astype(np.float32), 1.0, 1),
+         "aux must be a C-contiguous .* of float64, got float32"),
+        (lambda: _backend.backward(RANK_L2, np.asfortranarray(np.zeros((3, 5))),
+                                   np.zeros((3, 5), np.int32), np.zeros((3, 5), np.int32), None,
+                                   1.0, 1), "g must be a C-contiguous"),
+    ]
+
+
+def test_backend_checks_its_arrays_before_launching(emu, fake_cupy):
+    before = len(emu.launched)
+    for call, message in _bad_backend_calls():
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert len(emu.launched) == before
+
+
+def test_require_cupy_names_the_package_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
+    with pytest.raises(ImportError, match="pip install cupy-cuda12x") as info:
+        _backend.require_cupy()
+    assert "cupy-cuda13x" in str(info.value) and "softrank[" not in str(info.value)
+
+
+def test_torch_bridge_with_a_fake_cupy(emu, fake_cupy, monkeypatch, rng):
+    """_torch_bridge.forward/forward_values/backward on CPU tensors standing in for CUDA ones
+    (NumPy views instead of DLPack, no stream): outputs allocated by torch, torch.sort's presort
+    for the tiled family, the back end's launches."""
+    torch = pytest.importorskip("torch")
+    import contextlib
+
+    from softrank.cuda import _torch_bridge as bridge
+
+    @contextlib.contextmanager
+    def fake_stream_context(device):
+        yield fake_cupy
+
+    presorts = []
+    real_presort = bridge.torch_presort
+
+    def counting_presort(x, sign, perm):
+        presorts.append(tuple(x.shape))
+        real_presort(x, sign, perm)
+
+    monkeypatch.setattr(bridge, "torch_stream_context", fake_stream_context)
+    monkeypatch.setattr(bridge, "_views",
+                        lambda cupy, *ts: [None if t is None else t.numpy() for t in ts])
+    monkeypatch.setattr(bridge, "_check_device", lambda named: None)
+    monkeypatch.setattr(bridge, "torch_presort", counting_presort)
+    monkeypatch.setattr(_backend, "presort", _must_not_run)  # torch.sort presorts tensors
+    tiled_forwards = 0
+    for cfg in (dict(items_per_thread=4, max_group=8, block_threads=16),
+                dict(items_per_thread=2, tile=16, tile_threads=4, **ALWAYS_TILED)):
+        tuning.set_tuning(**cfg)
+        tiled = "tile" in cfg
+        for dtype in (np.float64, np.float32):
+            for mode in sorted(MODE_NAMES):
+                x_np = rng.integers(-5, 6, size=(3, 40)).astype(dtype) * dtype(0.25)  # ties
+                x_np[0, ::7] = -0.0
+                x = torch.from_numpy(x_np)
+                out, perm, blocks = bridge.forward(mode, x, 0.5, 1)
+                assert all(isinstance(t, torch.Tensor) for t in (out, perm, blocks))
+                assert out.dtype == x.dtype and perm.dtype == blocks.dtype == torch.int32
+                r_out, r_perm, r_blocks = cpu.forward(mode, x_np, 0.5, 1)
+                assert_close(out.numpy(), r_out, dtype)
+                np.testing.assert_array_equal(perm.numpy(), r_perm)
+                np.testing.assert_array_equal(blocks.numpy(), r_blocks)
+                values = bridge.forward_values(mode, x, 0.5, 1)
+                np.testing.assert_array_equal(values.numpy(), out.numpy())
+                tiled_forwards += 2 if tiled else 0
+                g = torch.from_numpy(rng.normal(size=x.shape).astype(dtype))
+                aux = aux_for(mode, x, out)
+                grad = bridge.backward(mode, g, perm, blocks, aux, 0.5, 1)
+                assert isinstance(grad, torch.Tensor) and grad.dtype == x.dtype
+                r_grad = cpu.backward(mode, g.numpy(), r_perm, r_blocks,
+                                      None if aux is None else aux.numpy(), 0.5, 1)
+                scale = float(g.abs().max() * out.abs().max() / 0.5) if is_rank(mode) else 1.0
+                assert_close(grad.numpy(), r_grad, dtype, scale)
+    assert len(presorts) == tiled_forwards == 2 * 2 * 4
+    before = len(emu.launched)
+    out, perm, blocks = bridge.forward(RANK_KL, torch.empty(0, 5), 1.0, 1)
+    assert out.shape == perm.shape == blocks.shape == (0, 5) and perm.dtype == torch.int32
+    assert bridge.backward(RANK_KL, torch.empty(0, 5), perm, blocks, out, 1.0, 1).shape == (0, 5)
+    assert len(emu.launched) == before
+    # the layout checks are the back end's
+    with pytest.raises(ValueError, match="x must be float32 or float64, got float16"):
+        bridge.forward(RANK_L2, torch.zeros(2, 5, dtype=torch.float16), 1.0, 1)
+    with pytest.raises(ValueError, match="x must be a C-contiguous"):
+        bridge.forward(RANK_L2, torch.zeros(5, 2).t(), 1.0, 1)
+    with pytest.raises(ValueError, match="perm must be a C-contiguous .* of int32, got int64"):
+        bridge.backward(RANK_L2, torch.zeros(2, 5), torch.zeros(2, 5, dtype=torch.int64),
+                        torch.zeros(2, 5, dtype=torch.int32), None, 1.0, 1)
+    with pytest.raises(ValueError, match="aux must be the forward's out for rank/kl"):
+        bridge.backward(RANK_KL, torch.zeros(2, 5), perm, blocks, None, 1.0, 1)
+    assert len(emu.launched) == before
+
+
+def test_torch_bridge_takes_cuda_tensors_only():
+    torch = pytest.importorskip("torch")
+    from softrank.cuda import _torch_bridge as bridge
+
+    with pytest.raises(ValueError, match=r"x must be a CUDA tensor on x's device \(cpu\)"):
+        bridge.forward(RANK_L2, torch.zeros(2, 5), 1.0, 1)
+    with pytest.raises(ValueError, match="g must be a CUDA tensor"):
+        bridge.backward(RANK_L2, torch.zeros(2, 5), torch.zeros(2, 5, dtype=torch.int32),
+                        torch.zeros(2, 5, dtype=torch.int32), None, 1.0, 1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from softrank._contract import MODE_NAMES, RANK_KL, RANK_L2, SORT_L2, is_kl
 from softrank.cuda import tuning
 
 
@@ -39,7 +40,8 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(GPUS == 0, reason="needs CuPy and a CUDA GPU")]
 needs_torch = pytest.mark.skipif(not _torch_cuda(), reason="needs torch with CUDA")
 
-OPREGS = [("rank", "l2"), ("rank", "kl"), ("sort", "l2"), ("sort", "kl")]
+ALL_MODES = pytest.mark.parametrize("mode", sorted(MODE_NAMES),
+                                    ids=["/".join(MODE_NAMES[m]) for m in sorted(MODE_NAMES)])
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
 # forced families: name -> tuning overrides
 FAMILIES = {
@@ -57,32 +59,35 @@ def tuned():
     tuning.set_tuning()
 
 
-def cpu_solve(op, reg, x, eps, sign, g):
+def aux_for(mode, x, out):
+    """The backward's aux (docs/CONTRACT.md): out for rank/kl, x for sort/kl, None for l2."""
+    return out if mode == RANK_KL else (x if is_kl(mode) else None)
+
+
+def is_rank(mode):
+    return MODE_NAMES[mode][0] == "rank"
+
+
+def cpu_solve(mode, x, eps, sign, g):
     from softrank import _cpu_backend as cpu
 
-    out = np.empty_like(x)
-    perm = np.empty(x.shape, np.int32)
-    blocks = np.empty(x.shape, np.int32)
-    cpu.forward(op, reg, x, eps, sign, out, perm, blocks)
-    aux = out if (op, reg) == ("rank", "kl") else (x if reg == "kl" else None)
-    grad = np.empty_like(x)
-    cpu.backward(op, reg, g, perm, blocks, aux, eps, sign, grad)
+    out, perm, blocks = cpu.forward(mode, x, eps, sign)
+    grad = cpu.backward(mode, g, perm, blocks, aux_for(mode, x, out), eps, sign)
     return out, perm, blocks, grad
 
 
-def gpu_solve(op, reg, x, eps, sign, g):
+def gpu_solve(mode, x, eps, sign, g):
+    """softrank/cuda/_backend.py on CuPy arrays; also checks that forward_values == forward."""
     import cupy
 
     from softrank.cuda import _backend
 
     xc = cupy.asarray(x)
-    out = cupy.empty_like(xc)
-    perm = cupy.empty(x.shape, np.int32)
-    blocks = cupy.empty(x.shape, np.int32)
-    _backend.forward(op, reg, xc, eps, sign, out, perm, blocks)
-    aux = out if (op, reg) == ("rank", "kl") else (xc if reg == "kl" else None)
-    grad = cupy.empty_like(xc)
-    _backend.backward(op, reg, cupy.asarray(g), perm, blocks, aux, eps, sign, grad)
+    out, perm, blocks = _backend.forward(mode, xc, eps, sign)
+    assert isinstance(out, cupy.ndarray) and perm.dtype == blocks.dtype == np.int32
+    cupy.testing.assert_array_equal(_backend.forward_values(mode, xc, eps, sign), out)
+    grad = _backend.backward(mode, cupy.asarray(g), perm, blocks, aux_for(mode, xc, out), eps,
+                             sign)
     return tuple(cupy.asnumpy(a) for a in (out, perm, blocks, grad))
 
 
@@ -96,20 +101,20 @@ def assert_close(actual, expected, dtype, scale=1.0):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("op,reg", OPREGS)
-def test_backend_matches_cpu(tuned, family, dtype, op, reg, rng):
+@ALL_MODES
+def test_backend_matches_cpu(tuned, family, dtype, mode, rng):
     tuned(**FAMILIES[family])
     for rows, n in [(3, 1), (5, 2), (7, 31), (7, 32), (7, 33), (67, 100), (3, 255), (3, 256),
                     (3, 257), (2, 1000), (2, 4097), (2, 8193), (1, 20000)]:
         for eps, sign in [(0.1, 1), (1.0, -1), (10.0, 1)]:
             x = rng.normal(size=(rows, n)).astype(dtype)
             g = rng.normal(size=(rows, n)).astype(dtype)
-            ref = cpu_solve(op, reg, x, eps, sign, g)
-            got = gpu_solve(op, reg, x, eps, sign, g)
+            ref = cpu_solve(mode, x, eps, sign, g)
+            got = gpu_solve(mode, x, eps, sign, g)
             assert_close(got[0], ref[0], dtype)
             np.testing.assert_array_equal(got[1], ref[1])
             np.testing.assert_array_equal(got[2], ref[2])
-            scale = float(np.abs(g).max() * np.abs(ref[0]).max() / eps) if op == "rank" else 1.0
+            scale = float(np.abs(g).max() * np.abs(ref[0]).max() / eps) if is_rank(mode) else 1.0
             assert_close(got[3], ref[3], dtype, scale)
 
 
@@ -120,10 +125,10 @@ def test_nan_rows_and_ties(tuned, family, rng):
     x[2, 5] = np.nan
     x[4, 0] = np.inf
     x[5] = 0.5
-    for op, reg in OPREGS:
+    for mode in sorted(MODE_NAMES):
         g = rng.normal(size=x.shape)
-        ref = cpu_solve(op, reg, x, 1.0, 1, g)
-        got = gpu_solve(op, reg, x, 1.0, 1, g)
+        ref = cpu_solve(mode, x, 1.0, 1, g)
+        got = gpu_solve(mode, x, 1.0, 1, g)
         assert_close(got[0], ref[0], np.float64)
         np.testing.assert_array_equal(got[1], ref[1])
         np.testing.assert_array_equal(got[2], ref[2])  # integer ties, eps = 1: exact pooled values
@@ -133,9 +138,9 @@ def test_nan_rows_and_ties(tuned, family, rng):
 def test_long_row(rng):
     x = rng.normal(size=(1, 10**6))
     g = rng.normal(size=x.shape)
-    for op, reg in OPREGS:
-        ref = cpu_solve(op, reg, x, 1.0, 1, g)
-        got = gpu_solve(op, reg, x, 1.0, 1, g)
+    for mode in sorted(MODE_NAMES):
+        ref = cpu_solve(mode, x, 1.0, 1, g)
+        got = gpu_solve(mode, x, 1.0, 1, g)
         assert_close(got[0], ref[0], np.float64)
         np.testing.assert_array_equal(got[1], ref[1])
 
@@ -243,11 +248,13 @@ def test_zero_copy_views_share_memory():
         views = _torch_bridge._views(cupy, x, out, perm, blocks)
         for t, v in zip((x, out, perm, blocks), views):
             assert v.data.ptr == t.data_ptr()
-    _torch_bridge.torch_cuda_forward("rank", "l2", x, 1.0, 1, out, perm, blocks)
+    out, perm, blocks = _torch_bridge.forward(RANK_L2, x, 1.0, 1)
+    assert all(t.device == x.device for t in (out, perm, blocks))
+    assert perm.dtype == blocks.dtype == torch.int32
     torch.cuda.synchronize()
-    expected = torch.from_numpy(cpu_solve("rank", "l2", x.cpu().numpy(), 1.0, 1,
-                                          np.zeros((8, 64), np.float32))[0])
-    torch.testing.assert_close(out.cpu(), expected, rtol=1e-5, atol=1e-4)
+    expected = cpu_solve(RANK_L2, x.cpu().numpy(), 1.0, 1, np.zeros((8, 64), np.float32))
+    torch.testing.assert_close(out.cpu(), torch.from_numpy(expected[0]), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(blocks.cpu().numpy(), expected[2])
 
 
 @needs_torch
@@ -304,12 +311,9 @@ def test_64bit_offsets():
     if free < rows * n * 4 * 4 + (1 << 30):
         pytest.skip("not enough GPU memory")
     x = cupy.random.standard_normal((rows, n), dtype=cupy.float32)
-    out = cupy.empty_like(x)
-    perm = cupy.empty((rows, n), np.int32)
-    blocks = cupy.empty((rows, n), np.int32)
-    _backend.forward("sort", "l2", x, 1.0, -1, out, perm, blocks)
+    out, perm, blocks = _backend.forward(SORT_L2, x, 1.0, -1)
     for r in (0, 2**21 - 1, rows - 1):
         xr = cupy.asnumpy(x[r:r + 1])
-        ref = cpu_solve("sort", "l2", xr, 1.0, -1, np.zeros_like(xr))
+        ref = cpu_solve(SORT_L2, xr, 1.0, -1, np.zeros_like(xr))
         assert_close(cupy.asnumpy(out[r:r + 1]), ref[0], np.float32)
         np.testing.assert_array_equal(cupy.asnumpy(blocks[r:r + 1]), ref[2])

@@ -1,20 +1,22 @@
-"""CUDA back end: launches the kernels of ``softrank/cuda/kernels.cu`` on CuPy arrays.
+"""CUDA back end on CuPy arrays: compiles ``kernels.cu`` with NVRTC and launches it.
 
-Implements the back-end contract of docs/CONTRACT.md::
+The back-end functions of docs/CONTRACT.md, on C-contiguous ``(rows, n)`` CuPy arrays, launched on
+CuPy's current device and stream (the caller sets both)::
 
-    forward(op, regularization, x, eps, sign, out, perm, blocks) -> None
-    backward(op, regularization, g, perm, blocks, aux, eps, sign, grad) -> None
+    forward(mode, x, eps, sign) -> (out, perm, blocks)
+    forward_values(mode, x, eps, sign) -> out
+    backward(mode, g, perm, blocks, aux, eps, sign) -> grad
 
-on C-contiguous ``(rows, n)`` CuPy arrays preallocated by the caller, launching on CuPy's *current*
-stream and device (the caller sets both).  No validation beyond the layout asserts that keep a
-kernel from reading out of bounds; no ``synchronize()``.
+Each checks its arrays (dtype, 2-D, C-contiguous, equal shapes, ``aux`` given iff kl) before a
+launch and allocates its outputs with CuPy.  ``forward_into``/``backward_into`` are the same
+launches into outputs the caller allocated: the torch bridge (``_torch_bridge.py``) uses them
+with memory from torch's allocator.  No ``synchronize()``.
 
-The kernels are compiled lazily by NVRTC through ``cupy.RawModule`` (one module per device, dtype
-and (op, regularization), its 9 kernels as name expressions) and cached; CuPy's on-disk cache
-makes later processes cheap.  Nothing here imports CuPy at import time: ``softrank`` imports
-this module only when a CuPy array or a CUDA tensor arrives, and the pure helpers (``presort``,
-the name expressions, the compile options, the launch sequences) work with NumPy alone, which is
-how tests/test_cuda_emulated.py runs them.
+The kernels are compiled lazily by NVRTC through ``cupy.RawModule``, one module per device, dtype
+and mode (its 9 kernels as name expressions), and cached in memory here and on disk by CuPy.
+Nothing imports CuPy at import time, and the pure helpers (``presort``, the name expressions, the
+compile options, the launch sequences) work with NumPy alone: tests/test_cuda_emulated.py runs
+the very launch sequences of this module on a CPU emulation of the kernels.
 """
 
 from __future__ import annotations
@@ -22,20 +24,26 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import os
-import warnings
 
 import numpy as np
 
+from .._contract import MAX_ROW_LENGTH, MODE_NAMES, is_kl
 from . import tuning
 
-OPS = {"rank": 0, "sort": 1}
-REGULARIZATIONS = {"l2": 0, "kl": 1}
+# Template arguments <OP, REG> of the kernels (the enums of pav.cuh), per mode of _contract.py.
+_OP_ARG = {"rank": 0, "sort": 1}
+_REG_ARG = {"l2": 0, "kl": 1}
+TEMPLATE_ARGS = {mode: (_OP_ARG[op], _REG_ARG[reg]) for mode, (op, reg) in MODE_NAMES.items()}
+
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _ACC = "double"  # accumulator type of every instantiation (tuning.ACC_SIZE == 8)
-_DEFAULT_SMEM = 48 * 1024
+_DEFAULT_SMEM = 48 * 1024  # dynamic shared memory a kernel may use without opting in
+# rows and n travel as int32 kernel arguments, and n + 1 must not overflow inside the kernels
+_MAX_DIM = min(MAX_ROW_LENGTH, 2**31 - 2)
 
 CUPY_MISSING = (
-    "CuPy is required for CUDA arrays/tensors: pip install softrank[cuda12] (or softrank[cuda13])"
+    "CuPy is required for CUDA arrays and tensors; install the CuPy package built for your CUDA "
+    "version: pip install cupy-cuda12x (CUDA 12) or pip install cupy-cuda13x (CUDA 13)"
 )
 
 
@@ -43,7 +51,7 @@ def require_cupy():
     """Import and return CuPy, or raise an ImportError that says what to install."""
     try:
         import cupy
-    except ImportError as exc:  # pragma: no cover - depends on the environment
+    except ImportError as exc:
         raise ImportError(CUPY_MISSING) from exc
     return cupy
 
@@ -53,7 +61,7 @@ def require_cupy():
 
 def cuda_dir() -> str:
     """Directory holding the .cu/.cuh files (a real path, passed to NVRTC as -I)."""
-    return os.fspath(importlib.resources.files("softrank") / "cuda")
+    return os.fspath(importlib.resources.files(__package__))
 
 
 MAIN_SOURCE = "kernels.cu"
@@ -61,7 +69,7 @@ MAIN_SOURCE = "kernels.cu"
 
 def source() -> str:
     """The kernel translation unit with a ``#line`` directive so NVRTC errors name the real file."""
-    path = importlib.resources.files("softrank") / "cuda" / MAIN_SOURCE
+    path = importlib.resources.files(__package__) / MAIN_SOURCE
     text = path.read_text(encoding="utf-8")
     return f'#line 1 "{os.fspath(path)}"\n{text}'
 
@@ -75,28 +83,74 @@ _TYPED = ("forward", "backward", "tile_pav", "tile_expand", "bwd_tile_agg", "bwd
           "bwd_tile_out")
 
 
-def kernel_name(kind: str, ctype: str, op: int, reg: int) -> str:
+def kernel_name(kind: str, ctype: str, mode: int) -> str:
     """Name expression of one kernel instantiation (see kernels.cu)."""
     if kind == "tile_max":
         return "softrank::softrank_tile_max"
+    op, reg = TEMPLATE_ARGS[mode]
     if kind == "merge_level":
         return f"softrank::softrank_merge_level<{_ACC}, {op}, {reg}>"
     assert kind in _TYPED, kind
     return f"softrank::softrank_{kind}<{ctype}, {_ACC}, {op}, {reg}>"
 
 
-def kernel_names(dtype, op=None, reg=None) -> list[str]:
-    """Name expressions of one dtype: 8 kernels per (op, reg) + softrank_tile_max.
+def kernel_names(dtype, mode=None) -> list[str]:
+    """Name expressions of one dtype: softrank_tile_max + 8 kernels per mode.
 
-    With ``op`` and ``reg`` (ints): only that configuration, i.e. what one RawModule compiles.
+    With ``mode``: only that mode's, i.e. what one RawModule compiles.
     """
     ctype = _CTYPES[np.dtype(dtype)]
-    names = [kernel_name("tile_max", ctype, 0, 0)]
-    for o in OPS.values() if op is None else (op,):
-        for r in REGULARIZATIONS.values() if reg is None else (reg,):
-            for kind in _TYPED + ("merge_level",):
-                names.append(kernel_name(kind, ctype, o, r))
+    names = [kernel_name("tile_max", ctype, 0)]
+    for m in sorted(MODE_NAMES) if mode is None else (mode,):
+        for kind in _TYPED + ("merge_level",):
+            names.append(kernel_name(kind, ctype, m))
     return names
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def layout(a):
+    """(dtype name, shape, C-contiguous) of a CuPy (or NumPy) array, as :func:`check` takes it."""
+    return a.dtype.name, tuple(a.shape), bool(a.flags.c_contiguous)
+
+
+def check(mode, data, indices=()):
+    """Raise ValueError unless a call's arrays fit docs/CONTRACT.md.
+
+    ``data``: ``(name, layout)`` of the float arrays; the first one sets the dtype (float32 or
+    float64) and the shape (2-D).  ``indices``: ``(name, layout)`` of int32 arrays of that shape.
+    A layout is :func:`layout`'s triple (the torch bridge makes the same from tensors).
+    """
+    _check_mode(mode)
+    name, (dtype, shape, _) = data[0]
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"{name} must be float32 or float64, got {dtype}")
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be 2-D (rows, n), got shape {shape}")
+    if max(shape) > _MAX_DIM:
+        raise ValueError(f"{name} has shape {shape}; the CUDA back end takes at most {_MAX_DIM} "
+                         "rows and elements per row")
+    for arrays, want in ((data, dtype), (indices, "int32")):
+        for name, (got, got_shape, contiguous) in arrays:
+            if got != want or got_shape != shape or not contiguous:
+                raise ValueError(
+                    f"{name} must be a C-contiguous {shape} array of {want}, got {got} "
+                    f"{got_shape} (C-contiguous: {contiguous})")
+
+
+def check_aux(mode, aux):
+    """``aux`` is read by the kl modes only (docs/CONTRACT.md): required there, None for l2."""
+    _check_mode(mode)
+    if (aux is None) == is_kl(mode):
+        op, reg = MODE_NAMES[mode]
+        want = "None" if aux is not None else ("the forward's out" if op == "rank" else "x")
+        raise ValueError(f"aux must be {want} for {op}/{reg}")
+
+
+def _check_mode(mode):
+    if mode not in MODE_NAMES:
+        raise ValueError(f"mode must be one of {sorted(MODE_NAMES)}, got {mode!r}")
 
 
 # --------------------------------------------------------------------------- host-side sort
@@ -109,14 +163,14 @@ def _stable_argsort(xp, a):
 
 
 def presort(xp, x, sign):
-    """``perm`` of docs/CONTRACT.md for the long-row family, with NumPy or CuPy (1-D radix sorts).
+    """``perm`` of docs/CONTRACT.md for the tiled family, with NumPy or CuPy (1-D radix sorts).
 
     Sorts the key ``-(sign * x) + 0`` ascending and stably: z decreasing, ties by index, and
     ``+ 0`` maps -0.0 to +0.0 so that radix sorts (which order -0.0 before +0.0) see one zero.
     CuPy's ``argsort(axis=-1)`` on 2-D input is a comparison merge sort, so rows are sorted as one
     1-D array: float32 through a packed ``(row << 32) | key bits`` uint64 key, float64 by a key sort
     followed by a stable sort on the row id.  Rows with NaN/inf get an arbitrary permutation here
-    (the kernel overwrites them).
+    (the kernels overwrite them).
     """
     rows, n = x.shape
     key = -(x * x.dtype.type(sign)) + x.dtype.type(0)
@@ -138,20 +192,19 @@ def presort(xp, x, sign):
 
 
 @functools.lru_cache(maxsize=None)
-def _module(device_id: int, dtype_char: str, op: int, reg: int):
-    """One RawModule per (device, dtype, op, regularization): 9 kernels, compiled by NVRTC on the
-    first get_function (a few seconds, then CuPy's on-disk cache)."""
+def _module(device_id: int, dtype_char: str, mode: int):
+    """One RawModule per (device, dtype, mode); NVRTC compiles it on the first get_function."""
     cupy = require_cupy()
     with cupy.cuda.Device(device_id):
         return cupy.RawModule(code=source(), options=compile_options(),
-                              name_expressions=kernel_names(np.dtype(dtype_char), op, reg))
+                              name_expressions=kernel_names(np.dtype(dtype_char), mode))
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(device_id: int, dtype_char: str, op: int, reg: int, name: str):
+def _kernel(device_id: int, dtype_char: str, mode: int, name: str):
     cupy = require_cupy()
     with cupy.cuda.Device(device_id):
-        return _KernelHandle(_module(device_id, dtype_char, op, reg).get_function(name))
+        return _KernelHandle(_module(device_id, dtype_char, mode).get_function(name))
 
 
 class _KernelHandle:
@@ -175,11 +228,18 @@ def _smem_limit(device_id: int) -> int:
     return int(attrs.get("MaxSharedMemoryPerBlockOptin", _DEFAULT_SMEM))
 
 
-# --------------------------------------------------------------------------- launches
+def _launcher(device_id: int, dtype, mode: int):
+    def launch(name, grid, block, smem, args):
+        _kernel(device_id, dtype.char, mode, name)(grid, block, args, smem)
+
+    return launch
+
+
+# --------------------------------------------------------------------------- launch sequences
 #
-# The launch sequences are written once, generic over the array module (numpy for the CPU
-# emulation in tests/emulation, cupy on a GPU) and over a `launch(name, grid, block, smem, args)`
-# callable, so that the emulated tests run exactly the sequences used on the GPU.
+# Written once, generic over the array module (numpy for the CPU emulation in tests/emulation,
+# cupy on a GPU) and over a `launch(name, grid, block, smem, args)` callable, so that the
+# emulated tests run exactly the sequences used on the GPU.
 
 _MERGE_THREADS = 128
 
@@ -188,17 +248,16 @@ def _i32(v):
     return np.int32(v)
 
 
-def forward_launches(xp, launch, plan, op, regularization, x, eps, sign, out, perm, blocks,
-                     presorted=False):
+def forward_launches(xp, launch, plan, mode, x, eps, sign, out, perm, blocks, presorted=False):
     """Run the forward of ``plan`` (tuning.plan_forward) with ``launch``.  With ``presorted``, the
-    caller has already written :func:`presort`'s result into ``perm`` (used by the tiled family
-    only; the shared-memory family sorts in the kernel and overwrites ``perm``)."""
+    caller has already written :func:`presort`'s result into ``perm`` (read by the tiled family
+    only; the smem family sorts in the kernel and overwrites ``perm``)."""
     rows, n = x.shape
     ctype = _CTYPES[np.dtype(x.dtype)]
-    o, r = OPS[op], REGULARIZATIONS[regularization]
     eps, sign = np.float64(eps), _i32(sign)
     if plan.kind == "smem":
-        launch(kernel_name("forward", ctype, o, r), plan.grid, plan.block_threads, plan.smem_bytes,
+        launch(kernel_name("forward", ctype, mode), plan.grid, plan.block_threads,
+               plan.smem_bytes,
                (x, out, perm, blocks, _i32(rows), _i32(n), _i32(plan.padded_n),
                 _i32(plan.log2_group), eps, sign))
         return
@@ -209,36 +268,34 @@ def forward_launches(xp, launch, plan, op, regularization, x, eps, sign, out, pe
     ws_flags = xp.zeros(rows, dtype=np.int32)
     tile, tiles = _i32(plan.tile), _i32(plan.tiles)
     common = (_i32(rows), _i32(n), tile, tiles, _i32(plan.log2_group))
-    launch(kernel_name("tile_pav", ctype, o, r), plan.grid, plan.block_threads, plan.tile_smem,
+    launch(kernel_name("tile_pav", ctype, mode), plan.grid, plan.block_threads, plan.tile_smem,
            (x, perm, blocks, ws_acc, ws_link, ws_flags) + common + (eps, sign))
     span = plan.tile
     while span < n:
         per_row = -(-n // (2 * span))
-        launch(kernel_name("merge_level", ctype, o, r), -(-(rows * per_row) // _MERGE_THREADS),
+        launch(kernel_name("merge_level", ctype, mode), -(-(rows * per_row) // _MERGE_THREADS),
                _MERGE_THREADS, 0,
                (ws_acc, ws_link, blocks, ws_flags, _i32(rows), _i32(n), _i32(span),
                 _i32(per_row), eps))
         span *= 2
     ws_tmax = xp.empty(rows * plan.tiles, dtype=np.int32)
     if plan.tiles > 1:
-        launch(kernel_name("tile_max", ctype, o, r), plan.grid, plan.block_threads,
+        launch(kernel_name("tile_max", ctype, mode), plan.grid, plan.block_threads,
                4 * plan.block_threads, (blocks, ws_tmax) + common)
-    launch(kernel_name("tile_expand", ctype, o, r), plan.grid, plan.block_threads,
+    launch(kernel_name("tile_expand", ctype, mode), plan.grid, plan.block_threads,
            plan.smem_bytes,
            (x, out, perm, blocks, ws_acc, ws_link, ws_flags, ws_tmax) + common + (eps, sign))
 
 
-def backward_launches(xp, launch, plan, op, regularization, g, perm, blocks, aux, eps, sign,
-                      grad):
+def backward_launches(xp, launch, plan, mode, g, perm, blocks, aux, eps, sign, grad):
     """Run the backward of ``plan`` (tuning.plan_backward) with ``launch``."""
     rows, n = g.shape
     ctype = _CTYPES[np.dtype(g.dtype)]
-    o, r = OPS[op], REGULARIZATIONS[regularization]
     eps, sign = np.float64(eps), _i32(sign)
     if aux is None:
-        aux = g  # unused by the L2 kernels, but a valid pointer
+        aux = g  # not read by the l2 kernels, but a valid pointer
     if plan.kind == "smem":
-        launch(kernel_name("backward", ctype, o, r), plan.grid, plan.block_threads,
+        launch(kernel_name("backward", ctype, mode), plan.grid, plan.block_threads,
                plan.smem_bytes,
                (g, perm, blocks, aux, grad, _i32(rows), _i32(n), _i32(plan.log2_group), eps,
                 sign))
@@ -247,32 +304,20 @@ def backward_launches(xp, launch, plan, op, regularization, g, perm, blocks, aux
     ws_agg = xp.empty(2 * rows * plan.tiles, dtype=np.float64)
     ws_aggf = xp.empty(rows * plan.tiles, dtype=np.int32)
     ws_tot = xp.empty((rows, 2 * n), dtype=np.float64)
-    launch(kernel_name("bwd_tile_agg", ctype, o, r), plan.grid, plan.block_threads,
+    launch(kernel_name("bwd_tile_agg", ctype, mode), plan.grid, plan.block_threads,
            plan.smem_bytes, (g, perm, blocks, aux, ws_agg, ws_aggf) + common + (sign,))
-    launch(kernel_name("bwd_tile_tot", ctype, o, r), plan.grid, plan.block_threads,
+    launch(kernel_name("bwd_tile_tot", ctype, mode), plan.grid, plan.block_threads,
            plan.smem_bytes, (g, perm, blocks, aux, ws_agg, ws_aggf, ws_tot) + common + (sign,))
-    launch(kernel_name("bwd_tile_out", ctype, o, r), plan.grid, plan.block_threads,
+    launch(kernel_name("bwd_tile_out", ctype, mode), plan.grid, plan.block_threads,
            plan.smem_bytes, (g, perm, blocks, aux, ws_tot, grad) + common + (eps, sign))
 
 
-def _check(dtype, *arrays):
-    for a in arrays:
-        assert a.flags.c_contiguous, "CUDA back end needs C-contiguous arrays"
-    assert dtype in _CTYPES, f"CUDA back end supports float32/float64, got {dtype}"
-
-
-def _gpu_launcher(device_id: int, dtype, op: str, regularization: str):
-    o, r = OPS[op], REGULARIZATIONS[regularization]
-
-    def launch(name, grid, block, smem, args):
-        _kernel(device_id, dtype.char, o, r, name)(grid, block, args, smem)
-
-    return launch
+# --------------------------------------------------------------------------- entry points
 
 
 def needs_presort(shape, itemsize: int) -> bool:
     """Whether the forward of (rows, n) rows on CuPy's current device reads a presorted ``perm``
-    (the tiled family), which a caller may compute itself and pass with ``presorted=True``."""
+    (the tiled family): a caller may compute it itself and pass ``presorted=True``."""
     cupy = require_cupy()
     rows, n = shape
     if rows == 0 or n == 0:
@@ -281,51 +326,58 @@ def needs_presort(shape, itemsize: int) -> bool:
     return plan.kind == "tiled"
 
 
-def forward(op, regularization, x, eps, sign, out, perm, blocks, presorted=False):
-    """Solve every row of ``x`` (rows, n) on CuPy's current device and stream (CONTRACT.md).
+def forward_into(mode, x, eps, sign, out, perm, blocks, presorted=False):
+    """:func:`forward` into arrays the caller allocated and checked (CuPy arrays or views).
     ``presorted``: ``perm`` already holds :func:`presort`'s result (see :func:`needs_presort`)."""
-    cupy = require_cupy()
     rows, n = x.shape
     if rows == 0 or n == 0:
         return
-    assert n < 2**31 - 1 and rows < 2**31 - 1
-    _check(x.dtype, x, out, perm, blocks)
-    assert out.dtype == x.dtype and perm.dtype == np.int32 and blocks.dtype == np.int32
+    cupy = require_cupy()
     device_id = cupy.cuda.Device().id
     plan = tuning.plan_forward(rows, n, x.itemsize, _smem_limit(device_id))
-    launch = _gpu_launcher(device_id, x.dtype, op, regularization)
-    forward_launches(cupy, launch, plan, op, regularization, x, eps, sign, out, perm, blocks,
-                     presorted)
+    forward_launches(cupy, _launcher(device_id, x.dtype, mode), plan, mode, x, eps, sign, out,
+                     perm, blocks, presorted)
 
 
-def forward_values(op, regularization, x, eps, sign):
-    """forward() when nothing will differentiate the call: returns new out rows only."""
-    cupy = require_cupy()
-    out = cupy.empty_like(x)
-    perm = cupy.empty(x.shape, dtype=np.int32)
-    blocks = cupy.empty(x.shape, dtype=np.int32)
-    forward(op, regularization, x, eps, sign, out, perm, blocks)
-    return out
-
-
-def backward(op, regularization, g, perm, blocks, aux, eps, sign, grad):
-    """VJP of :func:`forward` for cotangent ``g``; ``aux``: out (rank/kl), x (sort/kl), or None."""
-    cupy = require_cupy()
+def backward_into(mode, g, perm, blocks, aux, eps, sign, grad):
+    """:func:`backward` into ``grad``, arrays the caller allocated and checked."""
     rows, n = g.shape
     if rows == 0 or n == 0:
         return
-    _check(g.dtype, g, perm, blocks, grad, *(() if aux is None else (aux,)))
-    assert grad.dtype == g.dtype and (aux is None or aux.dtype == g.dtype)
-    assert perm.dtype == np.int32 and blocks.dtype == np.int32
+    cupy = require_cupy()
     device_id = cupy.cuda.Device().id
     plan = tuning.plan_backward(rows, n, g.itemsize, _smem_limit(device_id))
-    launch = _gpu_launcher(device_id, g.dtype, op, regularization)
-    backward_launches(cupy, launch, plan, op, regularization, g, perm, blocks, aux, eps, sign,
-                      grad)
+    backward_launches(cupy, _launcher(device_id, g.dtype, mode), plan, mode, g, perm, blocks,
+                      aux, eps, sign, grad)
 
 
-def external_stream(cupy, ptr: int, device_id: int):
-    """A CuPy view of a foreign stream (``ExternalStream``; deprecated in CuPy 14, still works)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return cupy.cuda.ExternalStream(ptr, device_id)
+def _forward_outputs(mode, x):
+    check(mode, [("x", layout(x))])
+    cupy = require_cupy()
+    return (cupy.empty(x.shape, x.dtype), cupy.empty(x.shape, np.int32),
+            cupy.empty(x.shape, np.int32))
+
+
+def forward(mode, x, eps, sign):
+    """Solve every row of ``x`` (rows, n); returns new ``(out, perm, blocks)`` (CONTRACT.md)."""
+    out, perm, blocks = _forward_outputs(mode, x)
+    forward_into(mode, x, eps, sign, out, perm, blocks)
+    return out, perm, blocks
+
+
+def forward_values(mode, x, eps, sign):
+    """:func:`forward` when nothing will differentiate the call: returns ``out`` only."""
+    out, perm, blocks = _forward_outputs(mode, x)  # the kernels need perm and blocks as scratch
+    forward_into(mode, x, eps, sign, out, perm, blocks)
+    return out
+
+
+def backward(mode, g, perm, blocks, aux, eps, sign):
+    """Gradient w.r.t. x of :func:`forward` for the cotangent ``g``; ``aux`` is ``out``
+    (rank/kl), ``x`` (sort/kl) or None (l2).  Returns a new ``grad``."""
+    check_aux(mode, aux)
+    check(mode, [("g", layout(g))] + ([] if aux is None else [("aux", layout(aux))]),
+          [("perm", layout(perm)), ("blocks", layout(blocks))])
+    grad = require_cupy().empty(g.shape, g.dtype)
+    backward_into(mode, g, perm, blocks, aux, eps, sign, grad)
+    return grad

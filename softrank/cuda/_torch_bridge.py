@@ -1,43 +1,77 @@
-"""torch <-> CuPy exchange for the CUDA back end: zero-copy DLPack views on torch's current stream.
+"""The CUDA back end on torch CUDA tensors: outputs from torch's allocator, launches on its stream.
 
-Every tensor here was allocated by torch (the caller) and is contiguous.  For the duration of a
-launch we enter ``cupy.cuda.Device(idx)`` (kernels are compiled for and launched on the tensor's
-device) and make ``ExternalStream(torch.cuda.current_stream(idx).cuda_stream, idx)`` CuPy's current
-stream: every kernel runs on torch's stream, so it is ordered after whatever produced the inputs and
-before whatever consumes the outputs.
+The back-end functions of docs/CONTRACT.md, on detached, C-contiguous ``(rows, n)`` torch CUDA
+tensors (float32/float64; ``perm`` and ``blocks`` int32), all on one device::
 
-The CuPy views are made from DLPack capsules (``torch.utils.dlpack.to_dlpack``, handed to
-``cupy.from_dlpack``), not through ``Tensor.__dlpack__``: the latter's stream handshake and device
-checks were half of the host time of a short call on an H100 machine (cProfile in
-benchmarks/gpu_profile.py),
-and buy nothing here because producer and consumer use the same stream.  The views share memory
-with the tensors (no copy) and the outputs are written in place.  No ``synchronize()``.
+    forward(mode, x, eps, sign) -> (out, perm, blocks)
+    forward_values(mode, x, eps, sign) -> out
+    backward(mode, g, perm, blocks, aux, eps, sign) -> grad
 
-Long rows (the tiled family) need ``perm`` before the kernels run; for torch tensors it comes from
-``torch.sort`` (a segmented sort, several times faster than the CuPy 1-D radix sorts of
-``_backend.presort`` on an H100), with the same key and tie order.
+Outputs are allocated with ``torch.empty`` on the tensors' device, so the memory belongs to torch's
+caching allocator on the stream that uses it; the kernels write into zero-copy CuPy views of them.
+For the duration of a launch, ``cupy.cuda.Device(idx)`` and an ``ExternalStream`` wrapping
+``torch.cuda.current_stream(idx)`` are CuPy's current device and stream, so every kernel runs on
+torch's current stream: ordered after whatever produced the inputs and before whatever consumes
+the outputs, with no ``synchronize()`` and no cross-stream event.
+
+The views come from DLPack capsules (``torch.utils.dlpack.to_dlpack`` handed to
+``cupy.from_dlpack``) rather than ``Tensor.__dlpack__``: the latter's stream handshake and device
+checks order two streams, and here producer and consumer are the same stream, so they would only
+add host time to every call (docs/PERFORMANCE.md has the measurement).
+
+The tiled family needs ``perm`` before its kernels run.  For tensors it comes from ``torch.sort``
+along the rows (a segmented sort, faster than the 1-D CuPy sorts of ``_backend.presort`` that the
+CuPy path uses; docs/PERFORMANCE.md), with the same key and tie order.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
+
+import torch
+from torch.utils.dlpack import to_dlpack
 
 from . import _backend
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.int32: "int32"}
+
+
+def _layout(t):
+    """(dtype name, shape, C-contiguous) of a tensor, as _backend.check takes it."""
+    dtype = _DTYPE_NAMES.get(t.dtype) or str(t.dtype).replace("torch.", "", 1)
+    return dtype, tuple(t.shape), t.is_contiguous()
+
+
+def _check_device(named):
+    """Every tensor is a CUDA tensor on the first one's device."""
+    first, t0 = named[0]
+    for name, t in named:
+        if not t.is_cuda or t.device != t0.device:
+            raise ValueError(f"{name} must be a CUDA tensor on {first}'s device ({t0.device}), "
+                             f"got {t.device}")
+
+
+def _check(mode, data, indices=()):
+    _check_device([*data, *indices])
+    _backend.check(mode, [(name, _layout(t)) for name, t in data],
+                   [(name, _layout(t)) for name, t in indices])
 
 
 @functools.lru_cache(maxsize=64)
 def _stream(cupy, ptr: int, idx: int):
-    # A non-owning wrapper of torch's stream; cached because creating one costs a few us and a
-    # warnings filter.  A pointer reused by a new torch stream wraps the same handle: still right.
-    return _backend.external_stream(cupy, ptr, idx)
+    # A non-owning CuPy wrapper of torch's stream, cached: made once per (stream, device), not per
+    # call.  A pointer reused by a new torch stream wraps the same handle, which is still right.
+    # ExternalStream is deprecated in CuPy 14 but still works.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return cupy.cuda.ExternalStream(ptr, idx)
 
 
 @contextlib.contextmanager
 def torch_stream_context(device):
-    """Device + torch's current stream as CuPy's current device and stream; yields cupy."""
-    import torch
-
+    """The device and torch's current stream on it as CuPy's current ones; yields cupy."""
     cupy = _backend.require_cupy()
     idx = device.index if device.index is not None else torch.cuda.current_device()
     stream = torch.cuda.current_stream(idx)
@@ -46,8 +80,7 @@ def torch_stream_context(device):
 
 
 def _views(cupy, *tensors):
-    from torch.utils.dlpack import to_dlpack
-
+    """Zero-copy CuPy views of the tensors (None stays None)."""
     return [None if t is None else cupy.from_dlpack(to_dlpack(t.detach())) for t in tensors]
 
 
@@ -57,25 +90,44 @@ def torch_presort(x, sign: int, perm):
     Key ``-(sign * x) + 0`` sorted ascending and stably: z decreasing, ties by index increasing,
     and -0.0 keyed as +0.0 (``0 - x`` and ``x + 0`` both map -0.0 to +0.0).  Works on any device.
     """
-    import torch
-
     key = torch.rsub(x, 0.0) if sign > 0 else x + 0.0
-    order = torch.sort(key, dim=-1, stable=True).indices
-    perm.copy_(order)
+    perm.copy_(torch.sort(key, dim=-1, stable=True).indices)
 
 
-def torch_cuda_forward(op, regularization, x, eps, sign, out, perm, blocks):
-    """CUDA back-end forward on torch CUDA tensors (docs/CONTRACT.md), on torch's current stream."""
+def _empty(x, dtype):
+    return torch.empty(x.shape, dtype=dtype, device=x.device)
+
+
+def forward(mode, x, eps, sign):
+    """Solve every row of ``x`` (rows, n); returns new ``(out, perm, blocks)`` tensors."""
+    _check(mode, [("x", x)])
+    out, perm, blocks = _empty(x, x.dtype), _empty(x, torch.int32), _empty(x, torch.int32)
+    if x.numel() == 0:
+        return out, perm, blocks
     with torch_stream_context(x.device) as cupy:
         presorted = _backend.needs_presort(x.shape, x.element_size())
         if presorted:
             torch_presort(x, sign, perm)
-        xc, oc, pc, bc = _views(cupy, x, out, perm, blocks)
-        _backend.forward(op, regularization, xc, eps, sign, oc, pc, bc, presorted=presorted)
+        xv, ov, pv, bv = _views(cupy, x, out, perm, blocks)
+        _backend.forward_into(mode, xv, eps, sign, ov, pv, bv, presorted=presorted)
+    return out, perm, blocks
 
 
-def torch_cuda_backward(op, regularization, g, perm, blocks, aux, eps, sign, grad):
-    """CUDA back-end VJP on torch CUDA tensors (docs/CONTRACT.md), on torch's current stream."""
+def forward_values(mode, x, eps, sign):
+    """:func:`forward` when nothing will differentiate the call: returns ``out`` only."""
+    return forward(mode, x, eps, sign)[0]  # the kernels need perm and blocks as scratch
+
+
+def backward(mode, g, perm, blocks, aux, eps, sign):
+    """Gradient w.r.t. x for the cotangent ``g``; ``aux`` is ``out`` (rank/kl), ``x`` (sort/kl)
+    or None (l2).  Returns a new ``grad`` tensor."""
+    _backend.check_aux(mode, aux)
+    _check(mode, [("g", g)] + ([] if aux is None else [("aux", aux)]),
+           [("perm", perm), ("blocks", blocks)])
+    grad = _empty(g, g.dtype)
+    if g.numel() == 0:
+        return grad
     with torch_stream_context(g.device) as cupy:
-        gc, pc, bc, ac, rc = _views(cupy, g, perm, blocks, aux, grad)
-        _backend.backward(op, regularization, gc, pc, bc, ac, eps, sign, rc)
+        gv, pv, bv, av, rv = _views(cupy, g, perm, blocks, aux, grad)
+        _backend.backward_into(mode, gv, pv, bv, av, eps, sign, rv)
+    return grad

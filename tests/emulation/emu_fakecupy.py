@@ -1,10 +1,9 @@
 """A stand-in for the few CuPy APIs softrank/cuda/_backend.py uses, backed by NumPy and the
 emulator.
 
-It lets the GPU entry points ``_backend.forward``/``_backend.backward`` (RawModule compilation
-options, name expressions, kernel cache, dynamic shared memory opt-in, argument passing) run on
-the CPU.
-``RawModule.get_function`` only accepts the name expressions given to the module, and a launch
+It lets the GPU entry points of ``_backend`` (and of ``_torch_bridge``, on CPU tensors) run on the
+CPU: RawModule compilation options, name expressions, kernel cache, dynamic shared memory opt-in,
+argument passing.  ``RawModule.get_function`` only accepts the name expressions given to the module, and a launch
 asking for more than 48 KiB of dynamic shared memory fails unless the kernel opted in, as on a GPU.
 """
 

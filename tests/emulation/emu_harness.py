@@ -12,8 +12,7 @@ import re
 
 import numpy as np
 
-from softrank.cuda import _backend
-from softrank.cuda import tuning
+from softrank.cuda import _backend, tuning
 
 _NAME = re.compile(r"softrank::softrank_(\w+?)(?:<([\w, ]+)>)?$")
 
@@ -72,7 +71,7 @@ class Emulator:
             ctypes.c_int(grid), ctypes.c_int(block), ctypes.c_longlong(smem),
             *[self._arg(a) for a in args])
 
-    def forward(self, op, regularization, x, eps, sign, cfg, smem_limit=1 << 20):
+    def forward(self, mode, x, eps, sign, cfg, smem_limit=1 << 20):
         """Returns (out, perm, blocks, plan); outputs start as garbage, as on a GPU."""
         x = np.ascontiguousarray(x)
         rows, n = x.shape
@@ -86,12 +85,11 @@ class Emulator:
         else:
             assert plan.smem_bytes == self.lib.emu_header_bytes(plan.block_threads, 1)
             assert plan.tile_smem == self.lib.emu_tile_pav_smem(plan.tile)
-        _backend.forward_launches(POISONED_NUMPY, self.launch, plan, op, regularization, x, eps,
-                               sign, out, perm, blocks)
+        _backend.forward_launches(POISONED_NUMPY, self.launch, plan, mode, x, eps, sign, out, perm,
+                                  blocks)
         return out, perm, blocks, plan
 
-    def backward(self, op, regularization, g, perm, blocks, aux, eps, sign, cfg,
-                 smem_limit=1 << 20):
+    def backward(self, mode, g, perm, blocks, aux, eps, sign, cfg, smem_limit=1 << 20):
         g = np.ascontiguousarray(g)
         rows, n = g.shape
         plan = tuning.plan_backward(rows, n, g.itemsize, smem_limit, cfg)
@@ -99,8 +97,8 @@ class Emulator:
         if plan.kind == "smem":
             assert plan.smem_bytes == self.lib.emu_backward_smem(
                 g.itemsize, n, plan.block_threads, plan.rows_per_block)
-        _backend.backward_launches(POISONED_NUMPY, self.launch, plan, op, regularization, g,
-                                np.ascontiguousarray(perm), np.ascontiguousarray(blocks),
-                                None if aux is None else np.ascontiguousarray(aux), eps, sign,
-                                grad)
+        _backend.backward_launches(POISONED_NUMPY, self.launch, plan, mode, g,
+                                   np.ascontiguousarray(perm), np.ascontiguousarray(blocks),
+                                   None if aux is None else np.ascontiguousarray(aux), eps, sign,
+                                   grad)
         return grad, plan
