@@ -240,6 +240,19 @@ def test_memoised_plans_follow_set_tuning():
     assert tuning.plan_backward(4096, 1000, 4, 227 * 1024).kind == "smem"
 
 
+def test_set_tuning_is_the_one_override():
+    try:
+        assert tuning.get_tuning() == tuning.DEFAULTS
+        tuning.set_tuning(tile=2048)
+        tuning.set_tuning(tile_threads=256)  # on top of the earlier override
+        assert tuning.get_tuning() == {**tuning.DEFAULTS, "tile": 2048, "tile_threads": 256}
+        with pytest.raises(ValueError, match="unknown tuning key 'tiles'"):
+            tuning.set_tuning(tiles=4)
+    finally:
+        tuning.set_tuning()
+    assert tuning.get_tuning() == tuning.DEFAULTS
+
+
 def test_plans_cover_every_family():
     big = 1 << 40
     assert tuning.plan_forward(65536, 32, 4, 227 * 1024).kind == "smem"

@@ -1,9 +1,10 @@
 """Dispatch table of the CUDA back end: which kernel family and launch shape for a (rows, n).
 
-Every threshold of the GPU path lives here.  Override with ``set_tuning(key=value, ...)`` or the
-environment variable ``SOFTRANK_CUDA_TUNING="key=value,key=value"`` (read at first use).  The
-shared-memory formulas mirror ``sr_header_bytes``/``sr_forward_group_bytes``/
-``sr_backward_group_bytes`` in ``kernels.cu`` (the emulated test checks that they agree).
+Every threshold of the GPU path lives here, and ``set_tuning(key=value, ...)`` (exported as
+``softrank.cuda.set_tuning``) is the one way to override them: a call takes effect at once,
+clears the memoised plans, and ``set_tuning()`` restores the defaults.  The shared-memory
+formulas mirror ``sr_header_bytes``/``sr_forward_group_bytes``/``sr_backward_group_bytes`` in
+``kernels.cu`` (the emulated test checks that they agree).
 
 Families (see docs/CUDA.md):
 
@@ -22,7 +23,6 @@ use the very same plans without a GPU.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 DEFAULTS = {
@@ -43,31 +43,14 @@ DEFAULTS = {
 }
 
 _overrides: dict[str, int] = {}
-_env_read = False
 
 ACC_SIZE = 8  # accumulators are double (kernels.cu instantiates A = double)
 BACKWARD_MAX_THREADS = 512  # __launch_bounds__ of softrank_backward
 
 
-def _read_env() -> None:
-    global _env_read
-    if _env_read:
-        return
-    _env_read = True
-    text = os.environ.get("SOFTRANK_CUDA_TUNING", "")
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, _, value = item.partition("=")
-        key = key.strip()
-        if key not in DEFAULTS:
-            raise ValueError(
-                f"SOFTRANK_CUDA_TUNING: unknown key {key!r}; allowed: {sorted(DEFAULTS)}"
-            )
-        _overrides.setdefault(key, int(value))
-
-
 def set_tuning(**kwargs: int) -> None:
-    """Override entries of the dispatch table (``set_tuning()`` with no argument resets)."""
-    _read_env()
+    """Override entries of the dispatch table, on top of earlier overrides; ``set_tuning()`` with
+    no argument restores the defaults."""
     for key in kwargs:
         if key not in DEFAULTS:
             raise ValueError(f"unknown tuning key {key!r}; allowed: {sorted(DEFAULTS)}")
@@ -78,8 +61,7 @@ def set_tuning(**kwargs: int) -> None:
 
 
 def get_tuning() -> dict[str, int]:
-    """The table in force (defaults, then environment, then ``set_tuning``)."""
-    _read_env()
+    """The table in force: the defaults updated by ``set_tuning``."""
     cfg = dict(DEFAULTS)
     cfg.update(_overrides)
     return cfg
@@ -156,8 +138,8 @@ def _few_rows(rows: int, n: int, cfg: dict[str, int]) -> bool:
     return rows < cfg["few_rows"] and n >= cfg["split_min_n"]
 
 
-# Plans are pure functions of their arguments and the table in force: memoised, because building
-# one costs ~10 us of Python, a visible share of a short GPU call's host time (gpu_profile.py).
+# Plans are pure functions of their arguments and the table in force, and every GPU call needs
+# one or two: memoised, so that a short call does not rebuild them in Python.
 _plans: dict = {}
 _PLAN_CACHE_SIZE = 4096
 
