@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One prepared check for the lent GPU machine (H100; torch with CUDA 13, cupy-cuda13x, cython,
-# pytest, pytest-xdist; no network), in about 7 minutes:
+# One prepared check for the lent GPU machine (torch with CUDA, cupy-cuda12x or cupy-cuda13x,
+# cython, pytest, pytest-xdist; no network), every step under a timeout so that the whole script
+# fits one device session:
 #   1. build the extension in place (no network, no pip) and put the checkout on PYTHONPATH;
 #   2. the GPU tests (tests/test_cuda_gpu.py, the NVRTC compile tests, the CuPy Spearman tests);
 #   3. compute-sanitizer memcheck / racecheck / synccheck on tiny calls of every kernel family;
@@ -9,7 +10,8 @@
 #   5. benchmarks/gpu_profile.py: host vs kernel time, per-launch times of the tiled family;
 #   6. the rest of the test suite, in parallel (the CPU path under that machine's Python/NumPy).
 # Usage: bash benchmarks/gpu_check.sh   (prints everything, and copies it to $OUT/gpu_check.log
-# when OUT is set; exit status = number of failed steps)
+# when OUT is set; exit status = number of failed steps).  Results are recorded, dated, in
+# docs/PERFORMANCE.md.
 set -u
 cd "$(dirname "$0")/.."
 if [ -n "${OUT:-}" ]; then exec > >(tee "$OUT/gpu_check.log") 2>&1; fi
@@ -54,7 +56,6 @@ timeout 150 python benchmarks/bench_gpu.py --rounds 5 --min-ms 40 --sweep || fai
 step "where the time goes (host vs kernels, per launch)"
 timeout 90 python benchmarks/gpu_profile.py || failed=$((failed+1))
 
-# On 2026-11-27 this step reached 100% but had not printed its summary when a 120 s limit hit.
 step "rest of the test suite (parallel)"
 timeout 180 python -m pytest -q -p no:cacheprovider -n 12 --durations=5 tests \
     --ignore=tests/test_cuda_gpu.py --ignore=tests/test_cuda_compile.py 2>&1 | tail -40

@@ -6,22 +6,22 @@
 // `blocks` (int32 block start per sorted position).  A row with NaN/inf gets out = NaN,
 // perm = identity and blocks = (-1, 0, 0, ...), exactly as the CPU back end.
 //
-// Parallel PAV (GPU_NOTES.md section 2.1): a group of G threads (G a power of two) owns one row.
+// Parallel PAV (docs/CUDA.md): a group of G threads (G a power of two) owns one row.
 // Thread t runs sequential PAV on the contiguous chunk [t*c, (t+1)*c) of sorted positions, then
 // log2(G) levels of junction merges (decomposition property: PAV of the pieces' blocks gives the
 // global solution and the same partition).  Blocks are kept as links (link[start] = end,
 // link[end] = start) with one accumulator at the block start and a head flag per position.
 // The block start of each position is a group-wide max-scan of head positions.
 //
-// Kernel families (dispatch in softrank/cuda/tuning.py, launch sequences in softrank/_cuda.py):
+// Kernel families (dispatch in tuning.py, launch sequences in _backend.py, both in this folder):
 //   smem   softrank_forward / softrank_backward: R = blockDim/G rows per block, every row in
 //          shared memory; the forward sorts the row in shared memory (bitonic network on
 //          (key, index)).  Small n: small G, many rows per block ("several rows per warp");
 //          large n: G = blockDim ("one block per row").
 //   tiled  rows too long for shared memory, or few long rows: `perm` comes from a global stable
-//          sort (softrank/_cuda.py), each row is cut into tiles of `tile` sorted positions, one
-//          block per tile, PAV workspace (accumulators, links) in global memory, head flags in
-//          the `blocks` output itself:
+//          sort (_backend.presort, or torch.sort in _torch_bridge.py), each row is cut into
+//          tiles of `tile` sorted positions, one block per tile, PAV workspace (accumulators,
+//          links) in global memory, head flags in the `blocks` output itself:
 //            forward:  softrank_tile_pav (chunk PAV + merges inside the tile),
 //                      softrank_merge_level (one thread per junction, one launch per level),
 //                      softrank_tile_max, softrank_tile_expand;

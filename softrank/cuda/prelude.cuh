@@ -1,8 +1,8 @@
 // softrank/cuda/prelude.cuh -- portability layer between NVRTC/nvcc and the host emulator.
 //
 // The kernels in this folder are compiled in two ways:
-//   * on a GPU machine by NVRTC (cupy.RawModule, see softrank/cuda/_backend.py), or by nvcc in the compile
-//     test (tests/test_cuda_compile.py);
+//   * on a GPU machine by NVRTC (cupy.RawModule, see _backend.py), or by nvcc in the compile test
+//     (tests/test_cuda_compile.py);
 //   * on the CPU by g++ for the kernel-logic tests, after tests/emulation/emu.h, which defines
 //     SOFTRANK_EMULATION and provides threadIdx/blockIdx/blockDim, __syncthreads, atomicOr and
 //     dynamic shared memory (CUDA threads as host threads, barriers as std::barrier).

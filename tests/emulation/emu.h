@@ -1,4 +1,4 @@
-// tests/emulation/emu.h -- run softrank's CUDA kernels on the CPU (GPU_NOTES.md section 7.2).
+// tests/emulation/emu.h -- run softrank's CUDA kernels on the CPU (docs/CUDA.md, "Verification").
 //
 // One std::thread per CUDA thread of a block; the blocks of a grid run one after another on the
 // same threads.  __syncthreads() is a std::barrier over the block, so a missing barrier shows up as

@@ -1,8 +1,8 @@
 """Build the host emulation of softrank/cuda/kernels.cu (tests/emulation/driver.cpp) with g++.
 
 The shared library is cached in the temp directory under a hash of the sources and flags, so a
-test session compiles it once (about 6 s on 2 cores).  ``tsan=True`` builds with ThreadSanitizer,
-which reports a missing ``__syncthreads`` as a data race at the kernel line.
+test session compiles it once.  ``tsan=True`` builds with ThreadSanitizer, which reports a missing
+``__syncthreads`` as a data race at the kernel line.
 """
 
 from __future__ import annotations

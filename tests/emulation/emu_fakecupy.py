@@ -3,8 +3,9 @@ emulator.
 
 It lets the GPU entry points of ``_backend`` (and of ``_torch_bridge``, on CPU tensors) run on the
 CPU: RawModule compilation options, name expressions, kernel cache, dynamic shared memory opt-in,
-argument passing.  ``RawModule.get_function`` only accepts the name expressions given to the module, and a launch
-asking for more than 48 KiB of dynamic shared memory fails unless the kernel opted in, as on a GPU.
+argument passing.  ``RawModule.get_function`` only accepts the name expressions given to the
+module, and a launch asking for more than 48 KiB of dynamic shared memory fails unless the kernel
+opted in, as on a GPU.
 """
 
 from __future__ import annotations
