@@ -85,7 +85,8 @@ def gpu_solve(mode, x, eps, sign, g):
     xc = cupy.asarray(x)
     out, perm, blocks = _backend.forward(mode, xc, eps, sign)
     assert isinstance(out, cupy.ndarray) and perm.dtype == blocks.dtype == np.int32
-    cupy.testing.assert_array_equal(_backend.forward_values(mode, xc, eps, sign), out)
+    np.testing.assert_array_equal(cupy.asnumpy(_backend.forward_values(mode, xc, eps, sign)),
+                                  cupy.asnumpy(out))
     grad = _backend.backward(mode, cupy.asarray(g), perm, blocks, aux_for(mode, xc, out), eps,
                              sign)
     return tuple(cupy.asnumpy(a) for a in (out, perm, blocks, grad))
