@@ -5,6 +5,7 @@ spans (SOFTRANK_BOUNDS_CHECK), which abort on an out-of-bounds index. CI builds 
 such an index fails a test instead of passing silently.
 OpenMP is used when the compiler accepts -fopenmp; without it rows run one after another.
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -62,8 +63,7 @@ if sys.platform != "win32" and compiler_is_gcc():
 extension = Extension(
     "softrank._cpu",
     ["softrank/_cpu.pyx"],
-    depends=["softrank/_span.h", "softrank/_sort_kernels.h", "softrank/_bitonic_sort.h",
-             "softrank/_vector_exp.h", "softrank/_workspace.h"],
+    depends=sorted(glob.glob("softrank/csrc/*.h")),
     language="c++",  # std::sort for short rows
     include_dirs=[numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]

@@ -1,79 +1,73 @@
-"""CPU back end: thin wrapper of the Cython solver (softrank/_cpu.pyx); sets its thread policy.
+"""CPU back end (docs/CONTRACT.md, "Back-end functions"): the Cython solver softrank/_cpu.pyx
+and its thread policy.
 
-forward/backward have the CUDA back end's signatures (docs/CONTRACT.md): callers validate and
-allocate. forward_at/backward_at are the torch layer's cheaper form: data by address, outputs
-allocated by the solver.
+forward, forward_values and backward are the solver's own entry points: each checks its
+arrays, allocates its outputs and picks its threads by the policy set here:
+
+* at most MAX_THREADS threads: SOFTRANK_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs this
+  process may run on; a value that is not a positive integer is ignored and one above the CPU
+  count is capped at it, each with a RuntimeWarning naming the variable;
+* rows in parallel only from PARALLEL_MIN_ELEMENTS elements per call (forward) or
+  PARALLEL_MIN_ELEMENTS_BACKWARD (backward): below them, starting threads costs more than it
+  gains (benchmarks/bench_threads.py measures this; docs/PERFORMANCE.md);
+* one thread in a child made by os.fork(): GNU OpenMP's thread pool does not survive a fork,
+  and a child's first parallel region would wait forever on the parent's threads.
 """
 import os
+import warnings
 
 from . import _cpu
 
-# The solver's mode numbers (the enum in softrank/_cpu.pyx); odd modes are kl.
-MODES = {("rank", "l2"): 0, ("rank", "kl"): 1, ("sort", "l2"): 2, ("sort", "kl"): 3}
-MODE_NAMES = {mode: names for names, mode in MODES.items()}
-# MODES[op][regularization] without building a tuple: a lookup on every torch call.
-MODE_OF = {"rank": {"l2": 0, "kl": 1}, "sort": {"l2": 2, "kl": 3}}
+forward = _cpu.forward
+forward_values = _cpu.forward_values
+backward = _cpu.backward
 
-# Rows run in parallel from this many elements (measured with benchmarks/bench_threads.py and
-# forward-only loops, interleaved: once the short-row kernels got faster, a parallel region's
-# ~1-2 us no longer paid off on (32, 10) or (16, 32) forwards, while (24, 32) and (8, 100) gain
-# 1-3 us with two threads; a rank/kl forward does about twice the work per element and counts
-# its elements twice, so it goes parallel from 384. The backward does less work per element:
-# two threads tie with one at 1300-2000 elements and gain 1.5-4 us from about 2500 (l2; kl from
-# about 1600)).
 PARALLEL_MIN_ELEMENTS = 768
 PARALLEL_MIN_ELEMENTS_BACKWARD = 2048
 
 
-def _default_threads():
-    for name in ("SOFTRANK_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(name, "").split(",")[0].strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
+def _cpu_count():
     try:
-        return len(os.sched_getaffinity(0))
+        count = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        count = os.cpu_count() or 1
+    return max(1, min(count, _cpu.MAX_THREADS_LIMIT))
+
+
+def _threads_from(name, value, cpus):
+    """The thread count that environment variable `name` asks for (None: ignore it)."""
+    first = value.split(",")[0].strip()  # OMP_NUM_THREADS may list one count per nesting level
+    if not (first.isascii() and first.isdigit()) or not first.strip("0"):
+        warnings.warn(f"{name}={value!r} is not a positive integer: ignored", RuntimeWarning,
+                      stacklevel=3)
+        return None
+    if len(first) > 18 or int(first) > cpus:  # (18 digits: int() never sees a huge string)
+        warnings.warn(f"{name}={value!r} asks for more threads than the {cpus} CPUs available: "
+                      f"softrank uses {cpus}", RuntimeWarning, stacklevel=3)
+        return cpus
+    return int(first)
+
+
+def _default_threads():
+    cpus = _cpu_count()
+    for name in ("SOFTRANK_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name)
+        if value is not None:
+            count = _threads_from(name, value, cpus)
+            if count is not None:
+                return count
+    return cpus
 
 
 MAX_THREADS = _default_threads() if _cpu.openmp_enabled() else 1
-SPLIT_ROW_MIN = _cpu.split_row_min()
-
-
 _cpu.set_thread_policy(MAX_THREADS, PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_BACKWARD)
-AUTO_THREADS = 0  # n_threads argument: the solver applies the policy above
 
 
-def threads_for(op, regularization, rows, n, backward=False):
-    """Threads of a call on (rows, n): rows run in parallel; a batch of fewer rows than threads
-    uses one thread per row, except rows of SPLIT_ROW_MIN elements or more, which the solver
-    splits across all the threads (softrank/_cpu.pyx applies this policy itself)."""
-    return _cpu.threads_for(MODES[op, regularization], rows, n, backward)
+def _one_thread_after_fork():
+    global MAX_THREADS
+    MAX_THREADS = 1
+    _cpu.set_thread_policy(1, PARALLEL_MIN_ELEMENTS, PARALLEL_MIN_ELEMENTS_BACKWARD)
 
 
-def forward(op, regularization, x, eps, sign, out, perm, blocks):
-    _cpu.forward(MODES[op, regularization], x, out, perm, blocks, eps, sign, AUTO_THREADS)
-
-
-def forward_values(op, regularization, x, eps, sign):
-    """forward() when nothing will differentiate the call: returns new out rows only."""
-    return _cpu.forward_values(MODES[op, regularization], x, eps, sign, AUTO_THREADS)
-
-
-def backward(op, regularization, g, perm, blocks, aux, eps, sign, grad):
-    _cpu.backward(MODES[op, regularization], g, perm, blocks, g if aux is None else aux, eps,
-                  sign, grad, AUTO_THREADS)
-
-
-def forward_at(op, regularization, x_address, rows, n, single, eps, sign):
-    """forward() of the C-contiguous (rows, n) float32 (single) or float64 rows at x_address,
-    which the caller keeps alive; returns new (out, perm, blocks) arrays."""
-    return _cpu.forward_at(MODES[op, regularization], x_address, rows, n, single, eps, sign,
-                           AUTO_THREADS)
-
-
-def backward_at(op, regularization, g_address, perm, blocks, aux_address, single, eps, sign):
-    """backward() of the C-contiguous cotangent at g_address, shaped like perm; aux_address is
-    out (rank/kl), x (sort/kl) or 0 (l2). Returns a new grad array."""
-    return _cpu.backward_at(MODES[op, regularization], g_address, perm, blocks, aux_address,
-                            single, eps, sign, AUTO_THREADS)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_one_thread_after_fork)

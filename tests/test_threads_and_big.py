@@ -1,5 +1,9 @@
 """Concurrency (Python threads) and large inputs."""
 
+import os
+import subprocess
+import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -147,28 +151,115 @@ def _long_rows(rng, n, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_long_row_split_across_threads_is_bitwise_serial(rng, dtype):
-    """A row of split_row_min() elements or more in a batch of fewer rows than threads is solved
+    """A row of split_row_min elements or more in a batch of fewer rows than threads is solved
     with its radix passes, decoding, expansion and backward split across the threads. Outputs,
     permutation, blocks and gradients must equal the one-thread solve bit for bit, for any
     number of threads (also one that does not divide n)."""
     from softrank import _cpu
 
-    n = _cpu.split_row_min() + 3
-    for name, x in _long_rows(rng, n, dtype).items():
-        g = rng.standard_normal(x.shape).astype(dtype)
-        single = dtype == np.float32
+    n = _cpu._debug("sort_limits")["split_row_min"] + 3
+    saved = _cpu.thread_policy()
+    try:
+        for name, x in _long_rows(rng, n, dtype).items():
+            g = rng.standard_normal(x.shape).astype(dtype)
+            for mode in range(4):
+                for eps, sign in [(1e-3, 1.0), (1.0, -1.0), (100.0, 1.0)]:
+                    _cpu.set_thread_policy(1, 0, 0)
+                    serial = _cpu.forward(mode, x, eps, sign)
+                    aux = {1: serial[0], 3: x}.get(mode)  # rank/kl reads out, sort/kl reads x
+                    serial_grad = _cpu.backward(mode, g, serial[1], serial[2], aux, eps, sign)
+                    for threads in (2, 3):
+                        _cpu.set_thread_policy(threads, 0, 0)
+                        assert _cpu._debug("threads_for", mode, 1, n) == threads
+                        split = _cpu.forward(mode, x, eps, sign)
+                        for a, b in zip(serial, split):
+                            np.testing.assert_array_equal(a, b, err_msg=f"{name} mode {mode}")
+                        split_grad = _cpu.backward(mode, g, split[1], split[2], aux, eps, sign)
+                        np.testing.assert_array_equal(serial_grad, split_grad,
+                                                      err_msg=f"{name} mode {mode} backward")
+    finally:
+        _cpu.set_thread_policy(*saved)
+
+
+def _run_python(code, env=None, timeout=120):
+    """Run code in a fresh interpreter (this checkout's softrank); returns the CompletedProcess."""
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("SOFTRANK_NUM_THREADS", "OMP_NUM_THREADS")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-W", "always", "-c", textwrap.dedent(code)],
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_runs_after_a_parallel_call():
+    """GNU OpenMP's thread pool does not survive fork(): a child's first parallel region would
+    wait forever for the parent's threads. softrank switches a forked child to one thread; the
+    child (a multiprocessing 'fork' worker, a DataLoader worker) then computes normally."""
+    from softrank import _cpu
+
+    if not _cpu.openmp_enabled():
+        pytest.skip("built without OpenMP")
+    result = _run_python("""
+        import os, sys
+        import numpy as np
+        from softrank import _cpu, _cpu_backend as cpu
+        _cpu.set_thread_policy(2, 0, 0)  # threads even on a one-CPU machine
+        x = np.random.default_rng(0).normal(size=(64, 1000))
+        long_row = np.random.default_rng(1).normal(size=(1, 100_000))
+        assert _cpu._debug("threads_for", 0, 64, 1000) == 2
+        expected = [cpu.forward(mode, x, 1.0, 1.0)[0] for mode in range(4)]
+        cpu.forward(0, long_row, 1.0, 1.0)  # the split-row driver's parallel regions too
+        pid = os.fork()
+        if pid == 0:
+            ok = all(np.array_equal(cpu.forward(mode, x, 1.0, 1.0)[0], expected[mode])
+                     for mode in range(4))
+            ok = ok and np.all(np.isfinite(cpu.forward(0, long_row, 1.0, 1.0)[0]))
+            ok = ok and cpu.MAX_THREADS == 1 and _cpu._debug("threads_for", 0, 64, 1000) == 1
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+    """, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("value", ["\u0663", "3\u0663", "99999999999999999999999", "1000000",
+                                   "2147483647", "-2", "", " ", "0", "abc", "1.5"])
+@pytest.mark.parametrize("name", ["SOFTRANK_NUM_THREADS", "OMP_NUM_THREADS"])
+def test_thread_count_from_junk_environment(name, value):
+    """A thread count that is not a positive integer is ignored, one above the CPU count is
+    capped at it; either way with a RuntimeWarning naming the variable, never a crash at import
+    or a workspace sized by the junk (2147483647 threads once segfaulted on a 70,000 row)."""
+    result = _run_python("""
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import numpy as np
+            from softrank import _cpu, _cpu_backend as cpu
+        print(cpu.MAX_THREADS, cpu._cpu_count())
+        for w in caught:
+            print("WARNING", w.category.__name__, w.message)
+        x = np.random.default_rng(0).normal(size=(1, 70_000))
         for mode in range(4):
-            for eps, sign in [(1e-3, 1.0), (1.0, -1.0), (100.0, 1.0)]:
-                serial = _cpu.forward_at(mode, x.ctypes.data, 1, n, single, eps, sign, 1)
-                aux = serial[0] if mode == 1 else x  # rank/kl reads out, sort/kl reads x
-                serial_grad = _cpu.backward_at(mode, g.ctypes.data, serial[1], serial[2],
-                                               aux.ctypes.data, single, eps, sign, 1)
-                for threads in (2, 3):
-                    split = _cpu.forward_at(mode, x.ctypes.data, 1, n, single, eps, sign,
-                                            threads)
-                    for a, b in zip(serial, split):
-                        np.testing.assert_array_equal(a, b, err_msg=f"{name} mode {mode}")
-                    split_grad = _cpu.backward_at(mode, g.ctypes.data, split[1], split[2],
-                                                  aux.ctypes.data, single, eps, sign, threads)
-                    np.testing.assert_array_equal(serial_grad, split_grad,
-                                                  err_msg=f"{name} mode {mode} backward")
+            out, perm, blocks = cpu.forward(mode, x, 1.0, 1.0)
+            aux = {1: out, 3: x}.get(mode)
+            assert np.all(np.isfinite(cpu.backward(mode, x, perm, blocks, aux, 1.0, 1.0)))
+        assert np.all(np.isfinite(cpu.forward(0, np.ones((64, 5000)), 1.0, 1.0)[0]))
+    """, env={name: value})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    threads, cpus = map(int, lines[0].split())
+    assert 1 <= threads <= cpus
+    warned = [line for line in lines[1:] if line.startswith("WARNING RuntimeWarning")]
+    assert len(warned) == 1 and name in warned[0], result.stdout
+
+
+@pytest.mark.parametrize("value, expected", [("1", 1), ("1,4", 1), (" 1 ", 1), ("01", 1)])
+def test_thread_count_from_environment(value, expected):
+    result = _run_python("""
+        import warnings
+        warnings.simplefilter("error")
+        from softrank import _cpu, _cpu_backend as cpu
+        print(cpu.MAX_THREADS, _cpu.thread_policy()[0])
+    """, env={"SOFTRANK_NUM_THREADS": value, "OMP_NUM_THREADS": "junk"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(expected)] * 2

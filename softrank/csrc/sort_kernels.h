@@ -1,28 +1,21 @@
-/* Row sorting helpers of softrank/_cpu.pyx that are plain C++: std::sort by key, counting
-   ranks, and the dispatch to the sorting network (softrank/_bitonic_sort.h). */
+/* sort_kernels.h: the short-row kernels of softrank/csrc/argsort.h, chosen for this CPU at
+   import (softrank_choose_kernels): counting ranks and the sorting network
+   (softrank/csrc/bitonic_network.h).
+
+   Counting ranks: the position of key i is the number of keys ordered before it (ties by
+   index). O(n^2) compares but branch-free: on short rows the mispredicted branches of a
+   comparison sort cost more than these compares. It writes perm and the sorted values s
+   (sign * x, as double) directly, so no gather waits on perm's fresh stores. On x86-64 Linux
+   with GCC, a CPU with AVX-512 (x86-64-v4) ranks rows of up to 16 in registers; without it an
+   AVX2 clone of the loop (8 float32 or 4 float64 key compares per instruction) is chosen at
+   load time. Count is the counter's type: 32-bit counters for 32-bit keys keep the counts in
+   the keys' lanes; 64-bit keys keep 64-bit counters (32-bit ones would cost AVX2 a narrowing
+   per compare). docs/PERFORMANCE.md has the measurements behind the length limits. */
 #ifndef SOFTRANK_SORT_KERNELS_H
 #define SOFTRANK_SORT_KERNELS_H
 
 #include <Python.h>
-#include <algorithm>
 #include <stdint.h>
-/* float64 rows: sort indices by their 64-bit key, ties by index (stable order). */
-static inline void softrank_sort_by_key(const uint64_t *keys, int32_t *idx, Py_ssize_t n) {
-    std::sort(idx, idx + n, [keys](int32_t a, int32_t b) {
-        return keys[a] < keys[b] || (keys[a] == keys[b] && a < b);
-    });
-}
-/* Short rows: the position of key i is the number of keys ordered before it (ties by
-   index). O(n^2) compares but branch-free: on short rows the mispredicted branches of a
-   comparison sort cost more than these compares. Writes perm and the sorted values s (sign * x,
-   as double) directly: a gather s[j] = sign * x[perm[j]] after the ranking waited on perm's
-   fresh stores (a fifth of a (1024, 10) forward). On x86-64 Linux with
-   GCC, a CPU with AVX-512 (x86-64-v4) ranks rows of up to 16 in registers; without it an AVX2
-   clone (8 float32 or 4 float64 key compares per instruction) is chosen at load time and ranks
-   rows of up to 24. Longer rows go to the sorting network (softrank_network_max), then to the
-   radix sort. Count is the counter's type: 32-bit counters for 32-bit keys keep
-   the counts in the keys' lanes (17-24% faster with AVX2 at n = 64-96); 64-bit keys keep
-   64-bit counters (32-bit ones cost AVX2 a narrowing per compare: 10-20% slower). */
 template <typename Key, typename Count, typename Value>
 static inline __attribute__((always_inline)) void softrank_count_ranks(
         const Key *keys, const Value *x, double sign, int32_t *perm, double *s, Py_ssize_t n) {
@@ -48,11 +41,10 @@ static const int softrank_cpu_dispatch = 0;
 static int softrank_has_avx512 = 0;
 #ifdef SOFTRANK_AVX2_CLONES
 #include <immintrin.h>
-#include "_bitonic_sort.h"
+#include "bitonic_network.h"
 /* Rows of up to 16 keys with AVX-512: all keys in one (float32) or two (float64) registers,
    each key's position a popcount of two compare masks (no loop over the other keys, whose
-   short trip counts cost the general loop most of its time: rows of 10-16 ranked 25-30%
-   faster). */
+   short trip counts dominate the general loop on such rows). */
 __attribute__((target("avx512f"))) static void softrank_rank16_32(
         const uint32_t *keys, const float *x, double sign, int32_t *perm, double *s,
         Py_ssize_t n) {
@@ -125,18 +117,15 @@ static inline void softrank_rank_by_counting(const uint64_t *keys, const double 
     softrank_rank_by_counting_any(keys, x, sign, perm, s, n);
 }
 /* Longest rows ranked by counting, float32 and float64, and longest rows sorted by the
-   network (0: none; longer rows are radix sorted): crossovers measured in one process. With
-   AVX-512 the network sorts the rows longer than 16 (the counting kernels rank rows of up to
-   16 in one or two registers, faster), but for 513-640; with AVX2 those longer
-   than 24 (17 keys: counting 0.17
-   us, the network 0.24 us; 24 keys: 0.30 against 0.21). Without AVX2 counting ranks rows of up
-   to 32 float32 or 48 float64 elements. */
+   network (0: none; longer rows are radix sorted), at the measured crossovers. With AVX-512
+   the network sorts the rows longer than 16, but for 513-640; with AVX2 those longer than 24.
+   Without AVX2 counting ranks rows of up to 32 float32 or 48 float64 elements. */
 static int softrank_counting_max_f32 = 32;
 static int softrank_counting_max_f64 = 48;
 static int softrank_network_max = 0;
 /* Whether the network sorts rows of n: up to softrank_network_max, except those that would
-   fill at most 5/8 of the AVX-512 network of 1024 words (513-640: padded, 1.03-1.13x the radix
-   sort's time; 257-320, padded to 512, measured 0.69-0.99x). */
+   fill at most 5/8 of the AVX-512 network of 1024 words (513-640: mostly padding, slower than
+   the radix sort). */
 static inline int softrank_network_sorts(Py_ssize_t n) {
     if (n > softrank_network_max) return 0;
     if (softrank_has_avx512 && n > 512) return n > 1024 / 8 * 5;

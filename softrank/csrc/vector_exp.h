@@ -1,19 +1,18 @@
-/* exp of many doubles at once for softrank/_cpu.pyx (the weights of soft_rank/kl blocks, and
-   their sums), with AVX-512 where the CPU has it (softrank/_sort_kernels.h sets
-   softrank_has_avx512), else with AVX2 and FMA (the same bits, 4 lanes), else libm's exp.
+/* vector_exp.h: exp of many doubles at once, for the weights of soft_rank/kl blocks and their
+   sums (softrank/csrc/pav.h), with AVX-512 where the CPU has it, else with AVX2 and FMA (the same
+   bits, 4 lanes), else libm's exp.
 
-   The AVX-512 kernel, 8 lanes: exp(x) = 2^k exp(r) with k = round(x / ln 2) and
-   r = x - k ln 2 in [-ln2/2, ln2/2] (ln 2 split in two doubles, each product subtracted by one
-   fused multiply-add), exp(r) by its Taylor polynomial of degree 13 (truncation error below
-   5e-18 on that interval) in Horner form, and 2^k applied by scalef (exact, one rounding in the
-   subnormal range; 0 below it). Against glibc's exp on 2.1 million points of [-745, 709]:
-   within 1 ulp, 5.8% of them 1 ulp apart (tests/test_native_solver.py checks this on random
-   and edge points). soft_rank/kl forwards take 0.92-0.97x the time they took with libm's exp
-   (interleaved, one thread; (1, 1000), (1, 10000), (1024, 100)). Without AVX-512 (this VM's
-   AVX2 kernels), the AVX2 exp against libm's: 0.64-0.77x of the time of (1, 1000), (32, 1000)
-   and (1024, 100) forwards. */
-#ifndef SOFTRANK_VECTOR_EXP_H
-#define SOFTRANK_VECTOR_EXP_H
+   The vector kernel: exp(x) = 2^k exp(r) with k = round(x / ln 2) and r = x - k ln 2 in
+   [-ln2/2, ln2/2] (ln 2 split in two doubles, each product subtracted by one fused
+   multiply-add), exp(r) by its Taylor polynomial of degree 13 (truncation error below 5e-18 on
+   that interval) in Horner form, and 2^k applied by scalef (exact, one rounding in the
+   subnormal range; 0 below it). It stays within 1 ulp of glibc's exp over the double range
+   (tests/test_native_solver.py checks random and edge points).
+
+   Deviation from a plain exp: softrank_exp_of_steps also carries the rounding of its argument
+   back in (below), so weights far from their reference keep the precision of the exp. */
+#ifndef SOFTRANK_VECTOR_EXP_H_
+#define SOFTRANK_VECTOR_EXP_H_
 
 #include <Python.h>
 #include <math.h>
@@ -185,12 +184,13 @@ SOFTRANK_AVX2_FMA static double softrank_exp_sum_avx2(
 }
 #endif
 
-/* Which kernel computes the exps: the AVX-512 one, the AVX2 one, or libm's exp. */
+/* Which kernel computes the exps: the AVX-512 one, the AVX2 one, or libm's exp (chosen at
+   import by softrank_choose_vector_exp). */
 enum { SOFTRANK_EXP_LIBM = 0, SOFTRANK_EXP_AVX2 = 1, SOFTRANK_EXP_AVX512 = 2 };
 static int softrank_vector_exp = SOFTRANK_EXP_LIBM;
 
-/* The kernel for this CPU (has_avx512: the sorting kernels' choice, softrank/_sort_kernels.h,
-   which tests can switch off); returns it. */
+/* The kernel for this CPU (has_avx512 = 0 keeps to those of a CPU without AVX-512: tests
+   run both); returns it. */
 static int softrank_choose_vector_exp(int has_avx512) {
     softrank_vector_exp = SOFTRANK_EXP_LIBM;
 #ifdef SOFTRANK_HAS_VECTOR_EXP
@@ -225,8 +225,8 @@ static inline void softrank_scaled_exp(const double *s, double head, double eps,
    q + delta, with q = (s[i] - ref) * (1 / eps) rounded and delta what that rounding lost (the
    difference's by TwoSum, the quotient's by the FMA residual d - q eps, exact), and
    exp(q + delta) = exp(q) (1 + delta) up to delta^2 / 2 (|delta| < 1e-13). Without the
-   correction, soft ranks from weights 20-63 eps away measured 21-71 ulp off (tests). 1 / eps
-   must be finite. */
+   correction, soft ranks from weights tens of eps away would lose tens of ulp
+   (tests/test_native_solver.py pins this). 1 / eps must be finite. */
 static inline void softrank_exp_of_steps(const double *s, double ref, double eps, double *w,
                                          Py_ssize_t count) {
 #ifdef SOFTRANK_HAS_VECTOR_EXP
@@ -269,4 +269,4 @@ static inline double softrank_exp_sum(const double *s, double head, double eps, 
            + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
 
-#endif  /* SOFTRANK_VECTOR_EXP_H */
+#endif  /* SOFTRANK_VECTOR_EXP_H_ */

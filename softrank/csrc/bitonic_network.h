@@ -1,11 +1,8 @@
-/* Sorting networks for short rows (softrank/_sort_kernels.h dispatches to them): 64-bit words
-   (a row's order-preserving key in the high 32 bits, the element's index in the low 32, as the
-   radix sort of softrank/_cpu.pyx builds them) sorted ascending, all words in registers, by a
-   bitonic network: 8 words per register with AVX-512, 4 with AVX2. Words are unique (the
-   index), so the order is the stable one and no tie rule is needed. Measured in one process on
-   this project's VM against the counting kernels: with AVX-512, rows of 17-256 words sort
-   2.5-3.5x faster (100 words: 0.43 us against 1.32 us); with AVX2, rows of 25-128 1.4-3x faster
-   (64 words: 0.64 us against 1.03 us for float32 keys and 1.53 us for float64 ones).
+/* bitonic_network.h: sorting networks for short rows (softrank/csrc/sort_kernels.h dispatches
+   to them): 64-bit sort words (softrank/csrc/argsort.h: a row's order-preserving key in the
+   high 32 bits, the element's index in the low 32) sorted ascending, all words in registers,
+   by a bitonic network: 8 words per register with AVX-512, 4 with AVX2. Words are unique (the
+   index), so the order is the stable one and no tie rule is needed.
 
    The network, for 8V words in V registers of 8 lanes: for each block size k = 2, 4, ..., 8V,
    compare each element of a block's first half with its mirror image in the second half (both
@@ -16,10 +13,10 @@
    registers). From 64 words, the AVX-512 network therefore places the words column-major
    (softrank_column_network): it sorts the 8 lanes' columns of V words with register pairs
    only, merges the columns (6 lane layers in all, against 3 per block size), and transposes
-   8x8 tiles on the way out. Against the row-major network, same process, interleaved: 0.63-0.91x
-   of the time at 64-1024 words (1000 words: 0.71-0.79x). The AVX2 network is column-major
-   too (4x4 tiles): (64, n) and (256, n) forwards with it took 0.80-0.94x of the row-major
-   one's time at n = 33-128 (interleaved, this VM's AVX2 kernels). */
+   8x8 tiles on the way out. The AVX2 network is column-major too (4x4 tiles).
+
+   Deviation from the textbook network: rows shorter than the network are padded with
+   all-ones words, which sort last and are not stored back. */
 #ifndef SOFTRANK_BITONIC_SORT_H
 #define SOFTRANK_BITONIC_SORT_H
 
@@ -219,10 +216,9 @@ __attribute__((target("avx512f"))) static void softrank_column_sort_v(uint64_t *
 }
 
 /* Longest row sorted by the AVX-512 network. Its 64 and 128 registers of 8 words spill (the
-   CPU has 32), and still sort rows of 450-512 and 700-1024 words 0.70-0.92x the radix sort's
-   time (interleaved, one thread; measured with the row-major network, slower than the column
-   one). A row that fills at most 5/8 of the 1024-word network is radix sorted instead
-   (softrank_network_sorts in softrank/_sort_kernels.h). */
+   CPU has 32), and still beat the radix sort on most lengths up to 1024 (docs/PERFORMANCE.md).
+   A row that fills at most 5/8 of the 1024-word network is radix sorted instead
+   (softrank_network_sorts in softrank/csrc/sort_kernels.h). */
 #define SOFTRANK_BITONIC_MAX 1024
 
 /* words[0:n) sorted ascending, 0 < n <= SOFTRANK_BITONIC_MAX, on a CPU with AVX-512F. */
@@ -356,8 +352,7 @@ __attribute__((target("avx2"))) static void softrank_bitonic_sort_v4(uint64_t *w
 }
 
 /* Longest row sorted by the AVX2 network: 32 registers of 4 words already spill (16 ymm
-   registers), and longer rows (a 64-register network, column-major too) measured no faster
-   than the radix sort (0.93-1.07x at 150-256). */
+   registers), and a 64-register network was no faster than the radix sort. */
 #define SOFTRANK_BITONIC_MAX_AVX2 128
 
 /* words[0:n) sorted ascending, 0 < n <= SOFTRANK_BITONIC_MAX_AVX2, on a CPU with AVX2. */

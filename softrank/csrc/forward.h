@@ -1,0 +1,230 @@
+/* forward.h: one row's forward (argsort, then PAV and the expansion of its blocks), whole or,
+   for the split-row driver of softrank/_cpu.pyx, in steps that threads run on chunks of the
+   row.
+
+   A long row in a batch of fewer rows than threads is solved one row at a time with every
+   step but PAV split across the threads: the radix passes (each thread counts and scatters its
+   chunk of the words, at offsets that keep the sort stable), the decoding of the sorted words
+   and the expansion of the blocks. PAV itself stays serial. The results equal the one-thread
+   solve bit for bit. */
+#ifndef SOFTRANK_FORWARD_H
+#define SOFTRANK_FORWARD_H
+
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "argsort.h"
+#include "pav.h"
+#include "span.h"
+#include "workspace.h"
+
+/* The forward of one row of n >= 1 (x, out, perm, blocks: n each); work: one thread's
+   workspace for rows of n (softrank_forward_words). */
+template <typename T>
+static inline void softrank_forward_row(int mode, softrank_span<T> x, softrank_span<T> out,
+                                        softrank_span<int32_t> perm,
+                                        softrank_span<int32_t> blocks, double eps, double sign,
+                                        uint64_t *words) {
+    const Py_ssize_t n = x.len;
+    const softrank_workspace work = softrank_forward_workspace(words, n);
+    softrank_span<uint32_t> hist((uint32_t *)work.keys.sub(3 * n, SOFTRANK_HIST_WORDS).ptr,
+                                 2 * SOFTRANK_HIST_WORDS);
+    softrank_span<double> s = work.reals.sub(0, n);
+    if (softrank_argsort_row<T>(x, sign, work.keys.sub(0, n), work.keys.sub(n, n),
+                                work.keys.sub(2 * n, n), hist, perm, s)) {
+        softrank_nan_row_forward(out, perm, blocks);
+        return;
+    }
+    softrank_solve_sorted_row(mode, s, eps, sign, perm, out, blocks, work.ints.sub(0, n),
+                              work.reals.sub(n, n), work.reals.sub(2 * n, n),
+                              work.keys.sub(0, 2 * n));
+}
+
+/* ------------------------------------------------------------------------- split rows */
+
+/* The split radix sort uses the 11-bit plan: one histogram set of 3 x 2048 counts per thread
+   (SOFTRANK_HIST_WORDS words each, after the row's workspace). */
+typedef softrank_digits11x3 softrank_split_plan;
+enum { SOFTRANK_SPLIT_COUNTS = 3 * 2048 };
+
+/* Start of thread t's chunk of n positions (t = n_threads gives n). */
+static inline Py_ssize_t softrank_chunk_start(Py_ssize_t t, Py_ssize_t n, int n_threads) {
+    return t * n / n_threads;
+}
+
+/* The words of one split row's step: the row's workspace and the threads' histograms. */
+struct softrank_split {
+    softrank_workspace work;
+    softrank_span<uint64_t> ka, kb, full;
+    softrank_span<uint32_t> hists;  /* SOFTRANK_SPLIT_COUNTS per thread */
+    softrank_span<double> s;
+    Py_ssize_t n;
+    int n_threads;
+};
+
+/* Words of a split row's workspace. */
+static inline Py_ssize_t softrank_split_words(Py_ssize_t n, int n_threads) {
+    return softrank_forward_words(n) + n_threads * SOFTRANK_HIST_WORDS;
+}
+
+static inline void softrank_split_init(softrank_split *split, uint64_t *words, Py_ssize_t n,
+                                       int n_threads) {
+    split->work = softrank_forward_workspace(words, n);
+    split->ka = split->work.keys.sub(0, n);
+    split->kb = split->work.keys.sub(n, n);
+    split->full = split->work.keys.sub(2 * n, n);
+    split->hists = softrank_span<uint32_t>((uint32_t *)(words + softrank_forward_words(n)),
+                                           2 * (Py_ssize_t)n_threads * SOFTRANK_HIST_WORDS);
+    split->s = split->work.reals.sub(0, n);
+    split->n = n;
+    split->n_threads = n_threads;
+    memset(split->hists.ptr, 0, split->hists.len * sizeof(uint32_t));
+}
+
+static inline softrank_span<uint32_t> softrank_split_hist(const softrank_split *split, int t,
+                                                         int d) {
+    return split->hists.sub(t * (Py_ssize_t)SOFTRANK_SPLIT_COUNTS + 2048 * d, 2048);
+}
+
+/* Step 1, thread t: the words of its chunk, every digit counted. True if the chunk holds a NaN
+   or an infinity. */
+template <typename T>
+static inline bool softrank_split_keys(const softrank_split *split, softrank_span<T> x,
+                                       double sign, int t) {
+    return softrank_build_keys<softrank_split_plan, T>(
+        x, sign, split->ka, split->full,
+        split->hists.sub(t * (Py_ssize_t)SOFTRANK_SPLIT_COUNTS, SOFTRANK_SPLIT_COUNTS),
+        softrank_chunk_start(t, split->n, split->n_threads),
+        softrank_chunk_start(t + 1, split->n, split->n_threads));
+}
+
+/* Whether every word has the same digit d (the pass is then skipped; the counts of a digit do
+   not depend on the words' order). */
+static inline bool softrank_split_digit_is_constant(const softrank_split *split, int d) {
+    const int shift = 32 + 11 * d;
+    uint32_t total = 0;
+    for (int t = 0; t < split->n_threads; ++t)
+        total += softrank_split_hist(split, t, d)[(split->ka[0] >> shift) & 2047];
+    return total == (uint32_t)split->n;
+}
+
+/* Step 2, thread t (from the second pass done on): count digit d of its chunk of src again
+   (the chunks hold other words than when step 1 counted them). */
+static inline void softrank_split_recount(const softrank_split *split,
+                                          softrank_span<uint64_t> src, int d, int t) {
+    softrank_count_digit(src, softrank_chunk_start(t, split->n, split->n_threads),
+                         softrank_chunk_start(t + 1, split->n, split->n_threads), 32 + 11 * d,
+                         softrank_split_hist(split, t, d));
+}
+
+/* Step 3 (one thread): the offsets of digit d, bucket by bucket, thread 0's words before
+   thread 1's (stable). */
+static inline void softrank_split_offsets(const softrank_split *split, int d) {
+    uint32_t total = 0;
+    for (Py_ssize_t b = 0; b < 2048; ++b)
+        for (int t = 0; t < split->n_threads; ++t) {
+            softrank_span<uint32_t> hist = softrank_split_hist(split, t, d);
+            const uint32_t c = hist[b];
+            hist[b] = total;
+            total += c;
+        }
+}
+
+/* Step 4, thread t: scatter its chunk of src into dst by digit d. */
+static inline void softrank_split_scatter(const softrank_split *split,
+                                          softrank_span<uint64_t> src,
+                                          softrank_span<uint64_t> dst, int d, int t) {
+    const Py_ssize_t lo = softrank_chunk_start(t, split->n, split->n_threads);
+    const Py_ssize_t hi = softrank_chunk_start(t + 1, split->n, split->n_threads);
+    softrank_scatter_pass(src.sub(lo, hi - lo), dst, hi - lo, 32 + 11 * d, 2047,
+                          softrank_split_hist(split, t, d));
+}
+
+/* Step 5, thread t: perm and s of its chunk of the sorted words (float32), or perm alone
+   (float64; returns whether a run of equal high halves needs sorting). */
+static inline bool softrank_split_decode(const softrank_split *split, softrank_span<float> x,
+                                         double sign, softrank_span<uint64_t> sorted,
+                                         softrank_span<int32_t> perm, int t) {
+    (void)x; (void)sign;
+    softrank_decode_words32(sorted, perm, split->s,
+                            softrank_chunk_start(t, split->n, split->n_threads),
+                            softrank_chunk_start(t + 1, split->n, split->n_threads));
+    return false;
+}
+
+static inline bool softrank_split_decode(const softrank_split *split, softrank_span<double> x,
+                                         double sign, softrank_span<uint64_t> sorted,
+                                         softrank_span<int32_t> perm, int t) {
+    (void)x; (void)sign;
+    return softrank_perm_of_words(sorted, perm,
+                                  softrank_chunk_start(t, split->n, split->n_threads),
+                                  softrank_chunk_start(t + 1, split->n, split->n_threads));
+}
+
+/* Step 6 (float64, if step 5 found shared high halves), thread t: sort the runs of equal high
+   halves that start in its chunk (a run may end in the next chunk: after all of step 5). */
+static inline void softrank_split_sort_runs(const softrank_split *split,
+                                            softrank_span<uint64_t> sorted,
+                                            softrank_span<int32_t> perm, int t) {
+    softrank_sort_equal_high_runs(sorted, split->full, perm,
+                                  softrank_chunk_start(t, split->n, split->n_threads),
+                                  softrank_chunk_start(t + 1, split->n, split->n_threads));
+}
+
+/* Step 7 (float64), thread t: s of its chunk, gathered through perm (after all of step 6). */
+static inline void softrank_split_gather(const softrank_split *split, softrank_span<double> x,
+                                         double sign, softrank_span<int32_t> perm, int t) {
+    softrank_gather_sorted<double>(x, sign, perm, split->s,
+                                   softrank_chunk_start(t, split->n, split->n_threads),
+                                   softrank_chunk_start(t + 1, split->n, split->n_threads));
+}
+
+/* Step 8 (one thread): PAV of the sorted row; returns the top block, or -1 if the row needed
+   scaling and was solved whole (serially) instead. */
+template <typename T>
+static inline Py_ssize_t softrank_split_pav(const softrank_split *split, int mode, double eps,
+                                            double sign, softrank_span<int32_t> perm,
+                                            softrank_span<T> out,
+                                            softrank_span<int32_t> blocks) {
+    const Py_ssize_t n = split->n;
+    if (softrank_needs_scaling(mode, split->s)) {  /* rare: the serial solver scales */
+        softrank_solve_sorted_row(mode, split->s, eps, sign, perm, out, blocks,
+                                  split->work.ints.sub(0, n), split->work.reals.sub(n, n),
+                                  split->work.reals.sub(2 * n, n), split->work.keys.sub(0, 2 * n));
+        return -1;
+    }
+    return softrank_pav(mode, split->s, eps, split->work.ints.sub(0, n), split->work.reals.sub(n, n),
+                        split->work.reals.sub(2 * n, n), split->work.keys.sub(0, 2 * n));
+}
+
+/* The first block (of 0..top) starting at or after position; top + 1 if none. */
+static inline Py_ssize_t softrank_first_block_from(softrank_span<int32_t> start, Py_ssize_t top,
+                                                   Py_ssize_t position) {
+    Py_ssize_t lo = 0, hi = top + 1;
+    while (lo < hi) {
+        const Py_ssize_t mid = (lo + hi) / 2;
+        if (start[mid] < position) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* Step 9, thread t: expand the blocks that start in its chunk. */
+template <typename T>
+static inline void softrank_split_expand(const softrank_split *split, int mode, double eps,
+                                         double sign, softrank_span<int32_t> perm,
+                                         softrank_span<T> out, softrank_span<int32_t> blocks,
+                                         Py_ssize_t top, int t) {
+    const Py_ssize_t n = split->n;
+    softrank_span<int32_t> start = split->work.ints.sub(0, n);
+    softrank_expand<T>(mode, split->s, eps, sign, perm, out, blocks, start,
+                       split->work.reals.sub(n, n), split->work.reals.sub(2 * n, n),
+                       split->work.keys.sub(0, 2 * n), top,
+                       softrank_first_block_from(start, top,
+                                                 softrank_chunk_start(t, n, split->n_threads)),
+                       softrank_first_block_from(start, top,
+                                                 softrank_chunk_start(t + 1, n, split->n_threads)));
+}
+
+#endif  /* SOFTRANK_FORWARD_H */
