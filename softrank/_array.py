@@ -7,32 +7,22 @@ import math
 
 import numpy as np
 
-from . import _validation as V
+from . import _contract as V
 
 
 def _array_module(values):
     """numpy, or cupy for a CuPy array (imported only when one arrives)."""
     if type(values).__module__.split(".")[0] == "cupy":
-        from . import _cuda
+        from .cuda import _backend
 
-        return _cuda.require_cupy()
+        return _backend.require_cupy()
     return np
 
 
-def _dtypes(dtype, xp):
-    """(compute dtype, output dtype) for an input dtype, or a TypeError."""
-    kind = np.dtype(dtype).kind
-    if kind == "f":
-        if dtype in (np.float32, np.float64):
-            return np.dtype(dtype), np.dtype(dtype)
-        if dtype == np.float16:
-            return np.dtype(np.float32), np.dtype(dtype)
-        return np.dtype(np.float64), np.dtype(dtype)  # longdouble: solved in float64
-    if kind in "iub":
-        return np.dtype(np.float64), np.dtype(np.float64)
-    if kind == "c":
-        raise TypeError(f"values must be real, got complex dtype {np.dtype(dtype)}")
-    raise TypeError(f"values must be a real numeric array, got dtype {np.dtype(dtype)}")
+def _dtypes(dtype):
+    """(compute dtype, output dtype) of an input dtype (softrank/_contract.py's policy)."""
+    compute, out = V.solver_dtypes(np.dtype(dtype).name, "float64")
+    return np.dtype(compute), np.dtype(out)
 
 
 class _Layout:
@@ -59,9 +49,9 @@ def _backend(xp):
         from . import _cpu_backend
 
         return _cpu_backend
-    from . import _cuda
+    from .cuda import _backend
 
-    return _cuda
+    return _backend
 
 
 def _device_context(xp, array):
@@ -77,13 +67,15 @@ class _Call:
     arguments."""
 
     def __init__(self, op, values, regularization, regularization_strength, dim, descending):
-        self.op = op
-        self.regularization = V.check_regularization(regularization)
+        self.mode = V.mode_of(op, regularization)
         self.eps = V.check_regularization_strength(regularization_strength)
         descending = V.check_descending(descending)
+        if isinstance(values, np.ma.MaskedArray):
+            raise TypeError("values must not be a masked array (the mask would be ignored); "
+                            "pass values.filled(...) or the unmasked rows")
         self.xp = _array_module(values)
         self.x = self.xp.asarray(values)
-        self.compute_dtype, self.out_dtype = _dtypes(self.x.dtype, self.xp)
+        self.compute_dtype, self.out_dtype = _dtypes(self.x.dtype)
         self.layout = _Layout(self.x.shape, V.normalize_dim(dim, self.x.ndim))
         V.check_row_length(self.layout.n)
         self.sign = V.sign_for(op, descending)
@@ -100,10 +92,13 @@ class _Call:
 
 
 def soft_op_vjp(op, values, regularization, regularization_strength, dim, descending):
-    """Forward of soft_rank/soft_sort on an array, plus its pullback (cotangent -> gradient)."""
+    """Forward of soft_rank/soft_sort on an array, plus its pullback (cotangent -> gradient).
+
+    The pullback keeps its own copies of what it reads, so that later changes to the caller's
+    input or to the returned output cannot change the gradients it gives.
+    """
     call = _Call(op, values, regularization, regularization_strength, dim, descending)
-    xp, x, backend = call.xp, call.x, call.backend
-    args = (call.op, call.regularization)
+    xp, x, backend, mode = call.xp, call.x, call.backend, call.mode
 
     if x.size == 0:
         out = call.empty()
@@ -116,19 +111,17 @@ def soft_op_vjp(op, values, regularization, regularization_strength, dim, descen
 
     with _device_context(xp, x):
         x_rows = call.rows(x)
-        out_rows = xp.empty_like(x_rows)
-        perm = xp.empty(x_rows.shape, dtype=np.int32)
-        blocks = xp.empty(x_rows.shape, dtype=np.int32)
-        backend.forward(*args, x_rows, call.eps, call.sign, out_rows, perm, blocks)
+        out_rows, perm, blocks = backend.forward(mode, x_rows, call.eps, call.sign)
         out = call.unrows(out_rows)
-    aux = out_rows if args == ("rank", "kl") else x_rows
+        aux = {V.RANK_KL: out_rows, V.SORT_KL: x_rows}.get(mode)
+        if aux is not None and (xp.shares_memory(aux, x) or xp.shares_memory(aux, out)):
+            aux = aux.copy()
 
     def pullback(cotangent):
         g = _check_cotangent(xp, cotangent, x.shape)
         with _device_context(xp, x):
-            g_rows = call.rows(g)
-            grad_rows = xp.empty_like(g_rows)
-            backend.backward(*args, g_rows, perm, blocks, aux, call.eps, call.sign, grad_rows)
+            grad_rows = backend.backward(mode, call.rows(g), perm, blocks, aux, call.eps,
+                                         call.sign)
             return call.unrows(grad_rows)
 
     return out, pullback
@@ -143,30 +136,11 @@ def _check_cotangent(xp, cotangent, shape):
     return g
 
 
-_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)  # native byte order
-
-
 def soft_op(op, values, regularization, regularization_strength, dim, descending):
     """soft_rank/soft_sort on an array: the forward alone, keeping no partition."""
-    # The common call in fewer steps (the general path below costs ~20 us on a short row): a
-    # C-contiguous native float32/float64 ndarray ranked along its last dimension, with plain
-    # Python arguments that pass the general path's checks.
-    if (type(values) is np.ndarray and type(regularization_strength) is float
-            and 0.0 < regularization_strength < math.inf and type(regularization) is str
-            and (descending is False or descending is True) and type(dim) is int
-            and values.ndim and (dim == -1 or dim == values.ndim - 1) and values.shape[-1]
-            and (values.dtype is _FLOAT32 or values.dtype is _FLOAT64)
-            and values.flags.c_contiguous and regularization in ("l2", "kl")):
-        from . import _cpu_backend
-
-        rows = values.reshape(-1, values.shape[-1])  # a view
-        out = _cpu_backend.forward_values(op, regularization, rows, regularization_strength,
-                                          V.sign_for(op, descending))
-        return out if values.ndim == 2 else out.reshape(values.shape)
     call = _Call(op, values, regularization, regularization_strength, dim, descending)
     if call.x.size == 0:
         return call.empty()
     with _device_context(call.xp, call.x):
-        out_rows = call.backend.forward_values(call.op, call.regularization, call.rows(call.x),
-                                               call.eps, call.sign)
+        out_rows = call.backend.forward_values(call.mode, call.rows(call.x), call.eps, call.sign)
         return call.unrows(out_rows)

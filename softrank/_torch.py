@@ -1,200 +1,160 @@
-"""PyTorch front end: validation and layout, then the native solver through autograd.
+"""PyTorch front end: argument checks and row layout, then the back end through autograd.
 
-Three routes to the same solver, from the cheapest:
-* CPU rows, eager: softrank/_torch_cpu.py (the solver alone when nothing can differentiate the
-  call, else CpuSoftOp, one output, the partition kept on ctx);
-* CUDA rows, eager: the solver alone, or EagerSoftOp when the call can be differentiated;
-* torch.func transforms and forward-mode AD: SoftOpFunction (setup_context style, jvp, vmap);
-  under torch.compile the custom op softrank::solve (softrank/_torch_ops.py).
-Only what the backward needs is kept: the int32 permutation and the int32 block starts
-(8 bytes per element), plus a reference (no copy) to the output (rank/kl) or the input (sort/kl).
+A call is checked (softrank/_contract.py), its `dim` moved last and made contiguous, and then
+solved by one of:
+* nothing to differentiate: the back end's forward_values, outside autograd;
+* an eager call: EagerSoftOp, a classic autograd.Function that keeps the partition on ctx as
+  the back end returned it;
+* a torch.func transform or forward-mode AD: SoftOp (setup_context style, with jvp and vmap);
+* torch.compile: the custom op softrank::solve (softrank/_torch_ops.py).
+Both Functions share one backward, vjp() below. EagerSoftOp exists because a setup_context
+Function's public apply binds its arguments with inspect.signature on every call, which costs
+short rows more than a quarter of a do-nothing Function (docs/PERFORMANCE.md).
+Only what the backward needs is kept: the int32 permutation and block starts (8 bytes per
+element), plus the output (rank/kl) or the input (sort/kl) through save_for_backward.
 """
-import math
-
 import torch
-from torch.autograd import forward_ad as _forward_ad
 
-from . import _torch_cpu
+from . import _contract as C
+from . import _torch_backend as backend
+from . import _torch_compat as compat
 from . import _torch_formulas as formulas
-from . import _validation as V
-from ._cpu_backend import MODE_OF as _MODE_OF
-from ._torch_native import as_tensor, run_backward, run_forward, solve
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
-# V.sign_for(op, descending) as a lookup: _SIGN_OF[op][descending].
-_SIGN_OF = {op: (V.sign_for(op, False), V.sign_for(op, True)) for op in ("rank", "sort")}
+_PLAIN_DISPATCH = torch.Tensor.__torch_dispatch__
 
 
-_functorch_active = torch._C._are_functorch_transforms_active
-_is_compiling = torch.compiler.is_compiling
-_is_grad_enabled = torch.is_grad_enabled
-_float32, _float64, _strided = torch.float32, torch.float64, torch.strided
-_cpu_apply, _cpu_solve = _torch_cpu.apply, _torch_cpu.solve
+def _differentiable(formula, spec, t, perm, blocks, aux, *more):
+    """A formula of softrank/_torch_formulas.py on tensors shaped like x (any rank)."""
+    mode, eps, sign = spec
+    n = t.shape[-1]
+    partition = formulas.Partition(backend.as_tensor(perm).reshape(-1, n),
+                                   backend.as_tensor(blocks).reshape(-1, n))
+    rows = [None if a is None else a.reshape(-1, n) for a in (t, aux) + more]
+    result = formula(mode, rows[0], partition, rows[1], eps, sign, *rows[2:])
+    if isinstance(result, tuple):
+        return tuple(None if r is None else r.reshape(t.shape) for r in result)
+    return result.reshape(t.shape)
 
 
-class SoftOpFunction(torch.autograd.Function):
-    """Soft rank/sort of contiguous (rows, n) float32/float64 rows; returns (out, perm, blocks).
+def vjp(spec, g, perm, blocks, aux, native=backend.backward):
+    """The backward of every route: the gradient w.r.t. x from the cotangent g of out.
 
-    Eager path. First-order backward runs the native solver; when autograd must differentiate
-    the backward itself (create_graph, torch.func) it uses softrank/_torch_formulas.py instead.
-    Forward mode (jvp) and vmap have their own rules, so every torch.func transform works.
+    Under create_graph or a transform, autograd must see through it: the differentiable
+    formulas. Otherwise the back end's native kernel (or `native`, the custom op's).
     """
+    if torch.is_grad_enabled() or compat.needs_transform_route():
+        return _differentiable(formulas.vjp, spec, g, perm, blocks, aux)
+    mode, eps, sign = spec
+    return native(mode, g.contiguous(), perm, blocks, aux, eps, sign)
 
-    @classmethod
-    def apply(cls, *args):
-        # Function.apply binds the arguments with inspect.signature on every call of a
-        # setup_context-style Function (about 20 us, more than the whole solve of a short row).
-        # Our callers pass every argument positionally, so outside functorch transforms we go
-        # straight to the C++ apply, as Function.apply itself does after binding.
-        if _functorch_active():
-            return super().apply(*args)
-        return super(torch.autograd.Function, cls).apply(*args)
 
-    @staticmethod
-    def forward(x, op, regularization, eps, sign):
-        return run_forward(op, regularization, x.detach(), eps, sign)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_forward(*formulas.save_for_derivatives(ctx, inputs, output))
-
-    @staticmethod
-    def backward(ctx, grad_out, _grad_perm, _grad_blocks):
-        perm, blocks, aux = formulas.saved_for_derivatives(ctx)
-        op, regularization, eps, sign = ctx.args
-        if torch.is_grad_enabled() or _functorch_active():
-            grad = formulas.vjp(op, regularization, grad_out, formulas.Partition(perm, blocks),
-                                aux, eps, sign)
-        else:
-            grad = run_backward(op, regularization, grad_out.contiguous(), perm, blocks,
-                                None if aux is None else aux.detach(), eps, sign)
-        return grad, None, None, None, None
-
-    @staticmethod
-    def jvp(ctx, x_tangent, *_):
-        perm, blocks, aux = formulas.saved_for_derivatives(ctx)
-        op, regularization, eps, sign = ctx.args
-        tangent = formulas.jvp(op, regularization, x_tangent, formulas.Partition(perm, blocks),
-                               aux, eps, sign)
-        return tangent, None, None
-
-    @staticmethod
-    def vmap(info, in_dims, x, op, regularization, eps, sign):
-        # Rows are independent: fold the vmapped dimension into the rows.
-        batch = x.shape[in_dims[0]]
-        x = x.movedim(in_dims[0], 0)
-        rows = x.reshape(-1, x.shape[-1])
-        outputs = SoftOpFunction.apply(rows, op, regularization, eps, sign)
-        outputs = tuple(o.reshape(batch, *x.shape[1:]) for o in outputs)
-        return outputs, (0, 0, 0)
+def _aux(mode, x, out):
+    """What the backward reads besides the cotangent (docs/CONTRACT.md)."""
+    return {C.RANK_KL: out, C.SORT_KL: x}.get(mode)
 
 
 class EagerSoftOp(torch.autograd.Function):
-    """Soft rank/sort of contiguous (rows, n) rows for eager autograd; returns out only.
-    _solve sends CUDA rows here (CPU rows go to softrank/_torch_cpu.py's shorter route).
-
-    The cheapest autograd.Function for the common case (about 40% less per call than
-    SoftOpFunction on short rows): one tensor argument plus the packed hyperparameters, a single
-    output, and the partition kept on ctx as the solver returned it (NumPy arrays on CPU), since
-    nothing but this backward can see it. The output (rank/kl) or input (sort/kl) goes through
-    save_for_backward, so in-place changes to them are detected. Not usable under torch.func
-    transforms (old-style forward); _solve routes those to SoftOpFunction.
-    """
+    """The soft op of contiguous x along its last dimension; spec = (mode, eps, sign)."""
 
     @staticmethod
     def forward(ctx, x, spec):
-        op, regularization, eps, sign = spec
-        out, perm, blocks = solve(op, regularization, x, eps, sign)
-        ctx.partition = (perm, blocks)
+        out, perm, blocks = backend.forward(spec[0], x, spec[1], spec[2])
         ctx.spec = spec
-        if regularization == "kl":
-            ctx.save_for_backward(out if op == "rank" else x)
+        ctx.partition = (perm, blocks)  # reached by nothing but this backward
+        aux = _aux(spec[0], x, out)
+        if aux is not None:
+            ctx.save_for_backward(aux)
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
-        perm, blocks = ctx.partition
-        op, regularization, eps, sign = ctx.spec
-        aux = ctx.saved_tensors[0] if regularization == "kl" else None
-        if torch.is_grad_enabled():  # create_graph: keep the derivative differentiable
-            grad = formulas.vjp(op, regularization, grad_out,
-                                formulas.Partition(as_tensor(perm), as_tensor(blocks)), aux, eps,
-                                sign)
-        else:
-            grad = run_backward(op, regularization, grad_out.contiguous(), perm, blocks, aux,
-                                eps, sign)
-        return grad, None
+    def backward(ctx, g):
+        saved = ctx.saved_tensors
+        return vjp(ctx.spec, g, *ctx.partition, saved[0] if saved else None), None
 
 
-# Function.apply's Python wrapper (functorch checks, unwrapping of dead functorch wrappers) costs
-# ~1 us; _solve only comes here outside functorch transforms, so it calls the C++ apply directly,
-# as SoftOpFunction.apply does.
-_eager_apply = super(torch.autograd.Function, EagerSoftOp).apply
+class SoftOp(torch.autograd.Function):
+    """EagerSoftOp for torch.func transforms and forward-mode AD: returns (out, perm, blocks),
+    perm and blocks shaped like x and marked non-differentiable."""
+
+    @staticmethod
+    def forward(x, mode, eps, sign):
+        out, perm, blocks = backend.forward(mode, x, eps, sign)
+        return (out, backend.as_tensor(perm).view(x.shape),
+                backend.as_tensor(blocks).view(x.shape))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, mode, eps, sign = inputs
+        ctx.save_for_forward(*save_partition(ctx, (mode, eps, sign), x, output))
+
+    @staticmethod
+    def backward(ctx, g, _grad_perm, _grad_blocks):
+        return vjp(ctx.spec, g, *saved_partition(ctx)), None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, *_):
+        return _differentiable(formulas.jvp, ctx.spec, x_tangent, *saved_partition(ctx)), None, None
+
+    @staticmethod
+    def vmap(info, in_dims, x, mode, eps, sign):
+        # Rows are independent: the vmapped dimension is one more batch dimension.
+        x = x.movedim(in_dims[0], 0).contiguous()
+        return SoftOp.apply(x, mode, eps, sign), (0, 0, 0)
 
 
-def _solve(rows, op, regularization, eps, sign):
-    """Soft op of contiguous (rows, n) rows through the cheapest route that can be differentiated
-    as the caller may (see the module docstring); returns out."""
-    if _functorch_active() or _forward_ad._current_level >= 0 or _is_compiling():
-        if _is_compiling():
-            from . import _torch_ops  # registers softrank::solve on first use
+def save_partition(ctx, spec, x, output):
+    """setup_context of SoftOp and of the custom op: keep (perm, blocks, aux); returns them."""
+    out, perm, blocks = output
+    ctx.mark_non_differentiable(perm, blocks)
+    ctx.spec = spec
+    aux = _aux(spec[0], x, out)
+    saved = (perm, blocks) if aux is None else (perm, blocks, aux)
+    ctx.save_for_backward(*saved)
+    return saved
 
-            return torch.ops.softrank.solve(rows, op, regularization, eps, sign)[0]
-        return SoftOpFunction.apply(rows, op, regularization, eps, sign)[0]
-    if rows.is_cpu:
-        return _torch_cpu.soft_op(rows, _MODE_OF[op][regularization], eps, sign)
-    if rows.requires_grad and torch.is_grad_enabled():
-        return _eager_apply(rows, (op, regularization, eps, sign))
-    return solve(op, regularization, rows, eps, sign)[0]
+
+def saved_partition(ctx):
+    """(perm, blocks, aux) from save_partition (aux is None for l2)."""
+    perm, blocks, *aux = ctx.saved_tensors
+    return perm, blocks, (aux[0] if aux else None)
 
 
 def _dtypes(dtype):
+    """(compute, output) dtypes of a tensor dtype (softrank/_contract.py's policy)."""
     if dtype is torch.float32 or dtype is torch.float64:
         return dtype, dtype
-    if dtype.is_complex:
-        raise TypeError(f"values must be real, got complex dtype {dtype}")
-    if dtype in (torch.float32, torch.float64):
-        return dtype, dtype
-    if dtype in _HALF_DTYPES:
-        return torch.float32, dtype
-    if dtype.is_floating_point:  # float8 and other exotic floats
-        return torch.float32, dtype
-    default = torch.get_default_dtype()  # integers and bool (torchsort's README passes ints)
-    return default, default
+    default = str(torch.get_default_dtype()).replace("torch.", "")
+    compute, out = C.solver_dtypes(str(dtype).replace("torch.", ""), default)
+    return getattr(torch, compute), getattr(torch, out)
+
+
+def _solve(x, mode, eps, sign):
+    """The soft op of contiguous x along its last dimension, by the route its context needs."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        from . import _torch_ops  # registers softrank::solve on first use
+
+        op, regularization = C.MODE_NAMES[mode]
+        return torch.ops.softrank.solve(x, op, regularization, eps, sign)[0]
+    if type(x).__torch_dispatch__ is not _PLAIN_DISPATCH:
+        # Wrapper subclasses (FakeTensor, MaskedTensor, ...) hold no data the solvers can read.
+        raise TypeError(f"values must be a torch.Tensor with data, got the tensor subclass "
+                        f"{type(x).__name__}")
+    if x.is_neg():  # a negative view (torch._neg_view) is read as its values
+        x = x.resolve_neg()
+    if compat.needs_transform_route():
+        return SoftOp.apply(x, mode, eps, sign)[0]
+    if x.requires_grad and torch.is_grad_enabled():
+        return EagerSoftOp.apply(x, (mode, eps, sign))
+    return backend.forward_values(mode, x, eps, sign)
 
 
 def soft_op(op, values, regularization, regularization_strength, dim, descending):
-    # The common call in fewer steps (each tensor attribute costs ~0.1 us, a sizeable part of a
-    # short call): a dense contiguous CPU float32/float64 tensor ranked along its last
-    # dimension, with plain Python arguments that pass the checks of the general path below.
-    # Its rows are solved in place of the input's layout: no reshape nodes in the graph.
-    if (type(regularization_strength) is float and 0.0 < regularization_strength < math.inf
-            and type(regularization) is str and (descending is False or descending is True)
-            and type(dim) is int):
-        mode = _MODE_OF[op].get(regularization)
-        dtype = values.dtype
-        if (mode is not None and (dtype is _float32 or dtype is _float64)
-                and values.is_cpu and values.layout is _strided and values.is_contiguous()):
-            shape = values.shape
-            ndim = len(shape)
-            if ndim == 2 and (dim == -1 or dim == 1):  # zero-size too: solved as empty
-                rows, n = shape
-                shape = None  # the solver's (rows, n) is the output's shape
-            elif ndim and ndim != 2 and (dim == -1 or dim == ndim - 1) and shape[-1]:
-                n = shape[-1]
-                rows = values.numel() // n
-            else:
-                rows = -1
-            if rows >= 0 and not (_functorch_active() or _forward_ad._current_level >= 0
-                                  or _is_compiling()):
-                spec = (mode, dtype is _float32, regularization_strength,
-                        _SIGN_OF[op][descending], rows, n, shape)  # softrank/_torch_cpu.py
-                if values.requires_grad and _is_grad_enabled():
-                    return _cpu_apply(values, spec)
-                return _cpu_solve(values, spec)
-    regularization = V.check_regularization(regularization)
-    eps = V.check_regularization_strength(regularization_strength)
-    descending = V.check_descending(descending)
+    mode = C.mode_of(op, regularization)
+    eps = C.check_regularization_strength(regularization_strength)
+    sign = C.sign_for(op, C.check_descending(descending))
+    if values.is_nested:
+        raise TypeError("values must be a dense (strided) tensor, got a nested tensor")
     if values.layout is not torch.strided:
         raise TypeError(f"values must be a dense (strided) tensor, got layout {values.layout}")
     if not (values.is_cpu or values.is_cuda):
@@ -204,21 +164,15 @@ def soft_op(op, values, regularization, regularization_strength, dim, descending
         # Like softmax on autocast's float32 list: fp16/bf16 cannot hold ranks beyond 2048/256.
         out_dtype = torch.float32
     ndim = values.dim()
-    axis = V.normalize_dim(dim, ndim)
-    n = values.shape[axis]
-    V.check_row_length(n)
+    axis = C.normalize_dim(dim, ndim)
+    C.check_row_length(values.shape[axis])
     if values.numel() == 0:
         return values.to(out_dtype).clone()
     last = axis == ndim - 1
-    moved = values if last else values.movedim(axis, -1)
-    rows = moved if ndim == 2 and last else moved.reshape(-1, n)
-    if compute_dtype is not values.dtype:
-        rows = rows.to(compute_dtype)
-    if not rows.is_contiguous():
-        rows = rows.contiguous()
-    out = _solve(rows, op, regularization, eps, V.sign_for(op, descending))
-    if not (ndim == 2 and last):
-        out = out.reshape(moved.shape)
+    x = values if last else values.movedim(axis, -1)
+    if compute_dtype is not x.dtype:
+        x = x.to(compute_dtype)
+    out = _solve(x.contiguous(), mode, eps, sign)
     if not last:
         out = out.movedim(-1, axis).contiguous()
     return out if out_dtype is compute_dtype else out.to(out_dtype)
@@ -234,7 +188,10 @@ def soft_op_vjp(op, values, regularization, regularization_strength, dim, descen
         out = soft_op(op, x, regularization, regularization_strength, dim, descending)
 
     def pullback(cotangent):
-        cotangent = torch.as_tensor(cotangent, dtype=out.dtype, device=out.device)
+        cotangent = torch.as_tensor(cotangent, device=out.device)
+        if cotangent.is_complex():
+            raise TypeError(f"cotangent must be real, got complex dtype {cotangent.dtype}")
+        cotangent = cotangent.to(out.dtype)
         if cotangent.shape != out.shape:
             raise ValueError(
                 f"cotangent must have the output's shape {tuple(out.shape)}, "

@@ -1,37 +1,17 @@
 """Derivatives of the soft operators written with differentiable torch ops.
 
-The native backward (softrank/_torch_native.py) is the fast first-order path. These formulas are
-used where autograd must see through the derivative itself: double backward (create_graph=True,
+The back ends' native backward is the fast first-order path. These formulas are used where
+autograd must see through the derivative itself: double backward (create_graph=True,
 gradgradcheck, Hessian-vector products), forward-mode AD (jvp, jacfwd) and torch.func transforms.
 They use the saved permutation and block starts (docs/CONTRACT.md), never float comparisons.
+All tensors are (rows, n); `mode` is softrank/_contract.py's (RANK_L2, RANK_KL, SORT_L2, SORT_KL).
 
 Notation (sorted coordinates): v' = v.gather(perm); a block B holds sorted positions with equal
 block start; segsum(v)_j = sum of v over j's block; rows marked blocks[:, 0] == -1 are NaN rows.
 """
 import torch
 
-
-def save_for_derivatives(ctx, inputs, output):
-    """setup_context shared by the eager Function and the custom op: keep what derivatives read.
-
-    That is the int32 permutation and block starts, plus out (rank/kl) or x (sort/kl) as a
-    reference; hyperparameters go on ctx. Returns the saved tensors.
-    """
-    x, op, regularization, eps, sign = inputs
-    out, perm, blocks = output
-    ctx.mark_non_differentiable(perm, blocks)
-    ctx.args = (op, regularization, eps, sign)
-    saved = (perm, blocks)
-    if regularization == "kl":
-        saved += (out if op == "rank" else x,)
-    ctx.save_for_backward(*saved)
-    return saved
-
-
-def saved_for_derivatives(ctx):
-    """(perm, blocks, aux) from what save_for_derivatives kept (aux is None for l2)."""
-    perm, blocks, *aux = ctx.saved_tensors
-    return perm, blocks, (aux[0] if aux else None)
+from ._contract import RANK_KL, RANK_L2, SORT_L2
 
 
 class Partition:
@@ -70,16 +50,16 @@ class Partition:
         return torch.where(self.nan_rows, torch.full_like(v, float("nan")), v)
 
 
-def vjp(op, regularization, g, partition, aux, eps, sign):
+def vjp(mode, g, partition, aux, eps, sign):
     """Gradient w.r.t. x from the cotangent g of out (differentiable in g and aux)."""
-    if op == "rank":
+    if mode in (RANK_L2, RANK_KL):
         gs = partition.sorted(g)
-        if regularization == "l2":
+        if mode == RANK_L2:
             grad_s = (sign / eps) * (gs - partition.segsum(gs) / partition.count(gs))
         else:
             r = partition.sorted(aux)
             grad_s = (sign / eps) * r * (gs - partition.segsum(gs * r) / partition.rho_sum(gs))
-    elif regularization == "l2":
+    elif mode == SORT_L2:
         grad_s = partition.segsum(g) / partition.count(g)
     else:
         p = partition.softmax_weights(sign * partition.sorted(aux))
@@ -87,13 +67,13 @@ def vjp(op, regularization, g, partition, aux, eps, sign):
     return partition.mask_nan_rows(partition.unsorted(grad_s))
 
 
-def jvp(op, regularization, t, partition, aux, eps, sign):
+def jvp(mode, t, partition, aux, eps, sign):
     """Tangent of out from the tangent t of x (forward mode; differentiable in t and aux)."""
-    if op == "rank":
+    if mode in (RANK_L2, RANK_KL):
         # The rank Jacobian is symmetric (in sorted coordinates, and so after un-permuting).
-        return vjp(op, regularization, t, partition, aux, eps, sign)
+        return vjp(mode, t, partition, aux, eps, sign)
     ts = partition.sorted(t)
-    if regularization == "l2":
+    if mode == SORT_L2:
         tangent = partition.segsum(ts) / partition.count(ts)
     else:
         p = partition.softmax_weights(sign * partition.sorted(aux))
@@ -101,13 +81,13 @@ def jvp(op, regularization, t, partition, aux, eps, sign):
     return partition.mask_nan_rows(tangent)
 
 
-def vjp_of_vjp(op, regularization, g, partition, aux, eps, sign, u):
+def vjp_of_vjp(mode, g, partition, aux, eps, sign, u):
     """Cotangents of (g, aux) for the map (g, aux) -> vjp(g, aux), given the cotangent u of it."""
-    grad_g = jvp(op, regularization, u, partition, aux, eps, sign)
-    if regularization == "l2":
+    grad_g = jvp(mode, u, partition, aux, eps, sign)
+    if mode in (RANK_L2, SORT_L2):
         return grad_g, None
     us = partition.sorted(u)
-    if op == "rank":
+    if mode == RANK_KL:
         gs, r = partition.sorted(g), partition.sorted(aux)
         rho = partition.rho_sum(gs)
         grad_r = (sign / eps) * (us * (gs - partition.segsum(gs * r) / rho)

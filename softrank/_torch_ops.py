@@ -1,26 +1,31 @@
-"""The native solver registered with torch.library, for torch.compile (no graph breaks).
+"""The back ends registered with torch.library, for torch.compile (no graph breaks).
 
 softrank::solve          (x, op, regularization, eps, sign) -> (out, perm, blocks)
 softrank::solve_backward (g, perm, blocks, aux, op, regularization, eps, sign) -> grad
 
-Both have fake (meta) implementations and autograd formulas, so AOTAutograd can trace forward
-and backward; solve_backward's own derivative (double backward) comes from
-softrank/_torch_formulas.py. Eager calls do not go through here (see softrank/_torch.py): the
-custom-op dispatcher costs more than the whole solve of a short row.
+x is solved along its last dimension; perm and blocks are shaped like x. Both ops have fake
+(meta) implementations and autograd formulas, so AOTAutograd traces forward and backward;
+solve_backward's own derivative (double backward) comes from softrank/_torch_formulas.py.
+Eager calls take softrank/_torch.py's Functions instead: the custom-op dispatcher costs more
+than the whole solve of a short row.
 """
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from . import _contract as C
+from . import _torch_backend as backend
 from . import _torch_formulas as formulas
-from ._torch_native import run_backward, run_forward
+from ._torch import _differentiable, save_partition, saved_partition, vjp
 
 
 @torch.library.custom_op("softrank::solve", mutates_args=())
 def solve(x: Tensor, op: str, regularization: str, eps: float,
           sign: int) -> Tuple[Tensor, Tensor, Tensor]:
-    return run_forward(op, regularization, x.contiguous(), eps, sign)
+    x = x.contiguous()
+    out, perm, blocks = backend.forward(C.mode_of(op, regularization), x, eps, sign)
+    return out, backend.as_tensor(perm).view(x.shape), backend.as_tensor(blocks).view(x.shape)
 
 
 @solve.register_fake
@@ -33,7 +38,8 @@ def _solve_fake(x, op, regularization, eps, sign):
 def solve_backward(g: Tensor, perm: Tensor, blocks: Tensor, aux: Optional[Tensor], op: str,
                    regularization: str, eps: float, sign: int) -> Tensor:
     aux = None if aux is None else aux.contiguous()
-    return run_backward(op, regularization, g.contiguous(), perm, blocks, aux, eps, sign)
+    return backend.backward(C.mode_of(op, regularization), g.contiguous(), perm, blocks, aux, eps,
+                            sign)
 
 
 @solve_backward.register_fake
@@ -41,31 +47,34 @@ def _solve_backward_fake(g, perm, blocks, aux, op, regularization, eps, sign):
     return torch.empty_like(g, memory_format=torch.contiguous_format)
 
 
+def _solve_setup_context(ctx, inputs, output):
+    x, op, regularization, eps, sign = inputs
+    save_partition(ctx, (C.mode_of(op, regularization), eps, sign), x, output)
+
+
+def _native_backward(mode, g, perm, blocks, aux, eps, sign):
+    op, regularization = C.MODE_NAMES[mode]
+    return solve_backward(g, perm, blocks, aux, op, regularization, eps, sign)
+
+
 def _solve_backward_rule(ctx, grad_out, _grad_perm, _grad_blocks):
-    perm, blocks, aux = formulas.saved_for_derivatives(ctx)
-    op, regularization, eps, sign = ctx.args
-    if torch.is_grad_enabled():  # create_graph: keep the derivative differentiable
-        grad = formulas.vjp(op, regularization, grad_out, formulas.Partition(perm, blocks), aux,
-                            eps, sign)
-    else:
-        grad = solve_backward(grad_out, perm, blocks, aux, op, regularization, eps, sign)
+    grad = vjp(ctx.spec, grad_out, *saved_partition(ctx), native=_native_backward)
     return grad, None, None, None, None
 
 
-solve.register_autograd(_solve_backward_rule, setup_context=formulas.save_for_derivatives)
+solve.register_autograd(_solve_backward_rule, setup_context=_solve_setup_context)
 
 
 def _solve_backward_setup_context(ctx, inputs, output):
     g, perm, blocks, aux, op, regularization, eps, sign = inputs
-    ctx.args = (op, regularization, eps, sign)
+    ctx.spec = (C.mode_of(op, regularization), eps, sign)
     ctx.save_for_backward(g, perm, blocks, aux)
 
 
 def _solve_backward_backward_rule(ctx, grad_grad):
     g, perm, blocks, aux = ctx.saved_tensors
-    op, regularization, eps, sign = ctx.args
-    grad_g, grad_aux = formulas.vjp_of_vjp(op, regularization, g, formulas.Partition(perm, blocks),
-                                           aux, eps, sign, grad_grad)
+    grad_g, grad_aux = _differentiable(formulas.vjp_of_vjp, ctx.spec, g, perm, blocks, aux,
+                                       grad_grad)
     return grad_g, None, None, grad_aux, None, None, None, None
 
 

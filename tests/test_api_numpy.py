@@ -162,4 +162,4 @@ def test_native_solver_refuses_byte_swapped_rows():
 
     x = np.arange(6.0).reshape(2, 3).astype(">f8")
     with pytest.raises(ValueError, match="native byte order: False"):
-        _cpu.forward_values(0, x, 1.0, 1.0, 1)
+        _cpu.forward_values(0, x, 1.0, 1.0)

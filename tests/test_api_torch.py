@@ -198,8 +198,8 @@ def test_torchsort_readme_spearmanr():
 @pytest.mark.parametrize("op", OPS)
 def test_contiguous_nd_input_along_last_dim_equals_general_path(shape, op, reg):
     """A contiguous tensor of any rank ranked along its last dim is solved in its own layout
-    (softrank/_torch_cpu.py: no reshape nodes); a non-contiguous tensor with the same values
-    takes the general path. Outputs, gradients and second derivatives must agree bitwise."""
+    (no copy); a non-contiguous tensor with the same values is made contiguous first.
+    Outputs, gradients and second derivatives must agree bitwise."""
     torch.manual_seed(0)
     x = torch.randn(*shape, dtype=torch.float64)
     g, u = torch.randn(*shape, dtype=torch.float64), torch.randn(*shape, dtype=torch.float64)
@@ -222,9 +222,9 @@ def test_contiguous_nd_input_along_last_dim_equals_general_path(shape, op, reg):
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("reg", REGS)
 def test_checkpointing_and_saved_tensor_hooks_give_the_same_gradient(op, reg):
-    """The CPU route keeps the partition on the Function's context and, for soft_sort/kl, the
-    input by reference (softrank/_torch_cpu.py): activation checkpointing (both kinds) and
-    saved-tensor hooks must still give the plain gradient."""
+    """The eager Function keeps the partition on its context and the output (rank/kl) or input
+    (sort/kl) through save_for_backward: activation checkpointing (both kinds) and saved-tensor
+    hooks must still give the plain gradient."""
     from torch.utils.checkpoint import checkpoint
 
     gen = torch.Generator().manual_seed(3)

@@ -198,3 +198,64 @@ def test_inference_path_equals_autograd_path(op):
     assert plain.grad_fn is None and tracked.grad_fn is not None
     torch.testing.assert_close(plain, tracked.detach())
     torch.testing.assert_close(OPS[op](x), plain)
+
+
+def _hessian_vector_product(grad_, leaf, u):
+    # An l2 gradient does not depend on x (the partition is locally constant): no graph.
+    if not grad_.requires_grad:
+        return torch.zeros_like(leaf)
+    return torch.autograd.grad(grad_, leaf, u)[0]
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("regularization", REGULARIZATIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_eager_function_equals_transform_function(op, regularization, dtype):
+    """EagerSoftOp (eager calls) and SoftOp (transforms) give the same numbers bit for bit:
+    outputs, first-order gradients (native backward) and second order (the formulas)."""
+    from softrank import _contract, _torch
+
+    spec = (_contract.mode_of(op, regularization), 0.7, _contract.sign_for(op, False))
+    x, g, u = _rows(20, 4, 33, dtype=dtype), _rows(21, 4, 33, dtype=dtype), _rows(22, 4, 33,
+                                                                                dtype=dtype)
+    results = []
+    for route in (lambda t: _torch.EagerSoftOp.apply(t, spec),
+                  lambda t: _torch.SoftOp.apply(t, *spec)[0]):
+        leaf = x.clone().requires_grad_()
+        out = route(leaf)
+        (grad_,) = torch.autograd.grad(out, leaf, g, create_graph=True)
+        hvp = _hessian_vector_product(grad_, leaf, u)
+        (grad_native,) = torch.autograd.grad(route(leaf), leaf, g)
+        results.append((out.detach(), grad_.detach(), hvp, grad_native))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_public_fallback_of_the_private_transform_query(monkeypatch):
+    """softrank/_torch_compat.py's fallback (used where torch lacks the private query) sends
+    every call through SoftOp and the differentiable backward: same numbers as the fast route,
+    and transforms still work."""
+    from softrank import _torch_compat
+
+    x, g = _rows(23, 3, 12), _rows(24, 3, 12)
+    expected = {}
+    for op, f in OPS.items():
+        for regularization in REGULARIZATIONS:
+            leaf = x.clone().requires_grad_()
+            out = f(leaf, regularization, 0.5)
+            expected[op, regularization] = (out.detach(),
+                                            torch.autograd.grad(out, leaf, g)[0])
+    monkeypatch.setattr(_torch_compat, "needs_transform_route", _torch_compat.always)
+    for (op, regularization), (out_expected, grad_expected) in expected.items():
+        f = OPS[op]
+        leaf = x.clone().requires_grad_()
+        out = f(leaf, regularization, 0.5)
+        assert type(out.grad_fn).__name__.startswith("SoftOp")
+        torch.testing.assert_close(out.detach(), out_expected, rtol=0, atol=1e-14)
+        torch.testing.assert_close(torch.autograd.grad(out, leaf, g)[0], grad_expected,
+                                   rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            torch.testing.assert_close(f(x, regularization, 0.5), out_expected,
+                                       rtol=0, atol=1e-14)
+        batched = vmap(lambda t: f(t, regularization, 0.5))(x)
+        torch.testing.assert_close(batched, f(x, regularization, 0.5), rtol=0, atol=1e-14)
