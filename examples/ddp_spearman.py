@@ -11,9 +11,9 @@ backward of the all-gather sums, over processes, the gradient each of them sends
 shard, so process k receives W * dL/d(pred_k) for its own shard (W = world size);
 DistributedDataParallel then averages the parameter gradients over the W processes,
 which gives exactly dL/dtheta, the gradient of a single process that sees the whole
-batch.  The script checks this: with ``--check`` (the default) rank 0 also trains a
-plain single-process copy of the model on the same global batches and compares the
-loss and every gradient at every step.
+batch.  The script checks this: with ``--check`` (the default; ``--no-check`` turns
+it off) rank 0 also trains a plain single-process copy of the model on the same global
+batches and compares the loss and every gradient at every step.
 
     torchrun --nproc_per_node=2 examples/ddp_spearman.py                  # CPU, gloo
     torchrun --nproc_per_node=2 examples/ddp_spearman.py --device cuda    # GPUs, nccl
@@ -31,12 +31,6 @@ import os
 import socket
 import sys
 
-import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
-
-import softrank
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
@@ -51,21 +45,35 @@ def parse_args(argv=None):
                    help="global batch size (divisible by the world size)")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     p.add_argument("--hidden", type=int, default=16, help="hidden units of the MLP")
-    p.add_argument("--regularization", choices=("l2", "kl"), default="l2")
+    p.add_argument("--regularization", choices=("l2", "kl"), default="l2",
+                   help="soft-rank regularization")
     p.add_argument("--strength", type=float, default=0.05,
                    help="soft-rank regularization strength (targets are standardised)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="dtype of the model and the data")
+    p.add_argument("--seed", type=int, default=0, help="seed for the init and the batches")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cpu uses the gloo backend, cuda uses nccl (one GPU per process)")
-    p.add_argument("--no-check", dest="check", action="store_false",
-                   help="skip the comparison with a single-process run")
+    p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                   help="compare the loss and the gradients with a single-process run at "
+                   "every step (--no-check skips it)")
     p.add_argument("--rtol", type=float, default=None,
                    help="tolerance of the check: on the loss, and on the gradients "
-                   "relative to the largest gradient entry (default: 1e-4 for float32, "
-                   "1e-9 for float64)")
-    p.add_argument("--log-every", type=int, default=50)
+                   "relative to the largest gradient entry; None: 1e-4 for float32, "
+                   "1e-9 for float64")
+    p.add_argument("--log-every", type=int, default=50, help="print every N steps (0: never)")
     return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    # Parsed before torch is imported, so that --help answers at once.
+    _ARGS = parse_args()
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+import softrank
 
 
 class GatherPredictions(torch.autograd.Function):
@@ -139,8 +147,7 @@ def make_model(n_features, hidden, seed, dtype, device):
     ).to(device=device, dtype=dtype)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(args):
     rank, world, device = setup(args)
     dtype = getattr(torch, args.dtype)
     rtol = args.rtol if args.rtol is not None else (1e-4 if dtype == torch.float32 else 1e-9)
@@ -212,4 +219,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    main(_ARGS)

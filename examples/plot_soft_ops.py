@@ -12,10 +12,6 @@ the values for l2 soft_sort, the middle rank (n + 1) / 2 for soft_rank).
 import argparse
 import os
 
-import numpy as np
-
-import softrank
-
 DEFAULT_VALUES = [2.1, -0.4, 0.7, 1.6, 0.5]
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs",
                            "soft_ops.png")
@@ -37,6 +33,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+if __name__ == "__main__":
+    # Parsed before NumPy, softrank and matplotlib are imported: --help answers at once.
+    _ARGS = parse_args()
+
+import numpy as np
+
+import softrank
+
+
 def curves(values, strengths):
     """{(op, regularization): array (len(strengths), n)}."""
     out = {}
@@ -46,8 +51,7 @@ def curves(values, strengths):
     return out
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(args):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,8 +89,8 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     fig.savefig(args.out, dpi=args.dpi)
     plt.close(fig)
-    print(f"wrote {args.out}")
+    print(f"wrote {os.path.abspath(args.out)}")
 
 
 if __name__ == "__main__":
-    main()
+    main(_ARGS)
