@@ -2,7 +2,8 @@
 
 The scripts run as subprocesses with the softrank this test session imported (its
 parent directory goes first on PYTHONPATH).  Each test skips when an example
-dependency (scikit-learn, matplotlib, tqdm) is missing: ``pip install -e ".[examples]"``.
+dependency (scikit-learn, SciPy, matplotlib, tqdm, torch) it needs is missing:
+``pip install -e ".[examples]"``.
 """
 
 import os
@@ -67,47 +68,99 @@ def _assert_png(path):
     assert len(data) > 10_000 and data.startswith(PNG_MAGIC)
 
 
-@pytest.mark.slow
-def test_help_of_every_example(tmp_path):
-    _need("sklearn", "matplotlib", "tqdm", "torch")
+# Run as __main__ with --help, then list which heavy modules the script imported.
+_HELP_PROBE = """
+import runpy, sys
+path = sys.argv[1]
+sys.argv = [path, "--help"]
+try:
+    runpy.run_path(path, run_name="__main__")
+except SystemExit as exc:
+    assert exc.code in (0, None), exc.code
+heavy = ("torch", "sklearn", "scipy", "matplotlib", "softrank", "numpy")
+print("IMPORTED:", sorted(m for m in heavy if m in sys.modules))
+"""
+
+
+def test_help_of_every_example_answers_without_importing_torch(tmp_path):
+    """--help parses the arguments before any heavy import: no torch, scikit-learn, SciPy,
+    matplotlib, NumPy or softrank, so it answers in a fraction of a second."""
     scripts = sorted(EXAMPLES.glob("*.py"))
     assert {s.name for s in scripts} >= {"spearman_regression.py", "numpy_spearman.py",
                                          "ddp_spearman.py", "plot_soft_ops.py"}
-    procs = [  # in parallel: most of the time is spent importing torch
-        (s, subprocess.Popen([sys.executable, str(s), "--help"], cwd=tmp_path, env=_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        for s in scripts
-    ]
-    for script, proc in procs:
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, f"{script.name} --help failed:\n{err}"
+    for script in scripts:
+        out = _run(["-c", _HELP_PROBE, script], cwd=tmp_path)
         assert "usage:" in out and "--" in out, out
+        assert "IMPORTED: []" in out, f"{script.name} --help imported {out.splitlines()[-1]}"
+        if script.name == "ddp_spearman.py":  # item 7 of issue 18: not "--no-check (default: True)"
+            assert "--check, --no-check" in out, out
 
 
 @pytest.mark.slow
-def test_spearman_regression(tmp_path):
-    _need("sklearn", "matplotlib", "tqdm", "torch")
-    png = tmp_path / "plots" / "regression.png"
-    out = _run([EXAMPLES / "spearman_regression.py", "--epochs", "8", "--no-progress",
-                "--out", png], cwd=tmp_path)
+def test_spearman_regression_default_task(tmp_path):
+    """The default task with fewer epochs: the soft Spearman loss beats MSE on held-out
+    Spearman (30 epochs, seeds 0-4: 0.93 vs 0.58 on average; after 10 epochs on seed 0
+    about 0.90 vs 0.71).  The PNG goes where --out says, relative to the working directory,
+    and its absolute path is printed."""
+    _need("scipy", "matplotlib", "tqdm", "torch")
+    out = _run([EXAMPLES / "spearman_regression.py", "--seed", "0", "--epochs", "10",
+                "--no-progress", "--with-rank-mse", "--out", "plots/regression.png"],
+               cwd=tmp_path)
+    assert out.rstrip().splitlines()[-1].startswith("RESULT "), out
     res = _result(out)
-    # An untrained model scores about 0 to 0.3; after 8 epochs both are well above 0.5
-    # (full run: about 0.6 for both on this split).
-    assert res["soft_spearman"] > 0.5, out
-    assert res["mse"] > 0.5, out
+    assert res["soft_spearman"] > 0.85, out
+    assert res["soft_spearman"] > res["mse"] + 0.1, out
+    assert re.search(r"MSE on ranks +0\.\d+", out), out
+    png = (tmp_path / "plots" / "regression.png").resolve()
+    wrote = re.search(r"^wrote (.+)$", out, re.M)
+    assert wrote and Path(wrote.group(1)).is_absolute(), out
+    assert Path(wrote.group(1)).resolve() == png, out
     _assert_png(png)
 
 
 def test_numpy_spearman_without_torch(tmp_path):
-    _need("sklearn", "scipy")
+    _need("sklearn")
     out = _run([EXAMPLES / "numpy_spearman.py", "--steps", "60", "--check-grad",
                 "--log-every", "0"], cwd=tmp_path)
+    assert "data: sklearn diabetes" in out, out
     err = float(re.search(r"gradient check: max relative error ([-\d.e+]+)", out).group(1))
     assert err < 1e-5, out
     res = _result(out)
     assert res["soft_spearman"] > 0.55, out
     assert abs(res["soft_spearman"] - res["least_squares"]) < 0.1, out
     assert "torch imported: False" in out
+
+
+# Runs a script as __main__ as if scikit-learn, SciPy and torch were not installed
+# (None in sys.modules makes their import raise ImportError): a NumPy-only install.
+_NUMPY_ONLY = """
+import runpy, sys
+for name in ("sklearn", "scipy", "torch"):
+    sys.modules[name] = None
+path = sys.argv[1]
+sys.argv = [path, *sys.argv[2:]]
+runpy.run_path(path, run_name="__main__")
+"""
+
+
+def test_numpy_spearman_numpy_only_install(tmp_path):
+    """Without scikit-learn (and SciPy) the NumPy example falls back to synthetic data and
+    says so; asking for the diabetes data explains what is missing."""
+    script = EXAMPLES / "numpy_spearman.py"
+    out = _run(["-c", _NUMPY_ONLY, script, "--steps", "60", "--check-grad",
+                "--log-every", "0"], cwd=tmp_path)
+    assert "scikit-learn is not installed" in out and "data: synthetic" in out, out
+    err = float(re.search(r"gradient check: max relative error ([-\d.e+]+)", out).group(1))
+    assert err < 1e-5, out
+    res = _result(out)
+    assert res["soft_spearman"] > 0.9 and res["least_squares"] > 0.8, out
+    assert "torch imported: False" in out
+
+    args = ["-c", _NUMPY_ONLY, script, "--data", "diabetes"]
+    proc = _launch(args, tmp_path)
+    assert proc.returncode != 0, proc.stdout
+    assert "needs scikit-learn" in proc.stderr and "--data synthetic" in proc.stderr, (
+        proc.stderr[-2000:])
 
 
 def _gloo_teardown_abort(proc):
