@@ -1,7 +1,7 @@
 """Each sort kernel of the compiled solver against the general path, and this build against an
 older checkout.
 
-    python benchmarks/bench_sort_kernels.py [--rounds 15] [--dtypes float32,float64]
+    python benchmarks/bench_sort_kernels.py [--rounds 15] [--dtypes float32,float64] [--mode 0]
     python benchmarks/bench_sort_kernels.py --before /path/to/old/checkout [--tasks ...]
 
 Kernel mode (the default) times the forward of soft_rank/l2 (softrank._cpu.forward, mode 0, one
@@ -10,9 +10,11 @@ kernel forced through the debug entry point (softrank._cpu._debug("sort_kernel",
 CPU's kernels and on those of a CPU without AVX-512 ("avx2:" configurations). It prints the
 median over rounds of each configuration's time divided by auto's, measured in the same round
 (rounds interleave the configurations): a ratio of 1.10 or more for every general-path
-configuration (radix8, radix11, std) means the automatic kernel wins at least 10% on that shape.
+configuration (radix, std) means the automatic kernel wins at least 10% on that shape.
 A forced kernel that cannot sort a length (counting beyond its limit, the network beyond its
-size) leaves the row to auto: those cells print "-".
+size) leaves the row to auto: those cells print "-". --mode 1 times soft_rank/kl instead: on
+rows that both kernel sets radix sort (n > 1024), "avx2:auto" then differs from "auto" only by
+the vector exp (AVX2 against AVX-512).
 
 Before mode starts two worker processes, one importing softrank from --before (its own in-place
 build) and one from this checkout, and alternates them call by call: the ratio is new / old,
@@ -35,8 +37,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPES = [(1, 10), (32, 10), (1, 100), (1024, 100), (1, 1000), (1024, 1000), (32, 10_000),
           (1, 100_000), (1, 1_000_000)]
-CONFIGS = ["auto", "counting", "network", "radix8", "radix11", "std",
-           "avx2:auto", "avx2:network", "avx2:radix8", "avx2:std"]
+CONFIGS = ["auto", "counting", "network", "radix", "std",
+           "avx2:auto", "avx2:network", "avx2:radix", "avx2:std"]
 ELEMENTS_PER_TIMING = 300_000
 
 
@@ -91,8 +93,8 @@ def kernel_mode(args):
     _cpu._debug("use_avx512", True)
     configs = [c for c in args.configs.split(",") if c.split(":")[-1] in
                ["auto"] + _cpu._debug("sort_kernels")]
-    print("forward of soft_rank/l2, one thread; auto in us, the others / auto "
-          "(median of per-round ratios)")
+    print(f"forward of mode {args.mode} (0: soft_rank/l2), one thread; auto in us, the others / "
+          "auto (median of per-round ratios)")
     print(f"{'dtype':8s}{'shape':>14s}" + "".join(f"{c:>14s}" for c in configs), flush=True)
     try:
         for dtype in [np.dtype(d) for d in args.dtypes.split(",")]:
@@ -106,7 +108,7 @@ def kernel_mode(args):
                     for config in live:
                         _set(_cpu, config)
                         times[config].append(
-                            _timed(lambda x: _cpu.forward(0, x, 1.0, 1.0), pool, reps))
+                            _timed(lambda x: _cpu.forward(args.mode, x, 1.0, 1.0), pool, reps))
                 cells = []
                 for config in configs:
                     if config == "auto":
@@ -142,22 +144,23 @@ def call_of(task, rows, n, dtype, pool):
     kind, mode = task[:3], int(task[3])
     single = dtype == np.float32
     aux_of = lambda x, out: {1: out, 3: x}.get(mode)
+    address = {id(x): x.ctypes.data for x in pool}  # (x.ctypes costs a microsecond a call)
     if kind == "fwd":
         if old:
-            return lambda x: _cpu.forward_at(mode, x.ctypes.data, rows, n, single, 1.0, 1.0, 1)
+            return lambda x: _cpu.forward_at(mode, address[id(x)], rows, n, single, 1.0, 1.0, 1)
         return lambda x: _cpu.forward(mode, x, 1.0, 1.0)
     saved = {}
     for x in pool:
         if old:
-            out, perm, blocks = _cpu.forward_at(mode, x.ctypes.data, rows, n, single, 1.0, 1.0, 1)
+            out, perm, blocks = _cpu.forward_at(mode, address[id(x)], rows, n, single, 1.0, 1.0, 1)
         else:
             out, perm, blocks = _cpu.forward(mode, x, 1.0, 1.0)
-        saved[id(x)] = (perm, blocks, aux_of(x, out))
+        aux = aux_of(x, out)
+        saved[id(x)] = (perm, blocks, aux, 0 if aux is None else aux.ctypes.data)
     if old:
-        return lambda g: _cpu.backward_at(
-            mode, g.ctypes.data, saved[id(g)][0], saved[id(g)][1],
-            0 if saved[id(g)][2] is None else saved[id(g)][2].ctypes.data, single, 1.0, 1.0, 1)
-    return lambda g: _cpu.backward(mode, g, *saved[id(g)], 1.0, 1.0)
+        return lambda g: _cpu.backward_at(mode, address[id(g)], saved[id(g)][0], saved[id(g)][1],
+                                          saved[id(g)][3], single, 1.0, 1.0, 1)
+    return lambda g: _cpu.backward(mode, g, *saved[id(g)][:3], 1.0, 1.0)
 
 cache = {}
 for line in sys.stdin:
@@ -224,11 +227,15 @@ def main():
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help="kernel mode: configurations to time (auto first)")
+    parser.add_argument("--mode", type=int, default=0, help="kernel mode: the solver's mode")
     parser.add_argument("--before", help="an older checkout with its own in-place build")
+    parser.add_argument("--shapes", help="rowsxn,... instead of the grid (e.g. 1024x100,1x1000)")
     parser.add_argument("--tasks", default="fwd0",
                         help="before mode: fwdM / bwdM for mode M (0 rank/l2, 1 rank/kl, "
                              "2 sort/l2, 3 sort/kl), comma-separated")
     args = parser.parse_args()
+    if args.shapes:
+        SHAPES[:] = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     if args.before:
         before_mode(args)
     else:

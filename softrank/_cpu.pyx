@@ -53,7 +53,6 @@ cdef extern from "csrc/vector_exp.h":
                              double *w, Py_ssize_t count) noexcept nogil
 
 cdef extern from "csrc/argsort.h":
-    Py_ssize_t softrank_radix_wide_min
     int softrank_forced_sort_kernel
 
 cdef extern from "csrc/forward.h":
@@ -68,6 +67,7 @@ cdef extern from "csrc/forward.h":
     cdef cppclass Split "softrank_split":
         Span[uint64_t] ka
         Span[uint64_t] kb
+    const int SPLIT_DIGITS "SOFTRANK_SPLIT_DIGITS"
     Py_ssize_t split_words "softrank_split_words"(Py_ssize_t n, int n_threads) noexcept nogil
     void split_init "softrank_split_init"(Split* split, uint64_t* words, Py_ssize_t n,
                                           int n_threads) noexcept nogil
@@ -115,11 +115,11 @@ cdef extern from "csrc/forward.h":
 
 cdef extern from "csrc/backward.h":
     Py_ssize_t softrank_backward_words(int mode, Py_ssize_t n) noexcept nogil
-    bint backward_row "softrank_backward_row"(int mode, Span[float] g, Span[int32_t] perm,
+    void backward_row "softrank_backward_row"(int mode, Span[float] g, Span[int32_t] perm,
                                               Span[int32_t] blocks, Span[float] aux, double eps,
                                               double sign, Span[float] grad,
                                               Span[double] weights) noexcept nogil
-    bint backward_row "softrank_backward_row"(int mode, Span[double] g, Span[int32_t] perm,
+    void backward_row "softrank_backward_row"(int mode, Span[double] g, Span[int32_t] perm,
                                               Span[int32_t] blocks, Span[double] aux,
                                               double eps, double sign, Span[double] grad,
                                               Span[double] weights) noexcept nogil
@@ -133,8 +133,6 @@ cdef extern from "csrc/backward.h":
                                                     Span[double] aux, double eps, double sign,
                                                     Span[double] grad, Span[double] weights,
                                                     Py_ssize_t lo, Py_ssize_t hi) noexcept nogil
-    bint perm_in_range "softrank_perm_in_range"(Span[int32_t] perm, Py_ssize_t lo,
-                                                Py_ssize_t hi) noexcept nogil
     Py_ssize_t block_start_at "softrank_block_start_at"(Span[int32_t] blocks,
                                                         Py_ssize_t position) noexcept nogil
 
@@ -250,7 +248,7 @@ cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
     if nonfinite:
         nan_row_forward(out, perm, blocks)
         return
-    for d in range(3):
+    for d in range(SPLIT_DIGITS):
         if split_digit_is_constant(&split, d):
             continue
         if in_b:
@@ -281,40 +279,33 @@ cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
         split_expand(&split, mode, eps, sign, perm, out, blocks, top, t)
 
 
-cdef bint _backward_rows(int mode, Span[floating] g, Span[int32_t] perm, Span[int32_t] blocks,
+cdef void _backward_rows(int mode, Span[floating] g, Span[int32_t] perm, Span[int32_t] blocks,
                          Span[floating] aux, Span[floating] grad, Py_ssize_t rows, Py_ssize_t n,
                          double eps, double sign, uint64_t* words,
                          int n_threads) noexcept nogil:
-    """Rows on n_threads threads. Returns False if a row's perm held an index outside 0..n-1."""
+    """Rows on n_threads threads, sort/kl's with softmax weights of their own."""
     cdef Py_ssize_t r, per_thread = softrank_backward_words(mode, n)
     cdef Py_ssize_t weights = n if mode == SORT_KL else 0
-    cdef int bad = 0
     if n_threads <= 1:
         for r in range(rows):
-            if not backward_row(mode, g.sub(r * n, n), perm.sub(r * n, n), blocks.sub(r * n, n),
-                                aux.sub(r * n, n), eps, sign, grad.sub(r * n, n),
-                                Span[double](<double*>words, weights)):
-                return False
+            backward_row(mode, g.sub(r * n, n), perm.sub(r * n, n), blocks.sub(r * n, n),
+                         aux.sub(r * n, n), eps, sign, grad.sub(r * n, n),
+                         Span[double](<double*>words, weights))
     else:
         for r in prange(rows, num_threads=n_threads, schedule="static"):
-            bad |= not backward_row(mode, g.sub(r * n, n), perm.sub(r * n, n),
-                                    blocks.sub(r * n, n), aux.sub(r * n, n), eps, sign,
-                                    grad.sub(r * n, n),
-                                    Span[double](<double*>(words + threadid() * per_thread),
-                                                 weights))
-    return bad == 0
+            backward_row(mode, g.sub(r * n, n), perm.sub(r * n, n), blocks.sub(r * n, n),
+                         aux.sub(r * n, n), eps, sign, grad.sub(r * n, n),
+                         Span[double](<double*>(words + threadid() * per_thread), weights))
 
 
-cdef bint _backward_split_row(int mode, Span[floating] g, Span[int32_t] perm,
+cdef void _backward_split_row(int mode, Span[floating] g, Span[int32_t] perm,
                               Span[int32_t] blocks, Span[floating] aux, double eps, double sign,
                               Span[floating] grad, Span[double] weights,
                               int n_threads) noexcept nogil:
     """One row on n_threads threads, each on the blocks that start in its chunk of sorted
-    positions. Returns False if perm held an index outside 0..n-1."""
+    positions."""
     cdef Py_ssize_t n = g.len
     cdef Py_ssize_t t, lo, hi, largest = 0
-    if not perm_in_range(perm, 0, n):
-        return False
     if blocks[0] >= 0:
         for t in range(n_threads):
             lo = block_start_at(blocks, chunk_start(t, n, n_threads))
@@ -324,12 +315,12 @@ cdef bint _backward_split_row(int mode, Span[floating] g, Span[int32_t] perm,
                 break
             largest = max(largest, hi - lo)
     if blocks[0] < 0 or 4 * largest > 3 * n:  # NaN row, or one thread would do most blocks
-        return backward_row(mode, g, perm, blocks, aux, eps, sign, grad, weights)
+        backward_row(mode, g, perm, blocks, aux, eps, sign, grad, weights)
+        return
     for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
         backward_blocks(mode, g, perm, blocks, aux, eps, sign, grad, weights,
                         block_start_at(blocks, chunk_start(t, n, n_threads)),
                         block_start_at(blocks, chunk_start(t + 1, n, n_threads)))
-    return True
 
 
 cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* perm,
@@ -376,11 +367,10 @@ cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* per
                               Span[int32_t](blocks, size), rows, n, eps, sign, words, n_threads)
 
 
-cdef bint _solve_backward(int mode, int typenum, void* g, int32_t* perm, int32_t* blocks,
+cdef void _solve_backward(int mode, int typenum, void* g, int32_t* perm, int32_t* blocks,
                           void* aux, void* grad, Py_ssize_t rows, Py_ssize_t n, double eps,
                           double sign) except *:
-    """Backward of (rows, n) rows; False if a row's perm held an index outside 0..n-1. aux
-    may be NULL for l2 (not read)."""
+    """Backward of (rows, n) rows; aux may be NULL for l2 (not read)."""
     cdef int n_threads = _threads_for(mode, rows, n, True)
     cdef bint split = _splits_rows(rows, n, n_threads)
     if not split:
@@ -389,14 +379,13 @@ cdef bint _solve_backward(int mode, int typenum, void* g, int32_t* perm, int32_t
     cdef uint64_t* words = buffer.acquire(
         max(1, (1 if split else n_threads) * softrank_backward_words(mode, n)))
     cdef Py_ssize_t size = rows * n, r, weights = n if mode == SORT_KL else 0
-    cdef bint ok = True
     if aux == NULL:  # l2: not read
         aux = g
     with nogil:
         if typenum == cnp.NPY_FLOAT:
             if split:  # the threads share one row's weights
                 for r in range(rows):
-                    ok = ok and _backward_split_row(
+                    _backward_split_row(
                         mode, Span[float](<float*>g, size).sub(r * n, n),
                         Span[int32_t](perm, size).sub(r * n, n),
                         Span[int32_t](blocks, size).sub(r * n, n),
@@ -404,7 +393,7 @@ cdef bint _solve_backward(int mode, int typenum, void* g, int32_t* perm, int32_t
                         eps, sign, Span[float](<float*>grad, size).sub(r * n, n),
                         Span[double](<double*>words, weights), n_threads)
             else:
-                ok = _backward_rows(mode, Span[float](<float*>g, size), Span[int32_t](perm, size),
+                _backward_rows(mode, Span[float](<float*>g, size), Span[int32_t](perm, size),
                                     Span[int32_t](blocks, size),
                                     Span[float](<float*>aux, size),
                                     Span[float](<float*>grad, size), rows, n, eps, sign, words,
@@ -412,7 +401,7 @@ cdef bint _solve_backward(int mode, int typenum, void* g, int32_t* perm, int32_t
         else:
             if split:
                 for r in range(rows):
-                    ok = ok and _backward_split_row(
+                    _backward_split_row(
                         mode, Span[double](<double*>g, size).sub(r * n, n),
                         Span[int32_t](perm, size).sub(r * n, n),
                         Span[int32_t](blocks, size).sub(r * n, n),
@@ -420,12 +409,11 @@ cdef bint _solve_backward(int mode, int typenum, void* g, int32_t* perm, int32_t
                         eps, sign, Span[double](<double*>grad, size).sub(r * n, n),
                         Span[double](<double*>words, weights), n_threads)
             else:
-                ok = _backward_rows(mode, Span[double](<double*>g, size),
+                _backward_rows(mode, Span[double](<double*>g, size),
                                     Span[int32_t](perm, size), Span[int32_t](blocks, size),
                                     Span[double](<double*>aux, size),
                                     Span[double](<double*>grad, size), rows, n, eps, sign, words,
                                     n_threads)
-    return ok
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -521,7 +509,9 @@ def forward_values(int mode, x, double eps, double sign):
 
 def backward(int mode, g, perm, blocks, aux, double eps, double sign):
     """Gradient of every row from the cotangent g and the forward's perm and blocks; aux is the
-    forward's output (rank/kl) or input (sort/kl), None for l2. Returns a new grad array."""
+    forward's output (rank/kl) or input (sort/kl), None for l2. Returns a new grad array.
+
+    perm must be a forward's: its values index g and aux, and only a debug build checks them."""
     cdef int typenum = _float_typenum(g, "g")
     _check_array(g, "g", typenum, -1, 0)
     cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>g, 0), n = cnp.PyArray_DIM(<cnp.ndarray>g, 1)
@@ -537,17 +527,17 @@ def backward(int mode, g, perm, blocks, aux, double eps, double sign):
         raise ValueError("aux must be None for the l2 regularization")
     cdef cnp.ndarray grad = _empty(rows, n, typenum)
     if rows > 0 and n > 0:
-        if not _solve_backward(mode, typenum, _data(g), <int32_t*>_data(perm),
-                               <int32_t*>_data(blocks), NULL if aux is None else _data(aux),
-                               _data(grad), rows, n, eps, sign):
-            raise ValueError("perm must hold column indices 0..n-1 (the forward's perm)")
+        _solve_backward(mode, typenum, _data(g), <int32_t*>_data(perm), <int32_t*>_data(blocks),
+                        NULL if aux is None else _data(aux), _data(grad), rows, n, eps, sign)
     return grad
 
 
 # ----------------------------------------------------------------------------- debug
 # Tests and benchmarks reach the solver's internals through _debug(name, *args) only.
 
-_SORT_KERNELS = {"auto": 0, "counting": 1, "network": 2, "radix8": 3, "radix11": 4, "std": 5}
+# The general path ("radix", "std": a std::sort of the sort words, for benchmarks) and the
+# special kernels of short rows (softrank/csrc/argsort.h).
+_SORT_KERNELS = {"auto": 0, "counting": 1, "network": 2, "radix": 3, "std": 4}
 
 
 def _debug_index_span(Py_ssize_t i):
@@ -573,8 +563,7 @@ def _debug_sort_kernel(str name):
 def _debug_sort_limits():
     """The lengths at which the sort kernels change, for this CPU's kernels now."""
     return {"counting_max": (softrank_counting_max_f32, softrank_counting_max_f64),
-            "network_max": softrank_network_max, "radix_wide_min": softrank_radix_wide_min,
-            "split_row_min": _split_row_min}
+            "network_max": softrank_network_max, "split_row_min": _split_row_min}
 
 
 def _debug_set_split_row_min(Py_ssize_t n):

@@ -16,8 +16,9 @@
      agree in their top 32 bits).
    * The kernel depends on the row length and the CPU (softrank_sort_kernel_for): short rows
      are ranked by counting, then (with AVX2 or AVX-512) sorted by a sorting network in
-     registers, long rows radix sorted with 8-bit digits, or 11-bit ones from
-     softrank_radix_wide_min elements. All give the same permutation. */
+     registers, longer ones radix sorted (8-bit digits). All give the same permutation; each
+     special kernel is kept for a measured win over the general path (docs/PERFORMANCE.md,
+     "Native sort kernels"). */
 #ifndef SOFTRANK_ARGSORT_H
 #define SOFTRANK_ARGSORT_H
 
@@ -78,19 +79,10 @@ static inline uint64_t softrank_word_of(double v, Py_ssize_t j, double sign,
 
 /* ----------------------------------------------------------------------------- radix sort */
 
-/* The radix sort orders words by their high 32 bits in passes of one digit each, lowest digit
-   first. Two plans: four 8-bit digits (small histograms: cheap to clear and sum on medium
-   rows) and three 11-bit digits (one pass less; larger histograms that pay off on long rows).
-   hist holds DIGITS histograms of 2**BITS counts. */
-template <int BITS, int DIGITS>
-struct softrank_radix_plan {
-    static const int bits = BITS;
-    static const int digits = DIGITS;
-    static const Py_ssize_t buckets = (Py_ssize_t)1 << BITS;
-    static const uint64_t mask = ((uint64_t)1 << BITS) - 1;
-};
-typedef softrank_radix_plan<8, 4> softrank_bytes4;
-typedef softrank_radix_plan<11, 3> softrank_digits11x3;
+/* The radix sort orders words by their high 32 bits in four passes of one 8-bit digit each,
+   lowest digit first; a histogram of 256 counts per digit (SOFTRANK_HIST_WORDS words in all). */
+enum { SOFTRANK_RADIX_BITS = 8, SOFTRANK_RADIX_DIGITS = 4, SOFTRANK_RADIX_BUCKETS = 256 };
+static const uint64_t SOFTRANK_RADIX_MASK = SOFTRANK_RADIX_BUCKETS - 1;
 
 /* One stable counting-sort pass of src[0:n) into dst by the digit at shift; offsets: the
    digit's exclusive prefix sums (advanced as words are placed). */
@@ -110,16 +102,15 @@ static inline void softrank_scatter_pass(softrank_span<uint64_t> src, softrank_s
    index, ride along and keep the sort stable); hist: the counts of each digit. Returns false
    if the result is in ka, true if it is in kb. A digit on which every key agrees is skipped
    (common for the exponent digit of similar-magnitude data). */
-template <class Plan>
 static inline bool softrank_radix_sort(softrank_span<uint64_t> ka, softrank_span<uint64_t> kb,
                                        Py_ssize_t n, softrank_span<uint32_t> hist) {
-    const Py_ssize_t buckets = Plan::buckets;
+    const Py_ssize_t buckets = SOFTRANK_RADIX_BUCKETS;
     bool in_b = false;
-    bool skip[4];
+    bool skip[SOFTRANK_RADIX_DIGITS];
     const uint64_t first_key = ka[0];
-    for (int d = 0; d < Plan::digits; ++d)
-        skip[d] = hist[d * buckets + ((first_key >> (32 + Plan::bits * d)) & Plan::mask)]
-                  == (uint32_t)n;
+    for (int d = 0; d < SOFTRANK_RADIX_DIGITS; ++d)
+        skip[d] = hist[d * buckets + ((first_key >> (32 + SOFTRANK_RADIX_BITS * d))
+                                      & SOFTRANK_RADIX_MASK)] == (uint32_t)n;
     /* The exclusive prefix sums of all digits in one loop: independent add chains. */
     uint32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
     for (Py_ssize_t b = 0; b < buckets; ++b) {
@@ -132,19 +123,17 @@ static inline bool softrank_radix_sort(softrank_span<uint64_t> ka, softrank_span
         c = hist[2 * buckets + b];
         hist[2 * buckets + b] = t2;
         t2 += c;
-        if (Plan::digits == 4) {
-            c = hist[3 * buckets + b];
-            hist[3 * buckets + b] = t3;
-            t3 += c;
-        }
+        c = hist[3 * buckets + b];
+        hist[3 * buckets + b] = t3;
+        t3 += c;
     }
-    for (int d = 0; d < Plan::digits; ++d) {
+    for (int d = 0; d < SOFTRANK_RADIX_DIGITS; ++d) {
         if (skip[d]) continue;
         if (in_b)
-            softrank_scatter_pass(kb, ka, n, 32 + Plan::bits * d, Plan::mask,
+            softrank_scatter_pass(kb, ka, n, 32 + SOFTRANK_RADIX_BITS * d, SOFTRANK_RADIX_MASK,
                                   hist.sub(d * buckets, buckets));
         else
-            softrank_scatter_pass(ka, kb, n, 32 + Plan::bits * d, Plan::mask,
+            softrank_scatter_pass(ka, kb, n, 32 + SOFTRANK_RADIX_BITS * d, SOFTRANK_RADIX_MASK,
                                   hist.sub(d * buckets, buckets));
         in_b = !in_b;
     }
@@ -154,7 +143,7 @@ static inline bool softrank_radix_sort(softrank_span<uint64_t> ka, softrank_span
 /* Words (softrank_word_of) of x[lo:hi) into ka[lo:hi), full float64 keys into full[lo:hi),
    every digit counted into hist (zeroed by the caller). Returns true if x[lo:hi) holds a NaN
    or an infinity. */
-template <class Plan, typename T>
+template <typename T>
 static inline bool softrank_build_keys(softrank_span<const T> x, double sign,
                                        softrank_span<uint64_t> ka, softrank_span<uint64_t> full,
                                        softrank_span<uint32_t> hist, Py_ssize_t lo,
@@ -164,18 +153,19 @@ static inline bool softrank_build_keys(softrank_span<const T> x, double sign,
         const double v = x[j];
         if (!(v - v == 0)) nonfinite = true;  /* NaN or +-inf */
         const uint64_t key = softrank_word_of(x[j], j, sign, full);
-        for (int d = 0; d < Plan::digits; ++d)
-            hist[d * Plan::buckets + ((key >> (32 + Plan::bits * d)) & Plan::mask)] += 1;
+        for (int d = 0; d < SOFTRANK_RADIX_DIGITS; ++d)
+            hist[d * SOFTRANK_RADIX_BUCKETS
+                 + ((key >> (32 + SOFTRANK_RADIX_BITS * d)) & SOFTRANK_RADIX_MASK)] += 1;
         ka[j] = key;
     }
     return nonfinite;
 }
 
-/* Counts of the 11-bit digit at shift of src[lo:hi) into hist (2048 counts). */
+/* Counts of the digit at shift of src[lo:hi) into hist (SOFTRANK_RADIX_BUCKETS counts). */
 static inline void softrank_count_digit(softrank_span<uint64_t> src, Py_ssize_t lo,
                                         Py_ssize_t hi, int shift, softrank_span<uint32_t> hist) {
-    memset(hist.ptr, 0, 2048 * sizeof(uint32_t));
-    for (Py_ssize_t j = lo; j < hi; ++j) hist[(src[j] >> shift) & 2047] += 1;
+    memset(hist.ptr, 0, SOFTRANK_RADIX_BUCKETS * sizeof(uint32_t));
+    for (Py_ssize_t j = lo; j < hi; ++j) hist[(src[j] >> shift) & SOFTRANK_RADIX_MASK] += 1;
 }
 
 /* ------------------------------------------------------------------ from words to the order */
@@ -275,15 +265,15 @@ static inline bool softrank_words_of_row(softrank_span<const T> x, double sign,
     return nonfinite;
 }
 
-template <class Plan, typename T>
+template <typename T>
 static inline bool softrank_radix_argsort(softrank_span<const T> x, double sign,
                                           softrank_span<uint64_t> ka, softrank_span<uint64_t> kb,
                                           softrank_span<uint64_t> full,
                                           softrank_span<uint32_t> hist,
                                           softrank_span<int32_t> perm, softrank_span<double> s) {
-    memset(hist.ptr, 0, Plan::digits * Plan::buckets * sizeof(uint32_t));
-    if (softrank_build_keys<Plan>(x, sign, ka, full, hist, 0, x.len)) return true;
-    if (softrank_radix_sort<Plan>(ka, kb, x.len, hist)) ka = kb;
+    memset(hist.ptr, 0, SOFTRANK_RADIX_DIGITS * SOFTRANK_RADIX_BUCKETS * sizeof(uint32_t));
+    if (softrank_build_keys<T>(x, sign, ka, full, hist, 0, x.len)) return true;
+    if (softrank_radix_sort(ka, kb, x.len, hist)) ka = kb;
     softrank_order_of_sorted_words(x, sign, ka, full, perm, s);
     return false;
 }
@@ -353,13 +343,10 @@ enum {
     SOFTRANK_SORT_AUTO = 0,
     SOFTRANK_SORT_COUNTING = 1,
     SOFTRANK_SORT_NETWORK = 2,
-    SOFTRANK_SORT_RADIX8 = 3,
-    SOFTRANK_SORT_RADIX11 = 4,
-    SOFTRANK_SORT_STD = 5,
+    SOFTRANK_SORT_RADIX = 3,
+    SOFTRANK_SORT_STD = 4,
 };
 
-/* Rows radix sorted with 11-bit digits from this length on (8-bit below). */
-static Py_ssize_t softrank_radix_wide_min = 2048;
 /* The kernel every row gets, if not SOFTRANK_SORT_AUTO (debug entry point only), where that
    kernel can sort the row: counting up to its limit, the network up to its size. */
 static int softrank_forced_sort_kernel = SOFTRANK_SORT_AUTO;
@@ -373,7 +360,7 @@ static inline int softrank_sort_kernel_for(Py_ssize_t n) {
         return forced;
     if (n <= counting_max) return SOFTRANK_SORT_COUNTING;
     if (softrank_network_sorts(n)) return SOFTRANK_SORT_NETWORK;
-    return n >= softrank_radix_wide_min ? SOFTRANK_SORT_RADIX11 : SOFTRANK_SORT_RADIX8;
+    return SOFTRANK_SORT_RADIX;
 }
 
 /* perm <- indices of sign*x in decreasing order (stable), s <- the sorted sign*x. Returns true
@@ -388,11 +375,8 @@ static inline bool softrank_argsort_row(softrank_span<const T> x, double sign,
     switch (softrank_sort_kernel_for<T>(x.len)) {
     case SOFTRANK_SORT_COUNTING: return softrank_counting_argsort(x, sign, ka, perm, s);
     case SOFTRANK_SORT_NETWORK: return softrank_network_argsort(x, sign, ka, full, perm, s);
-    case SOFTRANK_SORT_RADIX11:
-        return softrank_radix_argsort<softrank_digits11x3>(x, sign, ka, kb, full, hist, perm, s);
     case SOFTRANK_SORT_STD: return softrank_std_argsort(x, sign, ka, full, perm, s);
-    default:
-        return softrank_radix_argsort<softrank_bytes4>(x, sign, ka, kb, full, hist, perm, s);
+    default: return softrank_radix_argsort(x, sign, ka, kb, full, hist, perm, s);
     }
 }
 

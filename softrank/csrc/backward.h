@@ -16,8 +16,8 @@
    * A singleton block's gradient is written exactly (rank/kl: 0, its rank is the constant
      n - a; sort: the cotangent itself), not through the general formula's rounding.
    * Sums are accumulated in float64 in four interleaved partial sums.
-   * perm is checked to hold indices 0..n-1 before anything is read through it (the entry
-     points check layouts, not contents). */
+   perm must be the forward's (indices 0..n-1): the entry points check the arrays' layouts,
+   not their contents, and debug builds check every index read through it. */
 #ifndef SOFTRANK_BACKWARD_H
 #define SOFTRANK_BACKWARD_H
 
@@ -31,15 +31,6 @@
 /* Words of one thread's backward workspace for rows of n (sort/kl: softmax weights). */
 static inline Py_ssize_t softrank_backward_words(int mode, Py_ssize_t n) {
     return mode == SOFTRANK_SORT_KL ? (n + 7) / 8 * 8 + 8 : 0;
-}
-
-/* Whether every perm[j] of [lo, hi) is a column of a row of n (branch-free). */
-static inline bool softrank_perm_in_range(softrank_span<int32_t> perm, Py_ssize_t lo,
-                                          Py_ssize_t hi) {
-    int bad = 0;
-    const uint32_t n = (uint32_t)perm.len;
-    for (Py_ssize_t j = lo; j < hi; ++j) bad |= (uint32_t)perm[j] >= n;
-    return bad == 0;
 }
 
 /* The sum of g[perm[j]] over [a, e) in four interleaved partial sums, so that the additions of
@@ -135,25 +126,24 @@ static inline void softrank_backward_blocks(int mode, softrank_span<T> g,
     }
 }
 
-/* The gradient of one row. Returns false (and writes nothing) if perm holds an index outside
-   0..n-1. A row whose forward met a NaN or an infinity (blocks[0] < 0) gets a NaN gradient. */
+/* The gradient of one row. A row whose forward met a NaN or an infinity (blocks[0] < 0) gets a
+   NaN gradient. */
 template <typename T>
-static inline bool softrank_backward_row(int mode, softrank_span<T> g,
+static inline void softrank_backward_row(int mode, softrank_span<T> g,
                                          softrank_span<int32_t> perm,
                                          softrank_span<int32_t> blocks, softrank_span<T> aux,
                                          double eps, double sign, softrank_span<T> grad,
                                          softrank_span<double> weights) {
-    if (!softrank_perm_in_range(perm, 0, perm.len)) return false;
     if (blocks[0] < 0) {
         for (Py_ssize_t j = 0; j < g.len; ++j) grad[j] = NAN;
-        return true;
+        return;
     }
     softrank_backward_blocks(mode, g, perm, blocks, aux, eps, sign, grad, weights, 0, g.len);
-    return true;
 }
 
 /* Start of the block holding sorted position `position` (n for position n), or -1 if blocks
-   does not hold a start in [0, position] there (not a forward's blocks). */
+   does not hold a start in [0, position] there (not a forward's blocks: the split-row driver
+   then leaves the row to the serial loop, which only compares block starts). */
 static inline Py_ssize_t softrank_block_start_at(softrank_span<int32_t> blocks,
                                                  Py_ssize_t position) {
     if (position >= blocks.len) return blocks.len;

@@ -43,10 +43,12 @@ static inline void softrank_forward_row(int mode, softrank_span<T> x, softrank_s
 
 /* ------------------------------------------------------------------------- split rows */
 
-/* The split radix sort uses the 11-bit plan: one histogram set of 3 x 2048 counts per thread
-   (SOFTRANK_HIST_WORDS words each, after the row's workspace). */
-typedef softrank_digits11x3 softrank_split_plan;
-enum { SOFTRANK_SPLIT_COUNTS = 3 * 2048 };
+/* The split radix sort keeps one set of histograms per thread (SOFTRANK_HIST_WORDS words each,
+   after the row's workspace). */
+enum {
+    SOFTRANK_SPLIT_DIGITS = SOFTRANK_RADIX_DIGITS,
+    SOFTRANK_SPLIT_COUNTS = SOFTRANK_RADIX_DIGITS * SOFTRANK_RADIX_BUCKETS,
+};
 
 /* Start of thread t's chunk of n positions (t = n_threads gives n). */
 static inline Py_ssize_t softrank_chunk_start(Py_ssize_t t, Py_ssize_t n, int n_threads) {
@@ -84,7 +86,8 @@ static inline void softrank_split_init(softrank_split *split, uint64_t *words, P
 
 static inline softrank_span<uint32_t> softrank_split_hist(const softrank_split *split, int t,
                                                          int d) {
-    return split->hists.sub(t * (Py_ssize_t)SOFTRANK_SPLIT_COUNTS + 2048 * d, 2048);
+    return split->hists.sub(t * (Py_ssize_t)SOFTRANK_SPLIT_COUNTS + SOFTRANK_RADIX_BUCKETS * d,
+                            SOFTRANK_RADIX_BUCKETS);
 }
 
 /* Step 1, thread t: the words of its chunk, every digit counted. True if the chunk holds a NaN
@@ -92,7 +95,7 @@ static inline softrank_span<uint32_t> softrank_split_hist(const softrank_split *
 template <typename T>
 static inline bool softrank_split_keys(const softrank_split *split, softrank_span<T> x,
                                        double sign, int t) {
-    return softrank_build_keys<softrank_split_plan, T>(
+    return softrank_build_keys<T>(
         x, sign, split->ka, split->full,
         split->hists.sub(t * (Py_ssize_t)SOFTRANK_SPLIT_COUNTS, SOFTRANK_SPLIT_COUNTS),
         softrank_chunk_start(t, split->n, split->n_threads),
@@ -102,10 +105,10 @@ static inline bool softrank_split_keys(const softrank_split *split, softrank_spa
 /* Whether every word has the same digit d (the pass is then skipped; the counts of a digit do
    not depend on the words' order). */
 static inline bool softrank_split_digit_is_constant(const softrank_split *split, int d) {
-    const int shift = 32 + 11 * d;
+    const int shift = 32 + SOFTRANK_RADIX_BITS * d;
     uint32_t total = 0;
     for (int t = 0; t < split->n_threads; ++t)
-        total += softrank_split_hist(split, t, d)[(split->ka[0] >> shift) & 2047];
+        total += softrank_split_hist(split, t, d)[(split->ka[0] >> shift) & SOFTRANK_RADIX_MASK];
     return total == (uint32_t)split->n;
 }
 
@@ -114,15 +117,15 @@ static inline bool softrank_split_digit_is_constant(const softrank_split *split,
 static inline void softrank_split_recount(const softrank_split *split,
                                           softrank_span<uint64_t> src, int d, int t) {
     softrank_count_digit(src, softrank_chunk_start(t, split->n, split->n_threads),
-                         softrank_chunk_start(t + 1, split->n, split->n_threads), 32 + 11 * d,
-                         softrank_split_hist(split, t, d));
+                         softrank_chunk_start(t + 1, split->n, split->n_threads),
+                         32 + SOFTRANK_RADIX_BITS * d, softrank_split_hist(split, t, d));
 }
 
 /* Step 3 (one thread): the offsets of digit d, bucket by bucket, thread 0's words before
    thread 1's (stable). */
 static inline void softrank_split_offsets(const softrank_split *split, int d) {
     uint32_t total = 0;
-    for (Py_ssize_t b = 0; b < 2048; ++b)
+    for (Py_ssize_t b = 0; b < SOFTRANK_RADIX_BUCKETS; ++b)
         for (int t = 0; t < split->n_threads; ++t) {
             softrank_span<uint32_t> hist = softrank_split_hist(split, t, d);
             const uint32_t c = hist[b];
@@ -137,8 +140,8 @@ static inline void softrank_split_scatter(const softrank_split *split,
                                           softrank_span<uint64_t> dst, int d, int t) {
     const Py_ssize_t lo = softrank_chunk_start(t, split->n, split->n_threads);
     const Py_ssize_t hi = softrank_chunk_start(t + 1, split->n, split->n_threads);
-    softrank_scatter_pass(src.sub(lo, hi - lo), dst, hi - lo, 32 + 11 * d, 2047,
-                          softrank_split_hist(split, t, d));
+    softrank_scatter_pass(src.sub(lo, hi - lo), dst, hi - lo, 32 + SOFTRANK_RADIX_BITS * d,
+                          SOFTRANK_RADIX_MASK, softrank_split_hist(split, t, d));
 }
 
 /* Step 5, thread t: perm and s of its chunk of the sorted words (float32), or perm alone

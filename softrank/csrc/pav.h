@@ -370,7 +370,8 @@ static inline void softrank_expand_blocks(softrank_span<double> s, double eps, d
     }
 }
 
-/* Dispatch once per call to the PAV specialised for the mode. */
+/* PAV and the expansion of blocks b_lo..b_hi-1, each dispatched to the mode's (the split-row
+   driver runs them apart: PAV on one thread, the expansion on all). */
 static inline Py_ssize_t softrank_pav(int mode, softrank_span<double> s, double eps,
                                       softrank_span<int32_t> start, softrank_span<double> state,
                                       softrank_span<double> value, softrank_span<uint64_t> spare) {
@@ -400,6 +401,18 @@ static inline void softrank_expand(int mode, softrank_span<double> s, double eps
 #undef SOFTRANK_EXPAND
 }
 
+/* PAV and expansion of one row, specialised for the mode (the whole-row forward dispatches once
+   per row to this, so each mode's loops are compiled together). */
+template <int MODE, typename T>
+static inline __attribute__((always_inline)) void softrank_pav_row(
+        softrank_span<double> s, double eps, double sign, softrank_span<int32_t> perm,
+        softrank_span<T> out, softrank_span<int32_t> blocks, softrank_span<int32_t> start,
+        softrank_span<double> state, softrank_span<double> value, softrank_span<uint64_t> spare) {
+    const Py_ssize_t top = softrank_pav_blocks<MODE>(s, eps, start, state, value, spare);
+    softrank_expand_blocks<MODE, T>(s, eps, sign, perm, out, blocks, start, state, value, spare,
+                                    top, 0, top + 1);
+}
+
 /* Whether an l2 row sorted into s has values near the float64 limit, where the differences
    s_j - s_a overflow (softrank_solve_sorted_row then solves it scaled). */
 static inline bool softrank_needs_scaling(int mode, softrank_span<double> s) {
@@ -424,18 +437,34 @@ static inline void softrank_solve_sorted_row(int mode, softrank_span<double> s, 
         /* Solve the problem scaled by a power of two (exact): rank(x, eps) = rank(x/k, eps/k)
            and sort(x, eps) = k * sort(x/k, eps*k) for the l2 projection. */
         for (Py_ssize_t j = 0; j < n; ++j) s[j] = s[j] * (1.0 / SOFTRANK_HUGE_SCALE);
-        const double scaled_eps =
-            mode == SOFTRANK_RANK_L2 ? eps / SOFTRANK_HUGE_SCALE : eps * SOFTRANK_HUGE_SCALE;
-        const Py_ssize_t top = softrank_pav(mode, s, scaled_eps, start, state, value, spare);
-        softrank_expand<T>(mode, s, scaled_eps, sign, perm, out, blocks, start, state, value,
-                           spare, top, 0, top + 1);
-        if (mode == SOFTRANK_SORT_L2)
+        if (mode == SOFTRANK_RANK_L2) {
+            softrank_pav_row<SOFTRANK_RANK_L2, T>(s, eps / SOFTRANK_HUGE_SCALE, sign, perm, out,
+                                                  blocks, start, state, value, spare);
+        } else {
+            softrank_pav_row<SOFTRANK_SORT_L2, T>(s, eps * SOFTRANK_HUGE_SCALE, sign, perm, out,
+                                                  blocks, start, state, value, spare);
             for (Py_ssize_t j = 0; j < n; ++j) out[j] = (T)(out[j] * SOFTRANK_HUGE_SCALE);
+        }
         return;
     }
-    const Py_ssize_t top = softrank_pav(mode, s, eps, start, state, value, spare);
-    softrank_expand<T>(mode, s, eps, sign, perm, out, blocks, start, state, value, spare, top, 0,
-                       top + 1);
+    switch (mode) {
+    case SOFTRANK_RANK_L2:
+        softrank_pav_row<SOFTRANK_RANK_L2, T>(s, eps, sign, perm, out, blocks, start, state, value,
+                                              spare);
+        break;
+    case SOFTRANK_RANK_KL:
+        softrank_pav_row<SOFTRANK_RANK_KL, T>(s, eps, sign, perm, out, blocks, start, state, value,
+                                              spare);
+        break;
+    case SOFTRANK_SORT_L2:
+        softrank_pav_row<SOFTRANK_SORT_L2, T>(s, eps, sign, perm, out, blocks, start, state, value,
+                                              spare);
+        break;
+    default:
+        softrank_pav_row<SOFTRANK_SORT_KL, T>(s, eps, sign, perm, out, blocks, start, state, value,
+                                              spare);
+        break;
+    }
 }
 
 /* The forward of a row holding a NaN or an infinity: NaN outputs, blocks[0] = -1. */

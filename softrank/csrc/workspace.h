@@ -16,8 +16,8 @@
 
 #include "span.h"
 
-/* Words of the largest radix histograms (3 x 2048 uint32 counts). */
-enum { SOFTRANK_HIST_WORDS = 3 * 2048 / 2 };
+/* Words of the radix histograms (4 x 256 uint32 counts). */
+enum { SOFTRANK_HIST_WORDS = 4 * 256 / 2 };
 
 struct softrank_workspace {
     softrank_span<uint64_t> keys;
