@@ -51,7 +51,9 @@ def vjp(spec, g, perm, blocks, aux, native=backend.backward):
 
 def _aux(mode, x, out):
     """What the backward reads besides the cotangent (docs/CONTRACT.md)."""
-    return {C.RANK_KL: out, C.SORT_KL: x}.get(mode)
+    if mode == C.RANK_KL:
+        return out
+    return x if mode == C.SORT_KL else None
 
 
 class EagerSoftOp(torch.autograd.Function):
@@ -69,8 +71,8 @@ class EagerSoftOp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        saved = ctx.saved_tensors
-        return vjp(ctx.spec, g, *ctx.partition, saved[0] if saved else None), None
+        aux = ctx.saved_tensors[0] if C.is_kl(ctx.spec[0]) else None
+        return vjp(ctx.spec, g, *ctx.partition, aux), None
 
 
 class SoftOp(torch.autograd.Function):
@@ -163,10 +165,11 @@ def soft_op(op, values, regularization, regularization_strength, dim, descending
     if out_dtype in _HALF_DTYPES and torch.is_autocast_enabled(values.device.type):
         # Like softmax on autocast's float32 list: fp16/bf16 cannot hold ranks beyond 2048/256.
         out_dtype = torch.float32
-    ndim = values.dim()
+    shape = values.shape
+    ndim = len(shape)
     axis = C.normalize_dim(dim, ndim)
-    C.check_row_length(values.shape[axis])
-    if values.numel() == 0:
+    C.check_row_length(shape[axis])
+    if 0 in shape:
         return values.to(out_dtype).clone()
     last = axis == ndim - 1
     x = values if last else values.movedim(axis, -1)

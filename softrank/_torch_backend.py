@@ -21,6 +21,18 @@ def _rows(t):
     return t.detach().view(-1, t.shape[-1])
 
 
+def _array(t):
+    """A NumPy view of a contiguous CPU tensor, detached, as (rows, n) rows. It refuses tensors
+    without CPU storage. Reshaping in NumPy: a torch view costs more than a short row's solve."""
+    a = t.numpy(force=True)
+    return a if a.ndim == 2 else a.reshape(-1, a.shape[-1])
+
+
+def _tensor(result, shape):
+    """A (rows, n) result of the CPU back end as a tensor of the given shape."""
+    return torch.from_numpy(result if len(shape) == 2 else result.reshape(shape))
+
+
 def forward(mode, x, eps, sign):
     """(out, perm, blocks): out shaped like x; perm and blocks (rows, n)."""
     if x.is_cuda:
@@ -28,8 +40,8 @@ def forward(mode, x, eps, sign):
 
         out, perm, blocks = _torch_bridge.forward(mode, _rows(x), eps, sign)
         return out.view(x.shape), perm, blocks
-    out, perm, blocks = _cpu_backend.forward(mode, _rows(x).numpy(), eps, sign)
-    return torch.from_numpy(out).view(x.shape), perm, blocks
+    out, perm, blocks = _cpu_backend.forward(mode, _array(x), eps, sign)
+    return _tensor(out, x.shape), perm, blocks
 
 
 def forward_values(mode, x, eps, sign):
@@ -38,8 +50,7 @@ def forward_values(mode, x, eps, sign):
         from .cuda import _torch_bridge
 
         return _torch_bridge.forward_values(mode, _rows(x), eps, sign).view(x.shape)
-    return torch.from_numpy(_cpu_backend.forward_values(mode, _rows(x).numpy(), eps, sign)).view(
-        x.shape)
+    return _tensor(_cpu_backend.forward_values(mode, _array(x), eps, sign), x.shape)
 
 
 def backward(mode, g, perm, blocks, aux, eps, sign):
@@ -53,9 +64,9 @@ def backward(mode, g, perm, blocks, aux, eps, sign):
                                       as_tensor(blocks).view(-1, n),
                                       None if aux is None else _rows(aux), eps, sign)
         return grad.view(g.shape)
-    grad = _cpu_backend.backward(mode, _rows(g).numpy(), _as_rows(perm), _as_rows(blocks),
-                                 None if aux is None else _rows(aux).numpy(), eps, sign)
-    return torch.from_numpy(grad).view(g.shape)
+    grad = _cpu_backend.backward(mode, _array(g), _as_rows(perm), _as_rows(blocks),
+                                 None if aux is None else _array(aux), eps, sign)
+    return _tensor(grad, g.shape)
 
 
 def as_tensor(index):
@@ -65,6 +76,4 @@ def as_tensor(index):
 
 def _as_rows(index):
     """perm or blocks as the (rows, n) NumPy array the CPU back end takes."""
-    if isinstance(index, np.ndarray):
-        return index
-    return index.detach().view(-1, index.shape[-1]).numpy()
+    return index if isinstance(index, np.ndarray) else _array(index)

@@ -37,6 +37,13 @@ def _solve_fake(x, op, regularization, eps, sign):
 @torch.library.custom_op("softrank::solve_backward", mutates_args=())
 def solve_backward(g: Tensor, perm: Tensor, blocks: Tensor, aux: Optional[Tensor], op: str,
                    regularization: str, eps: float, sign: int) -> Tensor:
+    # Anyone can call this op with any perm; the native backward trusts perm to be the forward's
+    # (checking it costs the eager backward too much), so it is checked here.
+    n = g.shape[-1]
+    if perm.shape != g.shape or blocks.shape != g.shape or (
+            perm.numel() and (int(perm.min()) < 0 or int(perm.max()) >= n)):
+        raise ValueError(f"perm and blocks must be the forward's, of shape {tuple(g.shape)} "
+                         f"with perm in [0, {n})")
     aux = None if aux is None else aux.contiguous()
     return backend.backward(C.mode_of(op, regularization), g.contiguous(), perm, blocks, aux, eps,
                             sign)

@@ -104,3 +104,13 @@ def test_numpy_pullback_does_not_read_caller_owned_memory(op, regularization, sh
     x[...] = rng.normal(size=shape)
     out[...] = rng.normal(size=shape)
     np.testing.assert_array_equal(pullback(g), before)
+
+
+def test_custom_backward_op_refuses_a_perm_that_is_not_the_forwards():
+    import softrank._torch_ops  # noqa: F401  (registers the ops)
+
+    g = torch.randn(2, 5)
+    perm = torch.tensor([[0, 1, 2, 3, 4], [4, 3, 2, 1, 1000]], dtype=torch.int32)
+    blocks = torch.zeros(2, 5, dtype=torch.int32)
+    with pytest.raises(ValueError, match="perm"):
+        torch.ops.softrank.solve_backward(g, perm, blocks, None, "rank", "l2", 1.0, 1)
