@@ -67,9 +67,8 @@ class _Call:
     arguments."""
 
     def __init__(self, op, values, regularization, regularization_strength, dim, descending):
-        self.mode = V.mode_of(op, regularization)
-        self.eps = V.check_regularization_strength(regularization_strength)
-        descending = V.check_descending(descending)
+        self.mode, self.eps, self.sign = V.call_spec(op, regularization, regularization_strength,
+                                                     descending)
         if isinstance(values, np.ma.MaskedArray):
             raise TypeError("values must not be a masked array (the mask would be ignored); "
                             "pass values.filled(...) or the unmasked rows")
@@ -78,7 +77,6 @@ class _Call:
         self.compute_dtype, self.out_dtype = _dtypes(self.x.dtype)
         self.layout = _Layout(self.x.shape, V.normalize_dim(dim, self.x.ndim))
         V.check_row_length(self.layout.n)
-        self.sign = V.sign_for(op, descending)
         self.backend = _backend(self.xp)
 
     def empty(self):

@@ -35,6 +35,12 @@ def mode_of(op, regularization):
     return MODES[op, check_regularization(regularization)]
 
 
+def call_spec(op, regularization, strength, descending):
+    """(mode, eps, sign) of a call, its arguments checked."""
+    return (mode_of(op, regularization), check_regularization_strength(strength),
+            sign_for(op, check_descending(descending)))
+
+
 def check_regularization(regularization):
     if not isinstance(regularization, str) or regularization not in REGULARIZATIONS:
         raise ValueError(f"regularization must be 'l2' or 'kl', got {regularization!r}")

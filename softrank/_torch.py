@@ -57,7 +57,7 @@ def _aux(mode, x, out):
 
 
 class EagerSoftOp(torch.autograd.Function):
-    """The soft op of contiguous x along its last dimension; spec = (mode, eps, sign)."""
+    """The soft op of contiguous (rows, n) rows x; spec = (mode, eps, sign)."""
 
     @staticmethod
     def forward(ctx, x, spec):
@@ -77,13 +77,12 @@ class EagerSoftOp(torch.autograd.Function):
 
 class SoftOp(torch.autograd.Function):
     """EagerSoftOp for torch.func transforms and forward-mode AD: returns (out, perm, blocks),
-    perm and blocks shaped like x and marked non-differentiable."""
+    perm and blocks marked non-differentiable."""
 
     @staticmethod
     def forward(x, mode, eps, sign):
         out, perm, blocks = backend.forward(mode, x, eps, sign)
-        return (out, backend.as_tensor(perm).view(x.shape),
-                backend.as_tensor(blocks).view(x.shape))
+        return out, backend.as_tensor(perm), backend.as_tensor(blocks)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -100,9 +99,10 @@ class SoftOp(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, x, mode, eps, sign):
-        # Rows are independent: the vmapped dimension is one more batch dimension.
-        x = x.movedim(in_dims[0], 0).contiguous()
-        return SoftOp.apply(x, mode, eps, sign), (0, 0, 0)
+        # Rows are independent: the vmapped dimension folds into the rows.
+        x = x.movedim(in_dims[0], 0)
+        outputs = SoftOp.apply(x.reshape(-1, x.shape[-1]).contiguous(), mode, eps, sign)
+        return tuple(o.view(x.shape) for o in outputs), (0, 0, 0)
 
 
 def save_partition(ctx, spec, x, output):
@@ -124,15 +124,13 @@ def saved_partition(ctx):
 
 def _dtypes(dtype):
     """(compute, output) dtypes of a tensor dtype (softrank/_contract.py's policy)."""
-    if dtype is torch.float32 or dtype is torch.float64:
-        return dtype, dtype
     default = str(torch.get_default_dtype()).replace("torch.", "")
     compute, out = C.solver_dtypes(str(dtype).replace("torch.", ""), default)
     return getattr(torch, compute), getattr(torch, out)
 
 
 def _solve(x, mode, eps, sign):
-    """The soft op of contiguous x along its last dimension, by the route its context needs."""
+    """The soft op of contiguous (rows, n) rows x, by the route its context needs."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         from . import _torch_ops  # registers softrank::solve on first use
 
@@ -152,19 +150,20 @@ def _solve(x, mode, eps, sign):
 
 
 def soft_op(op, values, regularization, regularization_strength, dim, descending):
-    mode = C.mode_of(op, regularization)
-    eps = C.check_regularization_strength(regularization_strength)
-    sign = C.sign_for(op, C.check_descending(descending))
+    mode, eps, sign = C.call_spec(op, regularization, regularization_strength, descending)
     if values.is_nested:
         raise TypeError("values must be a dense (strided) tensor, got a nested tensor")
     if values.layout is not torch.strided:
         raise TypeError(f"values must be a dense (strided) tensor, got layout {values.layout}")
     if not (values.is_cpu or values.is_cuda):
         raise ValueError(f"values must be on a CPU or CUDA device, got {values.device}")
-    compute_dtype, out_dtype = _dtypes(values.dtype)
-    if out_dtype in _HALF_DTYPES and torch.is_autocast_enabled(values.device.type):
-        # Like softmax on autocast's float32 list: fp16/bf16 cannot hold ranks beyond 2048/256.
-        out_dtype = torch.float32
+    compute_dtype = out_dtype = values.dtype
+    if compute_dtype is not torch.float32 and compute_dtype is not torch.float64:
+        compute_dtype, out_dtype = _dtypes(compute_dtype)
+        if out_dtype in _HALF_DTYPES and torch.is_autocast_enabled(values.device.type):
+            # Like softmax on autocast's float32 list: fp16/bf16 cannot hold ranks beyond
+            # 2048/256.
+            out_dtype = torch.float32
     shape = values.shape
     ndim = len(shape)
     axis = C.normalize_dim(dim, ndim)
@@ -173,9 +172,14 @@ def soft_op(op, values, regularization, regularization_strength, dim, descending
         return values.to(out_dtype).clone()
     last = axis == ndim - 1
     x = values if last else values.movedim(axis, -1)
+    if ndim != 2:
+        moved_shape = x.shape
+        x = x.reshape(-1, shape[axis])
     if compute_dtype is not x.dtype:
         x = x.to(compute_dtype)
     out = _solve(x.contiguous(), mode, eps, sign)
+    if ndim != 2:
+        out = out.view(moved_shape)
     if not last:
         out = out.movedim(-1, axis).contiguous()
     return out if out_dtype is compute_dtype else out.to(out_dtype)

@@ -3,7 +3,8 @@
 softrank::solve          (x, op, regularization, eps, sign) -> (out, perm, blocks)
 softrank::solve_backward (g, perm, blocks, aux, op, regularization, eps, sign) -> grad
 
-x is solved along its last dimension; perm and blocks are shaped like x. Both ops have fake
+x is solved along its last dimension (any rank: folded into rows); perm and blocks are shaped
+like x. Both ops have fake
 (meta) implementations and autograd formulas, so AOTAutograd traces forward and backward;
 solve_backward's own derivative (double backward) comes from softrank/_torch_formulas.py.
 Eager calls take softrank/_torch.py's Functions instead: the custom-op dispatcher costs more
@@ -23,9 +24,10 @@ from ._torch import _differentiable, save_partition, saved_partition, vjp
 @torch.library.custom_op("softrank::solve", mutates_args=())
 def solve(x: Tensor, op: str, regularization: str, eps: float,
           sign: int) -> Tuple[Tensor, Tensor, Tensor]:
-    x = x.contiguous()
-    out, perm, blocks = backend.forward(C.mode_of(op, regularization), x, eps, sign)
-    return out, backend.as_tensor(perm).view(x.shape), backend.as_tensor(blocks).view(x.shape)
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    out, perm, blocks = backend.forward(C.mode_of(op, regularization), rows, eps, sign)
+    return (out.view(x.shape), backend.as_tensor(perm).view(x.shape),
+            backend.as_tensor(blocks).view(x.shape))
 
 
 @solve.register_fake
@@ -44,9 +46,12 @@ def solve_backward(g: Tensor, perm: Tensor, blocks: Tensor, aux: Optional[Tensor
             perm.numel() and (int(perm.min()) < 0 or int(perm.max()) >= n)):
         raise ValueError(f"perm and blocks must be the forward's, of shape {tuple(g.shape)} "
                          f"with perm in [0, {n})")
-    aux = None if aux is None else aux.contiguous()
-    return backend.backward(C.mode_of(op, regularization), g.contiguous(), perm, blocks, aux, eps,
-                            sign)
+    def rows(t):
+        return t.reshape(-1, n).contiguous()
+
+    grad = backend.backward(C.mode_of(op, regularization), rows(g), rows(perm), rows(blocks),
+                            None if aux is None else rows(aux), eps, sign)
+    return grad.view(g.shape)
 
 
 @solve_backward.register_fake
