@@ -3,6 +3,14 @@
 ``soft_rank`` and ``soft_sort`` accept torch tensors (CPU/CUDA, autograd), NumPy arrays, CuPy
 arrays and array_likes. Importing softrank imports neither torch nor CuPy.
 """
+try:
+    from . import _cpu  # noqa: F401  (the compiled solver)
+except ImportError as error:  # a source folder without its build, e.g. after `pip install .`
+    raise ImportError(
+        f"softrank's compiled extension softrank._cpu is missing in {__path__[0]}: this is the "
+        "source folder, not the installed package. Run Python outside the source checkout, or "
+        "build it in place with `pip install -e .` (or `python setup.py build_ext --inplace`)."
+    ) from error
 from ._api import soft_rank, soft_rank_vjp, soft_sort, soft_sort_vjp
 from ._version import __version__
 

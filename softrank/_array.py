@@ -16,6 +16,9 @@ def _array_module(values):
         from .cuda import _backend
 
         return _backend.require_cupy()
+    if hasattr(values, "__cuda_array_interface__"):
+        raise TypeError(f"values is a CUDA array of type {type(values).__name__}: pass a CuPy "
+                        "array (cupy.asarray(values), no copy) or a torch tensor")
     return np
 
 

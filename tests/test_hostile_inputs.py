@@ -114,3 +114,29 @@ def test_custom_backward_op_refuses_a_perm_that_is_not_the_forwards():
     blocks = torch.zeros(2, 5, dtype=torch.int32)
     with pytest.raises(ValueError, match="perm"):
         torch.ops.softrank.solve_backward(g, perm, blocks, None, "rank", "l2", 1.0, 1)
+
+
+def test_a_foreign_cuda_array_gets_an_actionable_error():
+    class ForeignCudaArray:  # e.g. a Numba device array: only __cuda_array_interface__
+        __cuda_array_interface__ = {"shape": (3,), "typestr": "<f4", "data": (0, False),
+                                    "version": 3}
+
+    with pytest.raises(TypeError, match=r"cupy.asarray"):
+        softrank.soft_rank(ForeignCudaArray())
+
+
+def test_a_source_folder_without_its_build_says_how_to_fix_it(tmp_path):
+    """`import softrank` from a checkout whose extension was never built in place."""
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+
+    source = pathlib.Path(softrank.__file__).parent
+    shutil.copytree(source, tmp_path / "softrank",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    # -S: no site-packages, so no installed (or editable) softrank shadows the copy
+    result = subprocess.run([sys.executable, "-S", "-c", "import softrank"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "pip install -e ." in result.stderr and "source folder" in result.stderr
