@@ -8,10 +8,31 @@ All tensors are (rows, n); `mode` is softrank/_contract.py's (RANK_L2, RANK_KL, 
 
 Notation (sorted coordinates): v' = v.gather(perm); a block B holds sorted positions with equal
 block start; segsum(v)_j = sum of v over j's block; rows marked blocks[:, 0] == -1 are NaN rows.
+
+Deviation, as in the native backward (softrank/csrc/backward.h): where the rank modes' scale
+sign/eps exceeds the dtype's largest finite value M (tiny strengths: eps < 1/M), it is floored
+to sign * M; rank gradients are clamped to [-M, M] (the true ones, ~1/eps for ties, can
+exceed the dtype): finite, and 0 exactly for singleton blocks (inf * 0 would be NaN). Where
+the plain product is finite it is returned unchanged, bit for bit.
 """
 import torch
 
 from ._contract import RANK_KL, RANK_L2, SORT_L2
+
+
+def _rank_scaled(v, sign, eps, r=None):
+    """(sign / eps) * v, or (sign / eps) * r * v, kept finite (module docstring): the plain
+    product where it is finite, else the scale applied last (no inf * 0), floored to the
+    dtype's largest value M where sign / eps exceeds it, and the result clamped to [-M, M]."""
+    largest = torch.finfo(v.dtype).max
+    scale = sign / eps
+    if not abs(scale) <= largest:
+        scale = largest if sign > 0 else -largest
+        return ((v if r is None else r * v) * scale).clamp(-largest, largest)
+    plain = scale * v if r is None else scale * r * v
+    if r is not None:
+        plain = torch.where(plain.isfinite(), plain, scale * (r * v))
+    return plain.clamp(-largest, largest)
 
 
 class Partition:
@@ -55,10 +76,11 @@ def vjp(mode, g, partition, aux, eps, sign):
     if mode in (RANK_L2, RANK_KL):
         gs = partition.sorted(g)
         if mode == RANK_L2:
-            grad_s = (sign / eps) * (gs - partition.segsum(gs) / partition.count(gs))
+            grad_s = _rank_scaled(gs - partition.segsum(gs) / partition.count(gs), sign, eps)
         else:
             r = partition.sorted(aux)
-            grad_s = (sign / eps) * r * (gs - partition.segsum(gs * r) / partition.rho_sum(gs))
+            grad_s = _rank_scaled(gs - partition.segsum(gs * r) / partition.rho_sum(gs), sign,
+                                  eps, r)
     elif mode == SORT_L2:
         grad_s = partition.segsum(g) / partition.count(g)
     else:
@@ -90,8 +112,8 @@ def vjp_of_vjp(mode, g, partition, aux, eps, sign, u):
     if mode == RANK_KL:
         gs, r = partition.sorted(g), partition.sorted(aux)
         rho = partition.rho_sum(gs)
-        grad_r = (sign / eps) * (us * (gs - partition.segsum(gs * r) / rho)
-                                 - gs * partition.segsum(us * r) / rho)
+        grad_r = _rank_scaled(us * (gs - partition.segsum(gs * r) / rho)
+                              - gs * partition.segsum(us * r) / rho, sign, eps)
     else:
         p = partition.softmax_weights(sign * partition.sorted(aux))
         grad_r = sign * partition.segsum(g) * p * (us - partition.segsum(p * us))

@@ -16,12 +16,21 @@
    * A singleton block's gradient is written exactly (rank/kl: 0, its rank is the constant
      n - a; sort: the cotangent itself), not through the general formula's rounding.
    * Sums are accumulated in float64 in four interleaved partial sums.
+   * Rank gradients are kept finite for every eps > 0 (issue 16, item 6). The true Jacobian
+     entries of a pooled block (ties) are ~1/eps, beyond the dtype's range for tiny strengths:
+     where the plain product is not in [-M, M] (M: the dtype's largest value) it is recomputed
+     with the scale applied last (no inf * 0 = NaN), and saturated at +-M. Where sign/eps
+     itself exceeds M (eps below 1/DBL_MAX, about 5.6e-309, for float64 rows; below 1/FLT_MAX,
+     about 2.9e-39, for float32) the scale is floored to sign * M. So singleton blocks and
+     elements with g'_j = mean_B get exact zeros, the rest the true gradient's sign. A plain
+     product within [-M, M] is returned unchanged, bit for bit.
    perm must be the forward's (indices 0..n-1): the entry points check the arrays' layouts,
    not their contents, and debug builds check every index read through it. */
 #ifndef SOFTRANK_BACKWARD_H
 #define SOFTRANK_BACKWARD_H
 
 #include <Python.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -74,6 +83,20 @@ static inline double softrank_dot_at(softrank_span<T> g, softrank_span<T> aux,
     return (t0 + t1) + (t2 + t3);
 }
 
+/* The dtype's largest finite value. */
+template <typename T>
+static inline double softrank_largest() { return sizeof(T) == 4 ? (double)FLT_MAX : DBL_MAX; }
+
+/* A rank gradient: plain (the formula's product) if within the dtype's range, else
+   scale * unscaled (the scale applied last: no inf * 0) saturated at +-M (header). */
+template <typename T>
+static inline T softrank_rank_gradient(double plain, double scale, double unscaled) {
+    const double m = softrank_largest<T>();
+    if (fabs(plain) <= m) return (T)plain;
+    const double v = scale * unscaled;
+    return (T)(v > m ? m : (v < -m ? -m : v));
+}
+
 /* Gradient of the blocks in sorted positions [lo, hi) (lo and hi are block starts or n).
    weights: scratch of n (sort/kl). */
 template <typename T>
@@ -85,6 +108,9 @@ static inline void softrank_backward_blocks(int mode, softrank_span<T> g,
                                             Py_ssize_t hi) {
     const Py_ssize_t n = g.len;
     const double scale = sign / eps;
+    /* Tiny strengths: the scale floored to the dtype's range (header). */
+    const double floor_scale = fabs(scale) <= softrank_largest<T>() ? scale
+                                                                    : sign * softrank_largest<T>();
     Py_ssize_t a = lo;
     while (a < hi) {
         Py_ssize_t e = a + 1;
@@ -95,7 +121,10 @@ static inline void softrank_backward_blocks(int mode, softrank_span<T> g,
             grad[perm[a]] = (T)(total + g[a]);
         } else if (mode == SOFTRANK_RANK_L2) {
             const double mean = softrank_sum_at(g, perm, a, e) / c;
-            for (Py_ssize_t j = a; j < e; ++j) grad[perm[j]] = (T)(scale * (g[perm[j]] - mean));
+            for (Py_ssize_t j = a; j < e; ++j) {
+                const double d = g[perm[j]] - mean;
+                grad[perm[j]] = softrank_rank_gradient<T>(scale * d, floor_scale, d);
+            }
         } else if (mode == SOFTRANK_RANK_KL && c == 1) {  /* a singleton's rank is n - a */
             grad[perm[a]] = 0.0;
         } else if (mode == SOFTRANK_RANK_KL) {
@@ -103,7 +132,8 @@ static inline void softrank_backward_blocks(int mode, softrank_span<T> g,
             const double mean = softrank_dot_at(g, aux, perm, a, e) / (c * ((n - a) - (0.5 * (c - 1))));
             for (Py_ssize_t j = a; j < e; ++j) {
                 const double r = aux[perm[j]];
-                grad[perm[j]] = (T)((scale * r) * (g[perm[j]] - mean));
+                const double d = g[perm[j]] - mean;
+                grad[perm[j]] = softrank_rank_gradient<T>((scale * r) * d, floor_scale, r * d);
             }
         } else if (mode == SOFTRANK_SORT_L2) {
             for (Py_ssize_t j = a; j < e; ++j) total += g[j];

@@ -184,14 +184,15 @@ static inline void softrank_split_gather(const softrank_split *split, softrank_s
 }
 
 /* Step 8 (one thread): PAV of the sorted row; returns the top block, or -1 if the row needed
-   scaling and was solved whole (serially) instead. */
+   scaling or was a hard sort and was solved whole (serially) instead. */
 template <typename T>
 static inline Py_ssize_t softrank_split_pav(const softrank_split *split, int mode, double eps,
                                             double sign, softrank_span<int32_t> perm,
                                             softrank_span<T> out,
                                             softrank_span<int32_t> blocks) {
     const Py_ssize_t n = split->n;
-    if (softrank_needs_scaling(mode, split->s)) {  /* rare: the serial solver scales */
+    if (softrank_row_kind(mode, split->s, eps) != SOFTRANK_SOLVE_PLAIN) {
+        /* rare (scaled rows, hard sorts of tiny strengths): the serial solver */
         softrank_solve_sorted_row(mode, split->s, eps, sign, perm, out, blocks,
                                   split->work.ints.sub(0, n), split->work.reals.sub(n, n),
                                   split->work.reals.sub(2 * n, n), split->work.keys.sub(0, 2 * n));

@@ -25,6 +25,19 @@
      (blocks), so the backward never re-detects blocks by comparing floats.
    * l2 rows whose largest magnitude exceeds HUGE (2**1000) are solved scaled by 2**-64 (exact),
      where the differences s_j - s_a would overflow.
+   * Tiny strengths (any finite eps > 0 gives finite outputs; softrank_row_kind):
+     - sort rows with n/eps > 2**1000, where rho/eps nears overflow (inf <= inf then pooled
+       everything into inf/-inf outputs): if the row's range is below 1/(2 eps), no two
+       elements can pool (proof at softrank_row_kind), and the output is the hard sort, written
+       directly, exactly as PAV would (all singletons); otherwise sort/l2 is solved scaled by
+       2**64 (exact: sort(x, eps) = k sort(x/k, k eps)). Left open: sort/kl with both
+       n/eps > DBL_MAX and a range above 1/(2 eps) (|x| near DBL_MAX / 4n), not homogeneous.
+     - rank/l2 rows with values above HUGE and eps < 2**-958 are solved unscaled: eps/2**64
+       would underflow (to 0 for subnormal eps: NaN ranks), and a block of such a strength
+       spans at most about eps n**2, so no difference overflows.
+     - rank outputs need no change: values stay in units of x (eps * rho never overflows) and
+       a tied block's output is (0 - 0)/eps + mean(rho) exactly.
+     The backward's side (rank gradients ~ 1/eps) is in backward.h.
    * Accumulation is in float64 for float32 and float64 rows alike.
    Callers check the row for NaN and infinities first (softrank_argsort_row). */
 #ifndef SOFTRANK_PAV_H
@@ -413,13 +426,40 @@ static inline __attribute__((always_inline)) void softrank_pav_row(
                                     top, 0, top + 1);
 }
 
-/* Whether an l2 row sorted into s has values near the float64 limit, where the differences
-   s_j - s_a overflow (softrank_solve_sorted_row then solves it scaled). */
-static inline bool softrank_needs_scaling(int mode, softrank_span<double> s) {
+/* How a finite row sorted into s is solved (softrank_row_kind). */
+enum { SOFTRANK_SOLVE_PLAIN = 0, SOFTRANK_SOLVE_SCALED = 1, SOFTRANK_SOLVE_HARD_SORT = 2 };
+
+/* Below this strength eps / 2**64 is subnormal (2**-958): rank/l2 rows are not scaled. */
+static const double SOFTRANK_TINY_RANK_EPS = 4.1045368012983762e-289;
+
+/* PLAIN, or SCALED: an l2 row with values near the float64 limit, where the differences
+   s_j - s_a overflow, or a sort/l2 row whose rho/eps would (solved scaled by a power of two),
+   or HARD_SORT: a sort row whose strength is so small that rho/eps nears overflow and no two
+   elements can pool (its output is the hard sort, exactly). Normal strengths
+   (n / eps <= 2**1000, and eps >= 2**-958 for rank/l2) are classified as they always were. */
+static inline int softrank_row_kind(int mode, softrank_span<double> s, double eps) {
     const Py_ssize_t n = s.len;
+    if ((mode == SOFTRANK_SORT_L2 || mode == SOFTRANK_SORT_KL)
+        && !(((double)n) / eps <= SOFTRANK_HUGE)) {
+        /* Adjacent blocks pool only if the mean of the first exceeds the mean of the second by
+           at least (c1 + c2) / (2 eps) >= 1/eps (the singleton values rho_j/eps - s_j of both
+           sort problems decrease strictly while s_j - s_{j+1} < 1/eps), and no two means
+           differ by more than s_0 - s_{n-1}; halved, so that the range cannot overflow, and
+           against 1/4 instead of 1/2, far above the rounding of the test. */
+        if (((0.5 * s[0]) - (0.5 * s[n - 1])) * eps < 0.25) return SOFTRANK_SOLVE_HARD_SORT;
+        /* Otherwise 1/eps <= 4 max|s|: scaled by 2**-64, n/eps stays below 2**1000. */
+        if (mode == SOFTRANK_SORT_L2) return SOFTRANK_SOLVE_SCALED;
+    }
     const double low = -s[n - 1], high = s[0];
-    return (mode == SOFTRANK_RANK_L2 || mode == SOFTRANK_SORT_L2)
-           && (high > low ? high : low) > SOFTRANK_HUGE;
+    if ((mode == SOFTRANK_RANK_L2 || mode == SOFTRANK_SORT_L2)
+        && (high > low ? high : low) > SOFTRANK_HUGE) {
+        /* A rank/l2 block spans at most about eps * n**2 in s (y = s/eps - rho rises by at most
+           1 a step, so a pooled drop is at most 2c): for tiny eps nothing overflows unscaled,
+           and eps / 2**64 would lose its bits or vanish. */
+        if (mode == SOFTRANK_RANK_L2 && eps < SOFTRANK_TINY_RANK_EPS) return SOFTRANK_SOLVE_PLAIN;
+        return SOFTRANK_SOLVE_SCALED;
+    }
+    return SOFTRANK_SOLVE_PLAIN;
 }
 
 /* The outputs and blocks of a finite row sorted into s (perm: its order), n >= 1. start,
@@ -433,7 +473,16 @@ static inline void softrank_solve_sorted_row(int mode, softrank_span<double> s, 
                                              softrank_span<double> value,
                                              softrank_span<uint64_t> spare) {
     const Py_ssize_t n = s.len;
-    if (softrank_needs_scaling(mode, s)) {
+    const int kind = softrank_row_kind(mode, s, eps);
+    if (kind == SOFTRANK_SOLVE_HARD_SORT) {
+        /* Every block a singleton: the expansion's singleton output, bit for bit. */
+        for (Py_ssize_t j = 0; j < n; ++j) {
+            out[j] = (T)((sign * s[j]) + 0.0);
+            blocks[j] = (int32_t)j;
+        }
+        return;
+    }
+    if (kind == SOFTRANK_SOLVE_SCALED) {
         /* Solve the problem scaled by a power of two (exact): rank(x, eps) = rank(x/k, eps/k)
            and sort(x, eps) = k * sort(x/k, eps*k) for the l2 projection. */
         for (Py_ssize_t j = 0; j < n; ++j) s[j] = s[j] * (1.0 / SOFTRANK_HUGE_SCALE);
