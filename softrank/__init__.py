@@ -11,8 +11,14 @@ except ImportError as error:  # a source folder without its build, e.g. after `p
         "source folder, not the installed package. Run Python outside the source checkout, or "
         "build it in place with `pip install -e .` (or `python setup.py build_ext --inplace`)."
     ) from error
+from typing import TYPE_CHECKING
+
 from ._api import soft_rank, soft_rank_vjp, soft_sort, soft_sort_vjp
 from ._version import __version__
+
+if TYPE_CHECKING:  # type checkers see the lazy exports below; at run time they stay lazy
+    from ._spearman import pearsonr, spearmanr
+    from ._spearman_torch import SpearmanLoss
 
 __all__ = [
     "soft_rank",
@@ -29,10 +35,12 @@ __all__ = [
 _LAZY = {"spearmanr": "_spearman", "pearsonr": "_spearman", "SpearmanLoss": "_spearman_torch"}
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+if not TYPE_CHECKING:  # hidden from type checkers, so that a misspelt name is an error there
 
-        module = importlib.import_module(f".{_LAZY[name]}", __name__)
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name):
+        if name in _LAZY:
+            import importlib
+
+            module = importlib.import_module(f".{_LAZY[name]}", __name__)
+            return getattr(module, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,19 +1,40 @@
 """Public functions: route each input to the torch or the array front end."""
+from __future__ import annotations
+
 import sys
+from typing import TYPE_CHECKING, Any, Callable, Dict, Literal, SupportsFloat, Tuple, overload
 
 from . import _array
 
+if TYPE_CHECKING:  # for type checkers only: importing softrank imports neither torch nor CuPy
+    from typing import Protocol, TypeVar
 
-def _is_torch_tensor(values):
+    import numpy
+    import numpy.typing as npt
+    import torch
+
+    class _CudaArray(Protocol):
+        """A CUDA array such as ``cupy.ndarray`` (anything with ``__cuda_array_interface__``)."""
+
+        @property
+        def __cuda_array_interface__(self) -> Dict[str, Any]: ...
+
+    _CudaArrayT = TypeVar("_CudaArrayT", bound=_CudaArray)
+    #: NumPy results: floating arrays (integer and bool inputs become float64).
+    _FloatArray = npt.NDArray[numpy.floating[Any]]
+    _Regularization = Literal["l2", "kl"]
+
+
+def _is_torch_tensor(values: object) -> bool:
     torch = sys.modules.get("torch")  # never import torch for a NumPy user
     return torch is not None and isinstance(values, torch.Tensor)
 
 
 # Front end by exact input type: which front end takes an input depends only on its type.
-_front_end_of_type = {}
+_front_end_of_type: Dict[type, Any] = {}
 
 
-def _front_end(values):
+def _front_end(values: object) -> Any:
     front_end = _front_end_of_type.get(type(values))
     if front_end is None:
         if _is_torch_tensor(values):
@@ -61,26 +82,182 @@ _NOTES = """
 """
 
 
-def soft_rank(values, regularization="l2", regularization_strength=1.0, *, dim=-1,
-              descending=False):
+@overload
+def soft_rank(
+    values: torch.Tensor,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> torch.Tensor: ...
+
+
+@overload
+def soft_rank(
+    values: _CudaArrayT,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> _CudaArrayT: ...
+
+
+@overload
+def soft_rank(
+    values: npt.ArrayLike,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> _FloatArray: ...
+
+
+def soft_rank(
+    values: Any,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> Any:
     return _front_end(values).soft_op("rank", values, regularization, regularization_strength,
                                       dim, descending)
 
 
-def soft_sort(values, regularization="l2", regularization_strength=1.0, *, dim=-1,
-              descending=False):
+@overload
+def soft_sort(
+    values: torch.Tensor,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> torch.Tensor: ...
+
+
+@overload
+def soft_sort(
+    values: _CudaArrayT,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> _CudaArrayT: ...
+
+
+@overload
+def soft_sort(
+    values: npt.ArrayLike,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> _FloatArray: ...
+
+
+def soft_sort(
+    values: Any,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> Any:
     return _front_end(values).soft_op("sort", values, regularization, regularization_strength,
                                       dim, descending)
 
 
-def soft_rank_vjp(values, regularization="l2", regularization_strength=1.0, *, dim=-1,
-                  descending=False):
+@overload
+def soft_rank_vjp(
+    values: torch.Tensor,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> Tuple[torch.Tensor, Callable[[torch.Tensor | npt.ArrayLike], torch.Tensor]]: ...
+
+
+@overload
+def soft_rank_vjp(
+    values: _CudaArrayT,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> Tuple[_CudaArrayT, Callable[[_CudaArrayT], _CudaArrayT]]: ...
+
+
+@overload
+def soft_rank_vjp(
+    values: npt.ArrayLike,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> Tuple[_FloatArray, Callable[[npt.ArrayLike], _FloatArray]]: ...
+
+
+def soft_rank_vjp(
+    values: Any,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> Any:
     return _front_end(values).soft_op_vjp("rank", values, regularization,
                                           regularization_strength, dim, descending)
 
 
-def soft_sort_vjp(values, regularization="l2", regularization_strength=1.0, *, dim=-1,
-                  descending=False):
+@overload
+def soft_sort_vjp(
+    values: torch.Tensor,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> Tuple[torch.Tensor, Callable[[torch.Tensor | npt.ArrayLike], torch.Tensor]]: ...
+
+
+@overload
+def soft_sort_vjp(
+    values: _CudaArrayT,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> Tuple[_CudaArrayT, Callable[[_CudaArrayT], _CudaArrayT]]: ...
+
+
+@overload
+def soft_sort_vjp(
+    values: npt.ArrayLike,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> Tuple[_FloatArray, Callable[[npt.ArrayLike], _FloatArray]]: ...
+
+
+def soft_sort_vjp(
+    values: Any,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+    *,
+    dim: int = -1,
+    descending: bool = False,
+) -> Any:
     return _front_end(values).soft_op_vjp("sort", values, regularization,
                                           regularization_strength, dim, descending)
 
@@ -146,4 +323,19 @@ soft_rank_vjp.__doc__ = ("""Soft ranks and their vector-Jacobian product (for Nu
 """)
 
 soft_sort_vjp.__doc__ = ("""Soft sorted values and their vector-Jacobian product.
-""" + _SORT_PARAMETERS + _VJP_RETURNS.format(name="sort"))
+""" + _SORT_PARAMETERS + _VJP_RETURNS.format(name="sort") + """
+    Examples
+    --------
+    >>> import numpy as np, softrank
+    >>> values = np.array([3.0, 1.0, 2.0])
+    >>> out, pullback = softrank.soft_sort_vjp(values, regularization_strength=0.1)
+    >>> out.tolist()  # a small strength: the hard sort
+    [1.0, 2.0, 3.0]
+    >>> pullback(np.array([0.0, 0.0, 1.0])).tolist()  # d out[-1] / d values: the largest value
+    [1.0, 0.0, 0.0]
+    >>> out, pullback = softrank.soft_sort_vjp(values, regularization_strength=2.0)
+    >>> out.tolist()  # a large strength blends the values towards their mean
+    [1.5, 2.0, 2.5]
+    >>> pullback(np.array([0.0, 0.0, 1.0])).round(4).tolist()
+    [0.3333, 0.3333, 0.3333]
+""")

@@ -6,9 +6,22 @@ a torch tensor is recognised through ``sys.modules`` and CuPy is imported only w
 CuPy array comes in.
 """
 
+from __future__ import annotations
+
 import sys
+from typing import TYPE_CHECKING, Any, SupportsFloat, Union, overload
 
 from . import _contract as C
+
+if TYPE_CHECKING:  # for type checkers only: neither torch nor CuPy is imported at run time
+    import numpy
+    import numpy.typing as npt
+    import torch
+
+    from ._api import _CudaArrayT, _FloatArray, _Regularization
+
+    #: NumPy results: an array, or a NumPy scalar for 1-D input.
+    _FloatResult = Union[_FloatArray, numpy.floating[Any]]
 
 __all__ = ["spearmanr", "pearsonr"]
 
@@ -124,12 +137,30 @@ def _detached(a):
     return a.detach() if hasattr(a, "detach") else a
 
 
-def pearsonr(x, y, *, dim=-1):
+@overload
+def pearsonr(
+    x: torch.Tensor, y: torch.Tensor | npt.ArrayLike, *, dim: int = -1
+) -> torch.Tensor: ...
+
+
+@overload
+def pearsonr(x: npt.ArrayLike, y: torch.Tensor, *, dim: int = -1) -> torch.Tensor: ...
+
+
+@overload
+def pearsonr(x: _CudaArrayT, y: _CudaArrayT, *, dim: int = -1) -> _CudaArrayT: ...
+
+
+@overload
+def pearsonr(x: npt.ArrayLike, y: npt.ArrayLike, *, dim: int = -1) -> _FloatResult: ...
+
+
+def pearsonr(x: Any, y: Any, *, dim: int = -1) -> Any:
     """Pearson correlation coefficient of ``x`` and ``y`` along ``dim``.
 
     Parameters
     ----------
-    x, y : torch.Tensor, numpy.ndarray or cupy.ndarray
+    x, y : torch.Tensor, numpy.ndarray, cupy.ndarray or array_like
         Inputs of the same shape.  A torch tensor may be paired with an array (it is
         converted to a tensor on the tensor's device); NumPy and CuPy cannot be mixed.
     dim : int
@@ -149,12 +180,75 @@ def pearsonr(x, y, *, dim=-1):
     is at rounding level relative to its magnitude), and when the slice is empty.  Such a
     slice gives **0** (the neutral value, "no association"), never NaN, and its gradient
     with respect to both inputs is exactly zero.  NaN in the input still propagates.
+
+    Examples
+    --------
+    >>> import numpy as np, softrank
+    >>> x = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 40.0]])
+    >>> y = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]])
+    >>> softrank.pearsonr(x, y).round(4)  # one correlation per row; the outlier lowers it
+    array([1.   , 0.801])
+    >>> softrank.spearmanr(x, y, regularization_strength=1e-3).round(4)  # ranks ignore it
+    array([1., 1.])
+    >>> round(float(softrank.pearsonr([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 5.0, 9.0])), 4)
+    0.9648
     """
     xp, x, y = _check_pair(x, y, ("x", "y"))
     return _pearson(xp, x, y, C.normalize_dim(dim, x.ndim))
 
 
-def spearmanr(pred, target, *, dim=-1, regularization="l2", regularization_strength=1.0):
+@overload
+def spearmanr(
+    pred: torch.Tensor,
+    target: torch.Tensor | npt.ArrayLike,
+    *,
+    dim: int = -1,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+) -> torch.Tensor: ...
+
+
+@overload
+def spearmanr(
+    pred: npt.ArrayLike,
+    target: torch.Tensor,
+    *,
+    dim: int = -1,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+) -> torch.Tensor: ...
+
+
+@overload
+def spearmanr(
+    pred: _CudaArrayT,
+    target: _CudaArrayT,
+    *,
+    dim: int = -1,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+) -> _CudaArrayT: ...
+
+
+@overload
+def spearmanr(
+    pred: npt.ArrayLike,
+    target: npt.ArrayLike,
+    *,
+    dim: int = -1,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+) -> _FloatResult: ...
+
+
+def spearmanr(
+    pred: Any,
+    target: Any,
+    *,
+    dim: int = -1,
+    regularization: _Regularization = "l2",
+    regularization_strength: SupportsFloat = 1.0,
+) -> Any:
     """Differentiable Spearman rank correlation of ``pred`` and ``target`` along ``dim``.
 
     Both inputs are replaced by their soft ranks
@@ -172,7 +266,7 @@ def spearmanr(pred, target, *, dim=-1, regularization="l2", regularization_stren
 
     Parameters
     ----------
-    pred, target : torch.Tensor, numpy.ndarray or cupy.ndarray
+    pred, target : torch.Tensor, numpy.ndarray, cupy.ndarray or array_like
         Inputs of the same shape.  For torch input the result is differentiable with
         respect to both (detach ``target`` if it should not receive a gradient).  A
         torch tensor may be paired with an array, which is converted to a tensor.

@@ -1,9 +1,17 @@
 """``SpearmanLoss``: 1 - soft Spearman correlation as a ``torch.nn.Module``."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, SupportsFloat
 
 import torch
 
 from . import _contract as C
 from ._spearman import spearmanr
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from ._api import _Regularization
 
 __all__ = ["SpearmanLoss"]
 
@@ -33,6 +41,14 @@ class SpearmanLoss(torch.nn.Module):
     reduction : {"mean", "sum", "none"}
         ``"none"`` returns one loss per slice (the input's shape minus ``dim``).
 
+    Returns
+    -------
+    Calling the module, ``loss_fn(pred, target)``, returns a tensor on ``pred``'s device in
+    the result dtype of ``softrank.spearmanr``: a 0-d tensor, the mean (``"mean"``) or sum
+    (``"sum"``) of ``1 - rho`` over the slices, or ``1 - rho`` itself, with the input's
+    shape minus ``dim`` (``"none"``).  It is differentiable with respect to ``pred`` (and
+    to ``target`` if that requires a gradient); each slice's loss is in ``[0, 2]``.
+
     A constant slice (e.g. all predictions equal) has rho = 0, so its loss is 1 with a
     zero gradient; see ``softrank.spearmanr``.
 
@@ -50,8 +66,14 @@ class SpearmanLoss(torch.nn.Module):
     tensor([ 1., -1., -1., -1.])
     """
 
-    def __init__(self, *, dim=-1, regularization="l2", regularization_strength=1.0,
-                 reduction="mean"):
+    def __init__(
+        self,
+        *,
+        dim: int = -1,
+        regularization: _Regularization = "l2",
+        regularization_strength: SupportsFloat = 1.0,
+        reduction: Literal["mean", "sum", "none"] = "mean",
+    ) -> None:
         super().__init__()
         if reduction not in _REDUCTIONS:
             raise ValueError(
@@ -66,7 +88,27 @@ class SpearmanLoss(torch.nn.Module):
         self.regularization_strength = regularization_strength
         self.reduction = reduction
 
-    def forward(self, pred, target):
+    def forward(self, pred: torch.Tensor, target: torch.Tensor | npt.ArrayLike) -> torch.Tensor:
+        """The loss ``1 - softrank.spearmanr(pred, target, dim=self.dim, ...)``, reduced.
+
+        Call the module, ``loss_fn(pred, target)``, rather than this method directly.
+
+        Parameters
+        ----------
+        pred : torch.Tensor
+            Predictions, any shape with at least one dimension; ``dim`` holds the items
+            to rank.
+        target : torch.Tensor or array_like
+            Targets of ``pred``'s shape (an array is converted to a tensor on ``pred``'s
+            device).  Detach it if it should not receive a gradient.
+
+        Returns
+        -------
+        torch.Tensor
+            ``1 - rho`` reduced by ``self.reduction``: a 0-d tensor for ``"mean"`` and
+            ``"sum"``, one loss per slice (the input's shape minus ``dim``) for
+            ``"none"``.
+        """
         rho = spearmanr(
             pred,
             target,
@@ -81,7 +123,7 @@ class SpearmanLoss(torch.nn.Module):
             return loss.sum()
         return loss
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, regularization={self.regularization!r}, "
             f"regularization_strength={self.regularization_strength}, "
