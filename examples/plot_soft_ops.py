@@ -63,7 +63,9 @@ def main(args):
     data = curves(values, strengths)
     n = len(values)
     colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, n))
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    # Constrained layout makes room for the legends, which sit outside the axes (right of
+    # each row: one legend serves both regularizations), so they never cover a curve.
+    fig, axes = plt.subplots(2, 2, figsize=(11.5, 7), sharex=True, layout="constrained")
     order = np.argsort(values)
     for col, reg in enumerate(("l2", "kl")):
         ax = axes[0, col]
@@ -72,7 +74,6 @@ def main(args):
                     label=f"sorted[{j}] (hard: {values[order[j]]:g})")
         ax.set_title(f"soft_sort, regularization={reg!r}")
         ax.set_ylabel("soft sorted value")
-        ax.legend(fontsize=8, loc="best")
         ax = axes[1, col]
         for rank_pos, i in enumerate(order):  # colour by the hard rank of x[i]
             ax.plot(strengths, data["soft_rank", reg][:, i], color=colors[rank_pos],
@@ -80,12 +81,16 @@ def main(args):
         ax.set_title(f"soft_rank, regularization={reg!r}")
         ax.set_ylabel("soft rank (1 = smallest)")
         ax.set_xlabel("regularization_strength")
-        ax.legend(fontsize=8, loc="best")
+    for row, title in ((0, "soft_sort output"), (1, "soft_rank of")):
+        handles, labels = axes[row, 1].get_legend_handles_labels()
+        # Largest on top, as in the panels.
+        axes[row, 1].legend(handles[::-1], labels[::-1], title=title, fontsize=8,
+                            title_fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                            frameon=False)
     for ax in axes.flat:
         ax.set_xscale("log")
         ax.grid(True, which="major", alpha=0.3)
     fig.suptitle(f"softrank on x = {np.array2string(values, separator=', ')}")
-    fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     fig.savefig(args.out, dpi=args.dpi)
     plt.close(fig)
