@@ -34,7 +34,7 @@ cdef extern from "csrc/span.h":
 
 cdef extern from "csrc/workspace.h":
     const int HIST_WORDS "SOFTRANK_HIST_WORDS"
-    Py_ssize_t softrank_forward_words(Py_ssize_t n) noexcept nogil
+    Py_ssize_t softrank_forward_words(Py_ssize_t n, int full_keys, int mode) noexcept nogil
     cdef cppclass WorkspaceBuffer "softrank_workspace_buffer":
         WorkspaceBuffer()
         uint64_t* acquire(size_t words) except +
@@ -68,9 +68,10 @@ cdef extern from "csrc/forward.h":
         Span[uint64_t] ka
         Span[uint64_t] kb
     const int SPLIT_DIGITS "SOFTRANK_SPLIT_DIGITS"
-    Py_ssize_t split_words "softrank_split_words"(Py_ssize_t n, int n_threads) noexcept nogil
+    Py_ssize_t split_words "softrank_split_words"(Py_ssize_t n, int n_threads,
+                                                  int full_keys, int mode) noexcept nogil
     void split_init "softrank_split_init"(Split* split, uint64_t* words, Py_ssize_t n,
-                                          int n_threads) noexcept nogil
+                                          int n_threads, int full_keys, int mode) noexcept nogil
     bint split_keys "softrank_split_keys"(const Split* split, Span[float] x, double sign,
                                           int t) noexcept nogil
     bint split_keys "softrank_split_keys"(const Split* split, Span[double] x, double sign,
@@ -220,8 +221,8 @@ cdef inline int _threads_for(int mode, Py_ssize_t rows, Py_ssize_t n,
 cdef void _forward_rows(int mode, Span[floating] x, Span[floating] out, Span[int32_t] perm,
                         Span[int32_t] blocks, Py_ssize_t rows, Py_ssize_t n, double eps,
                         double sign, uint64_t* words, int n_threads) noexcept nogil:
-    """Rows on n_threads threads, each with its own workspace of softrank_forward_words(n)."""
-    cdef Py_ssize_t r, per_thread = softrank_forward_words(n)
+    """Rows on n_threads threads, each with its own workspace of softrank_forward_words."""
+    cdef Py_ssize_t r, per_thread = softrank_forward_words(n, floating is double, mode)
     if n_threads <= 1:
         for r in range(rows):
             forward_row(mode, x.sub(r * n, n), out.sub(r * n, n), perm.sub(r * n, n),
@@ -242,7 +243,7 @@ cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
     cdef int t, d, nonfinite = 0, shared_highs = 0
     cdef bint moved = False, in_b = False
     cdef Py_ssize_t top
-    split_init(&split, words, x.len, n_threads)
+    split_init(&split, words, x.len, n_threads, floating is double, mode)
     for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
         nonfinite |= split_keys(&split, x, sign, t)
     if nonfinite:
@@ -333,8 +334,9 @@ cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* per
     if not split:
         n_threads = max(1, min(n_threads, rows))
     cdef Py_ssize_t size = rows * n, r
-    cdef Py_ssize_t solver_words = (split_words(n, n_threads) if split
-                                    else n_threads * softrank_forward_words(n))
+    cdef int full_keys = typenum == cnp.NPY_DOUBLE  # float32 keys fit in the sort words
+    cdef Py_ssize_t solver_words = (split_words(n, n_threads, full_keys, mode) if split
+                                    else n_threads * softrank_forward_words(n, full_keys, mode))
     cdef WorkspaceBuffer buffer
     cdef uint64_t* words = buffer.acquire(solver_words + (size if perm == NULL else 0))
     if perm == NULL:

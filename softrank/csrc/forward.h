@@ -19,26 +19,24 @@
 #include "span.h"
 #include "workspace.h"
 
-/* The forward of one row of n >= 1 (x, out, perm, blocks: n each); work: one thread's
-   workspace for rows of n (softrank_forward_words). */
+/* The forward of one row of n >= 1 (x, out, perm, blocks: n each); words: one thread's
+   workspace for rows of n (softrank_forward_words(n, sizeof(T) == 8, mode)). */
 template <typename T>
 static inline void softrank_forward_row(int mode, softrank_span<T> x, softrank_span<T> out,
                                         softrank_span<int32_t> perm,
                                         softrank_span<int32_t> blocks, double eps, double sign,
                                         uint64_t *words) {
     const Py_ssize_t n = x.len;
-    const softrank_workspace work = softrank_forward_workspace(words, n);
-    softrank_span<uint32_t> hist((uint32_t *)work.keys.sub(3 * n, SOFTRANK_HIST_WORDS).ptr,
-                                 2 * SOFTRANK_HIST_WORDS);
+    const softrank_workspace work = softrank_forward_workspace(words, n, sizeof(T) == 8, mode);
     softrank_span<double> s = work.reals.sub(0, n);
     if (softrank_argsort_row<T>(x, sign, work.keys.sub(0, n), work.keys.sub(n, n),
-                                work.keys.sub(2 * n, n), hist, perm, s)) {
+                                softrank_workspace_full(work, n), softrank_workspace_hist(work),
+                                perm, s)) {
         softrank_nan_row_forward(out, perm, blocks);
         return;
     }
     softrank_solve_sorted_row(mode, s, eps, sign, perm, out, blocks, work.ints.sub(0, n),
-                              work.reals.sub(n, n), work.reals.sub(2 * n, n),
-                              work.keys.sub(0, 2 * n));
+                              work.state, work.value, work.keys.sub(0, 2 * n));
 }
 
 /* ------------------------------------------------------------------------- split rows */
@@ -65,18 +63,20 @@ struct softrank_split {
     int n_threads;
 };
 
-/* Words of a split row's workspace. */
-static inline Py_ssize_t softrank_split_words(Py_ssize_t n, int n_threads) {
-    return softrank_forward_words(n) + n_threads * SOFTRANK_HIST_WORDS;
+/* Words of a split row's workspace (full_keys: float64 rows). */
+static inline Py_ssize_t softrank_split_words(Py_ssize_t n, int n_threads, int full_keys,
+                                              int mode) {
+    return softrank_forward_words(n, full_keys, mode) + n_threads * SOFTRANK_HIST_WORDS;
 }
 
 static inline void softrank_split_init(softrank_split *split, uint64_t *words, Py_ssize_t n,
-                                       int n_threads) {
-    split->work = softrank_forward_workspace(words, n);
+                                       int n_threads, int full_keys, int mode) {
+    split->work = softrank_forward_workspace(words, n, full_keys, mode);
     split->ka = split->work.keys.sub(0, n);
     split->kb = split->work.keys.sub(n, n);
-    split->full = split->work.keys.sub(2 * n, n);
-    split->hists = softrank_span<uint32_t>((uint32_t *)(words + softrank_forward_words(n)),
+    split->full = softrank_workspace_full(split->work, n);
+    split->hists = softrank_span<uint32_t>(
+        (uint32_t *)(words + softrank_forward_words(n, full_keys, mode)),
                                            2 * (Py_ssize_t)n_threads * SOFTRANK_HIST_WORDS);
     split->s = split->work.reals.sub(0, n);
     split->n = n;
@@ -194,12 +194,12 @@ static inline Py_ssize_t softrank_split_pav(const softrank_split *split, int mod
     if (softrank_row_kind(mode, split->s, eps) != SOFTRANK_SOLVE_PLAIN) {
         /* rare (scaled rows, hard sorts of tiny strengths): the serial solver */
         softrank_solve_sorted_row(mode, split->s, eps, sign, perm, out, blocks,
-                                  split->work.ints.sub(0, n), split->work.reals.sub(n, n),
-                                  split->work.reals.sub(2 * n, n), split->work.keys.sub(0, 2 * n));
+                                  split->work.ints.sub(0, n), split->work.state,
+                                  split->work.value, split->work.keys.sub(0, 2 * n));
         return -1;
     }
-    return softrank_pav(mode, split->s, eps, split->work.ints.sub(0, n), split->work.reals.sub(n, n),
-                        split->work.reals.sub(2 * n, n), split->work.keys.sub(0, 2 * n));
+    return softrank_pav(mode, split->s, eps, split->work.ints.sub(0, n), split->work.state,
+                        split->work.value, split->work.keys.sub(0, 2 * n));
 }
 
 /* The first block (of 0..top) starting at or after position; top + 1 if none. */
@@ -223,7 +223,7 @@ static inline void softrank_split_expand(const softrank_split *split, int mode, 
     const Py_ssize_t n = split->n;
     softrank_span<int32_t> start = split->work.ints.sub(0, n);
     softrank_expand<T>(mode, split->s, eps, sign, perm, out, blocks, start,
-                       split->work.reals.sub(n, n), split->work.reals.sub(2 * n, n),
+                       split->work.state, split->work.value,
                        split->work.keys.sub(0, 2 * n), top,
                        softrank_first_block_from(start, top,
                                                  softrank_chunk_start(t, n, split->n_threads)),

@@ -1,10 +1,15 @@
 /* workspace.h: the scratch memory of a call, and how one thread's share is laid out.
 
    A forward thread needs, for a row of n elements (in 64-bit words):
-     keys   3n + SOFTRANK_HIST_WORDS: two radix buffers, full float64 keys, radix histograms
+     keys   2n (float32) or 3n (float64) + SOFTRANK_HIST_WORDS: two radix buffers, full float64
+            keys (float64 rows only: a float32 key fits in its sort word), radix histograms
             (PAV reuses the first 2n words once the row is sorted)
      ints   (n + 1) / 2: PAV's block starts (int32)
-     reals  3n: the sorted values, PAV's block states and block values
+     reals  n: the sorted values; rank/kl also 2n for PAV's block states and values
+   The other modes keep PAV's block states and values in the first 2n words of keys: the radix
+   buffers are done with once the row is sorted (rank/kl's PAV uses them for its weights). So a
+   float32 row needs 2n + n/2 + n words (28 B/element) where it needed 6.5n (52 B), a float64
+   row 36 B (was 60); pages never written are never resident.
    padded to whole cache lines plus one line, so that threads do not share a line. (The
    backward's share: softrank_backward_words in backward.h.) */
 #ifndef SOFTRANK_WORKSPACE_H
@@ -23,22 +28,54 @@ struct softrank_workspace {
     softrank_span<uint64_t> keys;
     softrank_span<int32_t> ints;
     softrank_span<double> reals;
+    softrank_span<double> state, value;  /* PAV's block states and values (n each) */
 };
 
-/* Words of one thread's forward workspace for rows of n. */
-static inline Py_ssize_t softrank_forward_words(Py_ssize_t n) {
-    const Py_ssize_t words = (3 * n + SOFTRANK_HIST_WORDS) + (n + 1) / 2 + 3 * n;
+/* rank/kl (softrank/_contract.py's mode 1): its PAV keeps weights in the radix buffers. */
+static inline int softrank_states_in_keys(int mode) { return mode != 1; }
+
+/* Key arrays of a row of n: 2 (the radix buffers) for float32, 3 (and the full keys) for
+   float64 (full_keys). */
+static inline Py_ssize_t softrank_key_arrays(int full_keys) { return full_keys ? 3 : 2; }
+
+/* Words of one thread's forward workspace for rows of n in mode. */
+static inline Py_ssize_t softrank_forward_words(Py_ssize_t n, int full_keys, int mode) {
+    const Py_ssize_t words = (softrank_key_arrays(full_keys) * n + SOFTRANK_HIST_WORDS)
+                             + (n + 1) / 2 + (softrank_states_in_keys(mode) ? 1 : 3) * n;
     return (words + 7) / 8 * 8 + 8;
 }
 
-static inline softrank_workspace softrank_forward_workspace(uint64_t *words, Py_ssize_t n) {
+/* keys: the radix buffers at 0 and n, the full keys (float64) at 2n, the histograms last. */
+static inline softrank_workspace softrank_forward_workspace(uint64_t *words, Py_ssize_t n,
+                                                           int full_keys, int mode) {
     softrank_workspace work;
-    const Py_ssize_t key_words = 3 * n + SOFTRANK_HIST_WORDS;
+    const Py_ssize_t key_words = softrank_key_arrays(full_keys) * n + SOFTRANK_HIST_WORDS;
     const Py_ssize_t int_words = (n + 1) / 2;
     work.keys = softrank_span<uint64_t>(words, key_words);
     work.ints = softrank_span<int32_t>((int32_t *)(words + key_words), n);
-    work.reals = softrank_span<double>((double *)(words + key_words + int_words), 3 * n);
+    if (softrank_states_in_keys(mode)) {
+        work.reals = softrank_span<double>((double *)(words + key_words + int_words), n);
+        work.state = softrank_span<double>((double *)work.keys.sub(0, n).ptr, n);
+        work.value = softrank_span<double>((double *)work.keys.sub(n, n).ptr, n);
+    } else {
+        work.reals = softrank_span<double>((double *)(words + key_words + int_words), 3 * n);
+        work.state = work.reals.sub(n, n);
+        work.value = work.reals.sub(2 * n, n);
+    }
     return work;
+}
+
+/* The radix histograms at the end of keys, and the full keys (empty for float32). */
+static inline softrank_span<uint32_t> softrank_workspace_hist(const softrank_workspace &work) {
+    return softrank_span<uint32_t>(
+        (uint32_t *)work.keys.sub(work.keys.len - SOFTRANK_HIST_WORDS, SOFTRANK_HIST_WORDS).ptr,
+        2 * SOFTRANK_HIST_WORDS);
+}
+
+static inline softrank_span<uint64_t> softrank_workspace_full(const softrank_workspace &work,
+                                                              Py_ssize_t n) {
+    return work.keys.len - SOFTRANK_HIST_WORDS >= 3 * n ? work.keys.sub(2 * n, n)
+                                                       : work.keys.sub(0, 0);
 }
 
 /* The memory of a call. Up to SOFTRANK_CACHED_WORDS (8 MiB) it is a buffer kept per calling
