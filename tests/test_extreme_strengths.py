@@ -142,6 +142,24 @@ def test_huge_values_with_subnormal_strength_rank():
             np.testing.assert_array_equal(r, _hard_rank(x, False))
 
 
+def test_sort_kl_near_the_float64_limit_with_tiny_strength():
+    """sort/kl where both rho/eps overflows and the range exceeds 1/(2 eps): solved with its
+    block values in units of eps (pav.h), finite, decreasing up to rounding at the scale of
+    the values, blocks pooled where gaps exceed 1/eps."""
+    rows = [[1.7e308, -1.7e308, 1e308, 0.0, 1.0], [1.7e308, 1.6e308, -1.7e308] * 3,
+            list(np.linspace(-8e307, 8e307, 50) * 2)]
+    for eps in (2e-308, 1e-308, 1e-310, 5e-324):
+        for row in rows:
+            x = np.array([row])
+            for sign in (1.0, -1.0):
+                out, perm, blocks = _cpu.forward(SORT_KL, x, eps, sign)
+                grad = _cpu.backward(SORT_KL, np.ones_like(x), perm, blocks, x, eps, sign)
+                assert np.all(np.isfinite(out)) and np.all(np.isfinite(grad)), (eps, row)
+                assert np.all(sign * np.diff(out[0]) <= 1e-15 * np.max(np.abs(x))), (eps, row)
+    out, _, blocks = _cpu.forward(SORT_KL, np.array([[1.7e308, -1.7e308]]), 1e-308, 1.0)
+    np.testing.assert_array_equal(blocks, [[0, 0]])  # a gap of 3.4e308 > 1/eps pools
+
+
 def test_tiny_strengths_split_rows():
     """The split-row driver (long rows on several threads) takes the same paths."""
     _cpu._debug("set_split_row_min", 64)

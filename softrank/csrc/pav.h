@@ -30,8 +30,9 @@
        everything into inf/-inf outputs): if the row's range is below 1/(2 eps), no two
        elements can pool (proof at softrank_row_kind), and the output is the hard sort, written
        directly, exactly as PAV would (all singletons); otherwise sort/l2 is solved scaled by
-       2**64 (exact: sort(x, eps) = k sort(x/k, k eps)). Left open: sort/kl with both
-       n/eps > DBL_MAX and a range above 1/(2 eps) (|x| near DBL_MAX / 4n), not homogeneous.
+       2**64 (exact: sort(x, eps) = k sort(x/k, k eps)) and sort/kl, which is not
+       homogeneous, with its block values multiplied by eps (SOFTRANK_SORT_KL_EPS_UNITS:
+       (n - a) - eps (s_a + log S) + eps log-geometric, all finite).
      - rank/l2 rows with values above HUGE and eps < 2**-958 are solved unscaled: eps/2**64
        would underflow (to 0 for subnormal eps: NaN ranks), and a block of such a strength
        spans at most about eps n**2, so no difference overflows.
@@ -52,6 +53,8 @@
 
 /* The modes (softrank/_contract.py's MODES; odd modes are kl). */
 enum { SOFTRANK_RANK_L2 = 0, SOFTRANK_RANK_KL = 1, SOFTRANK_SORT_L2 = 2, SOFTRANK_SORT_KL = 3 };
+/* sort/kl with its block values in units of eps (tiny strengths, softrank_row_kind): internal. */
+enum { SOFTRANK_SORT_KL_EPS_UNITS = 4 };
 
 static const double SOFTRANK_HUGE = 1.0715086071862673e301;   /* 2**1000 */
 static const double SOFTRANK_HUGE_SCALE = 18446744073709551616.0;  /* 2**64 */
@@ -98,7 +101,8 @@ static __attribute__((noinline)) double softrank_log_geometric_ratio(Py_ssize_t 
    A single element has state 0 (l2) or 1 (kl). */
 template <int MODE>
 static inline double softrank_initial_state() {
-    return (MODE == SOFTRANK_RANK_KL || MODE == SOFTRANK_SORT_KL) ? 1.0 : 0.0;
+    return (MODE == SOFTRANK_RANK_KL || MODE == SOFTRANK_SORT_KL
+            || MODE == SOFTRANK_SORT_KL_EPS_UNITS) ? 1.0 : 0.0;
 }
 
 /* The value of block [a, a + c) of state `state`, whose first element is s_a. */
@@ -112,6 +116,10 @@ static inline double softrank_block_value(double s_a, double state, Py_ssize_t a
         return s_a + (eps * log(state / (c * mean_rho)));
     } else if constexpr (MODE == SOFTRANK_SORT_L2) {  /* mean_B(rho/eps - s) */
         return (mean_rho / eps) - (s_a + (state / c));
+    } else if constexpr (MODE == SOFTRANK_SORT_KL_EPS_UNITS) {  /* eps times sort/kl's value */
+        if (c == 1) return ((double)(n - a)) - (eps * s_a);
+        return (((double)(n - a)) + (eps * softrank_log_geometric_ratio(c, eps, memo)))
+               - (eps * (s_a + log(state)));
     } else {  /* logsumexp(rho_B/eps) - logsumexp(s_B) */
         if (c == 1) return (((double)(n - a)) / eps) - s_a;
         return (((((double)(n - a)) / eps) - s_a) + softrank_log_geometric_ratio(c, eps, memo))
@@ -252,7 +260,8 @@ static inline Py_ssize_t softrank_pav_blocks(softrank_span<double> s, double eps
         return softrank_pav_rank_kl(s, eps, start, state, value, spare);
     } else {
         const Py_ssize_t n = s.len;
-        double *memo = MODE == SOFTRANK_SORT_KL ? softrank_geometric_memo_for(eps) : NULL;
+        double *memo = (MODE == SOFTRANK_SORT_KL || MODE == SOFTRANK_SORT_KL_EPS_UNITS)
+                       ? softrank_geometric_memo_for(eps) : NULL;
         const double initial = softrank_initial_state<MODE>();
         Py_ssize_t top = -1;
         /* The top block lives in registers, spilled to the stack when a new element does not
@@ -321,7 +330,8 @@ static inline void softrank_expand_blocks(softrank_span<double> s, double eps, d
     const Py_ssize_t n = s.len;
     softrank_span<double> w((double *)spare.ptr, n);
     softrank_span<int32_t> epoch((int32_t *)(spare.ptr + n), n);
-    double *memo = MODE == SOFTRANK_SORT_KL ? softrank_geometric_memo_for(eps) : NULL;
+    double *memo = (MODE == SOFTRANK_SORT_KL || MODE == SOFTRANK_SORT_KL_EPS_UNITS)
+                   ? softrank_geometric_memo_for(eps) : NULL;
     for (Py_ssize_t b = b_lo; b < b_hi; ++b) {
         const Py_ssize_t a = start[b];
         const Py_ssize_t e = b < top ? start[b + 1] : n;
@@ -371,6 +381,13 @@ static inline void softrank_expand_blocks(softrank_span<double> s, double eps, d
                 /* + 0.0 turns -0.0 into +0.0 (hard sorts print as torch.sort's do) */
                 out[j] = (T)((sign * ((s_a + (st / c)) + (((a - j) + (0.5 * (c - 1))) / eps)))
                              + 0.0);
+                blocks[j] = (int32_t)a;
+            }
+        } else if constexpr (MODE == SOFTRANK_SORT_KL_EPS_UNITS) {
+            /* (j - a)/eps alone may overflow where the output does not */
+            st = ((s_a + log(st)) - softrank_log_geometric_ratio(c, eps, memo)) * eps;
+            for (Py_ssize_t j = a; j < e; ++j) {
+                out[j] = (T)((sign * ((st - ((double)(j - a))) / eps)) + 0.0);
                 blocks[j] = (int32_t)a;
             }
         } else {
@@ -427,7 +444,12 @@ static inline __attribute__((always_inline)) void softrank_pav_row(
 }
 
 /* How a finite row sorted into s is solved (softrank_row_kind). */
-enum { SOFTRANK_SOLVE_PLAIN = 0, SOFTRANK_SOLVE_SCALED = 1, SOFTRANK_SOLVE_HARD_SORT = 2 };
+enum {
+    SOFTRANK_SOLVE_PLAIN = 0,
+    SOFTRANK_SOLVE_SCALED = 1,
+    SOFTRANK_SOLVE_HARD_SORT = 2,
+    SOFTRANK_SOLVE_SORT_KL_EPS_UNITS = 3,
+};
 
 /* Below this strength eps / 2**64 is subnormal (2**-958): rank/l2 rows are not scaled. */
 static const double SOFTRANK_TINY_RANK_EPS = 4.1045368012983762e-289;
@@ -447,8 +469,9 @@ static inline int softrank_row_kind(int mode, softrank_span<double> s, double ep
            differ by more than s_0 - s_{n-1}; halved, so that the range cannot overflow, and
            against 1/4 instead of 1/2, far above the rounding of the test. */
         if (((0.5 * s[0]) - (0.5 * s[n - 1])) * eps < 0.25) return SOFTRANK_SOLVE_HARD_SORT;
-        /* Otherwise 1/eps <= 4 max|s|: scaled by 2**-64, n/eps stays below 2**1000. */
-        if (mode == SOFTRANK_SORT_L2) return SOFTRANK_SOLVE_SCALED;
+        /* Otherwise 1/eps <= 4 max|s|: scaled by 2**-64, n/eps stays below 2**1000; sort/kl
+           (not homogeneous) is solved with its values in units of eps. */
+        return mode == SOFTRANK_SORT_L2 ? SOFTRANK_SOLVE_SCALED : SOFTRANK_SOLVE_SORT_KL_EPS_UNITS;
     }
     const double low = -s[n - 1], high = s[0];
     if ((mode == SOFTRANK_RANK_L2 || mode == SOFTRANK_SORT_L2)
@@ -480,6 +503,11 @@ static inline void softrank_solve_sorted_row(int mode, softrank_span<double> s, 
             out[j] = (T)((sign * s[j]) + 0.0);
             blocks[j] = (int32_t)j;
         }
+        return;
+    }
+    if (kind == SOFTRANK_SOLVE_SORT_KL_EPS_UNITS) {
+        softrank_pav_row<SOFTRANK_SORT_KL_EPS_UNITS, T>(s, eps, sign, perm, out, blocks, start,
+                                                        state, value, spare);
         return;
     }
     if (kind == SOFTRANK_SOLVE_SCALED) {
