@@ -68,6 +68,8 @@ cdef extern from "csrc/forward.h":
         Span[uint64_t] ka
         Span[uint64_t] kb
     const int SPLIT_DIGITS "SOFTRANK_SPLIT_DIGITS"
+    Span[int32_t] split_scratch_blocks "softrank_split_scratch_blocks"(
+        const Split* split) noexcept nogil
     Py_ssize_t split_words "softrank_split_words"(Py_ssize_t n, int n_threads,
                                                   int full_keys, int mode) noexcept nogil
     void split_init "softrank_split_init"(Split* split, uint64_t* words, Py_ssize_t n,
@@ -218,6 +220,14 @@ cdef inline int _threads_for(int mode, Py_ssize_t rows, Py_ssize_t n,
 
 # ----------------------------------------------------------------------------- drivers
 
+cdef inline Span[int32_t] _row_of(Span[int32_t] a, Py_ssize_t r, Py_ssize_t n) noexcept nogil:
+    """Row r of a; an empty a (no blocks asked for: forward.h writes them to scratch) stays
+    empty."""
+    if a.len == 0:
+        return a
+    return a.sub(r * n, n)
+
+
 cdef void _forward_rows(int mode, Span[floating] x, Span[floating] out, Span[int32_t] perm,
                         Span[int32_t] blocks, Py_ssize_t rows, Py_ssize_t n, double eps,
                         double sign, uint64_t* words, int n_threads) noexcept nogil:
@@ -226,11 +236,11 @@ cdef void _forward_rows(int mode, Span[floating] x, Span[floating] out, Span[int
     if n_threads <= 1:
         for r in range(rows):
             forward_row(mode, x.sub(r * n, n), out.sub(r * n, n), perm.sub(r * n, n),
-                        blocks.sub(r * n, n), eps, sign, words)
+                        _row_of(blocks, r, n), eps, sign, words)
     else:
         for r in prange(rows, num_threads=n_threads, schedule="static"):
             forward_row(mode, x.sub(r * n, n), out.sub(r * n, n), perm.sub(r * n, n),
-                        blocks.sub(r * n, n), eps, sign, words + threadid() * per_thread)
+                        _row_of(blocks, r, n), eps, sign, words + threadid() * per_thread)
 
 
 cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
@@ -244,6 +254,8 @@ cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
     cdef bint moved = False, in_b = False
     cdef Py_ssize_t top
     split_init(&split, words, x.len, n_threads, floating is double, mode)
+    if blocks.len == 0:  # no blocks asked for
+        blocks = split_scratch_blocks(&split)
     for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
         nonfinite |= split_keys(&split, x, sign, t)
     if nonfinite:
@@ -337,11 +349,19 @@ cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* per
     cdef int full_keys = typenum == cnp.NPY_DOUBLE  # float32 keys fit in the sort words
     cdef Py_ssize_t solver_words = (split_words(n, n_threads, full_keys, mode) if split
                                     else n_threads * softrank_forward_words(n, full_keys, mode))
+    # perm == NULL: perm goes to scratch words after the solver's; so do the blocks of rank/kl,
+    # while the other modes write them over PAV's block values, dead by then (forward.h).
+    cdef Py_ssize_t scratch = 0
+    if perm == NULL:
+        scratch = size if mode == RANK_KL else (size + 1) // 2
     cdef WorkspaceBuffer buffer
-    cdef uint64_t* words = buffer.acquire(solver_words + (size if perm == NULL else 0))
+    cdef uint64_t* words = buffer.acquire(solver_words + scratch)
     if perm == NULL:
         perm = <int32_t*>(words + solver_words)
-        blocks = perm + size
+        blocks = perm + size if mode == RANK_KL else NULL
+    cdef Span[int32_t] blocks_span
+    if blocks != NULL:
+        blocks_span = Span[int32_t](blocks, size)
     with nogil:
         if typenum == cnp.NPY_FLOAT:
             if split:
@@ -349,24 +369,22 @@ cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* per
                     _forward_split_row(mode, Span[float](<float*>x, size).sub(r * n, n),
                                        Span[float](<float*>out, size).sub(r * n, n),
                                        Span[int32_t](perm, size).sub(r * n, n),
-                                       Span[int32_t](blocks, size).sub(r * n, n), eps, sign,
-                                       words, n_threads)
+                                       _row_of(blocks_span, r, n), eps, sign, words, n_threads)
             else:
                 _forward_rows(mode, Span[float](<float*>x, size), Span[float](<float*>out, size),
-                              Span[int32_t](perm, size), Span[int32_t](blocks, size), rows, n,
-                              eps, sign, words, n_threads)
+                              Span[int32_t](perm, size), blocks_span, rows, n, eps, sign, words,
+                              n_threads)
         else:
             if split:
                 for r in range(rows):
                     _forward_split_row(mode, Span[double](<double*>x, size).sub(r * n, n),
                                        Span[double](<double*>out, size).sub(r * n, n),
                                        Span[int32_t](perm, size).sub(r * n, n),
-                                       Span[int32_t](blocks, size).sub(r * n, n), eps, sign,
-                                       words, n_threads)
+                                       _row_of(blocks_span, r, n), eps, sign, words, n_threads)
             else:
                 _forward_rows(mode, Span[double](<double*>x, size),
                               Span[double](<double*>out, size), Span[int32_t](perm, size),
-                              Span[int32_t](blocks, size), rows, n, eps, sign, words, n_threads)
+                              blocks_span, rows, n, eps, sign, words, n_threads)
 
 
 cdef void _solve_backward(int mode, int typenum, void* g, int32_t* perm, int32_t* blocks,

@@ -19,7 +19,16 @@
 #include "span.h"
 #include "workspace.h"
 
-/* The forward of one row of n >= 1 (x, out, perm, blocks: n each); words: one thread's
+/* Where the blocks go when the caller asks for none (forward_values; empty blocks): over PAV's
+   block values, which the expansion that writes the blocks no longer reads (every mode but
+   rank/kl, whose caller always gives blocks). */
+static inline softrank_span<int32_t> softrank_scratch_blocks(const softrank_workspace &work,
+                                                             Py_ssize_t n) {
+    return softrank_span<int32_t>((int32_t *)work.value.ptr, n);
+}
+
+/* The forward of one row of n >= 1 (x, out, perm, blocks: n each, or blocks empty: no blocks
+   wanted, all modes but rank/kl); words: one thread's
    workspace for rows of n (softrank_forward_words(n, sizeof(T) == 8, mode)). */
 template <typename T>
 static inline void softrank_forward_row(int mode, softrank_span<T> x, softrank_span<T> out,
@@ -28,6 +37,7 @@ static inline void softrank_forward_row(int mode, softrank_span<T> x, softrank_s
                                         uint64_t *words) {
     const Py_ssize_t n = x.len;
     const softrank_workspace work = softrank_forward_workspace(words, n, sizeof(T) == 8, mode);
+    if (blocks.len == 0) blocks = softrank_scratch_blocks(work, n);
     softrank_span<double> s = work.reals.sub(0, n);
     if (softrank_argsort_row<T>(x, sign, work.keys.sub(0, n), work.keys.sub(n, n),
                                 softrank_workspace_full(work, n), softrank_workspace_hist(work),
@@ -82,6 +92,10 @@ static inline void softrank_split_init(softrank_split *split, uint64_t *words, P
     split->n = n;
     split->n_threads = n_threads;
     memset(split->hists.ptr, 0, split->hists.len * sizeof(uint32_t));
+}
+
+static inline softrank_span<int32_t> softrank_split_scratch_blocks(const softrank_split *split) {
+    return softrank_scratch_blocks(split->work, split->n);
 }
 
 static inline softrank_span<uint32_t> softrank_split_hist(const softrank_split *split, int t,

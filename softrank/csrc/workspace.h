@@ -9,7 +9,10 @@
    The other modes keep PAV's block states and values in the first 2n words of keys: the radix
    buffers are done with once the row is sorted (rank/kl's PAV uses them for its weights). So a
    float32 row needs 2n + n/2 + n words (28 B/element) where it needed 6.5n (52 B), a float64
-   row 36 B (was 60); pages never written are never resident.
+   row 36 B (was 60); pages never written are never resident. A call that wants no partition
+   writes those modes' block starts over PAV's block values (softrank_scratch_blocks in
+   forward.h), so it needs only the int32 permutation besides (docs/PERFORMANCE.md, "Peak
+   memory").
    padded to whole cache lines plus one line, so that threads do not share a line. (The
    backward's share: softrank_backward_words in backward.h.) */
 #ifndef SOFTRANK_WORKSPACE_H
