@@ -82,184 +82,71 @@ _NOTES = """
 """
 
 
-@overload
-def soft_rank(
-    values: torch.Tensor,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> torch.Tensor: ...
+if TYPE_CHECKING:
+    class _SoftOp(Protocol):
+        """soft_rank and soft_sort: the output has the input's type (array-likes give NumPy)."""
 
+        @overload
+        def __call__(self, values: torch.Tensor, regularization: _Regularization = "l2",
+                     regularization_strength: SupportsFloat = 1.0, *, dim: int = -1,
+                     descending: bool = False) -> torch.Tensor: ...
 
-@overload
-def soft_rank(
-    values: _CudaArrayT,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> _CudaArrayT: ...
+        @overload
+        def __call__(self, values: _CudaArrayT, regularization: _Regularization = "l2",
+                     regularization_strength: SupportsFloat = 1.0, *, dim: int = -1,
+                     descending: bool = False) -> _CudaArrayT: ...
 
+        @overload
+        def __call__(self, values: npt.ArrayLike, regularization: _Regularization = "l2",
+                     regularization_strength: SupportsFloat = 1.0, *, dim: int = -1,
+                     descending: bool = False) -> _FloatArray: ...
 
-@overload
-def soft_rank(
-    values: npt.ArrayLike,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> _FloatArray: ...
+    class _SoftOpVjp(Protocol):
+        """soft_rank_vjp and soft_sort_vjp: (output, pullback), typed as the input."""
 
+        @overload
+        def __call__(self, values: torch.Tensor, regularization: _Regularization = "l2",
+                     regularization_strength: SupportsFloat = 1.0, *, dim: int = -1,
+                     descending: bool = False,
+                     ) -> Tuple[torch.Tensor, Callable[[torch.Tensor | npt.ArrayLike],
+                                                       torch.Tensor]]: ...
 
-def soft_rank(
-    values: Any,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> Any:
-    return _front_end(values).soft_op("rank", values, regularization, regularization_strength,
-                                      dim, descending)
+        @overload
+        def __call__(self, values: _CudaArrayT, regularization: _Regularization = "l2",
+                     regularization_strength: SupportsFloat = 1.0, *, dim: int = -1,
+                     descending: bool = False,
+                     ) -> Tuple[_CudaArrayT, Callable[[_CudaArrayT], _CudaArrayT]]: ...
 
+        @overload
+        def __call__(self, values: npt.ArrayLike, regularization: _Regularization = "l2",
+                     regularization_strength: SupportsFloat = 1.0, *, dim: int = -1,
+                     descending: bool = False,
+                     ) -> Tuple[_FloatArray, Callable[[npt.ArrayLike], _FloatArray]]: ...
 
-@overload
-def soft_sort(
-    values: torch.Tensor,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> torch.Tensor: ...
-
-
-@overload
-def soft_sort(
-    values: _CudaArrayT,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> _CudaArrayT: ...
-
-
-@overload
-def soft_sort(
-    values: npt.ArrayLike,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> _FloatArray: ...
-
-
-def soft_sort(
-    values: Any,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> Any:
-    return _front_end(values).soft_op("sort", values, regularization, regularization_strength,
-                                      dim, descending)
-
-
-@overload
-def soft_rank_vjp(
-    values: torch.Tensor,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> Tuple[torch.Tensor, Callable[[torch.Tensor | npt.ArrayLike], torch.Tensor]]: ...
-
-
-@overload
-def soft_rank_vjp(
-    values: _CudaArrayT,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> Tuple[_CudaArrayT, Callable[[_CudaArrayT], _CudaArrayT]]: ...
-
-
-@overload
-def soft_rank_vjp(
-    values: npt.ArrayLike,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> Tuple[_FloatArray, Callable[[npt.ArrayLike], _FloatArray]]: ...
-
-
-def soft_rank_vjp(
-    values: Any,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> Any:
-    return _front_end(values).soft_op_vjp("rank", values, regularization,
+    soft_rank: _SoftOp
+    soft_sort: _SoftOp
+    soft_rank_vjp: _SoftOpVjp
+    soft_sort_vjp: _SoftOpVjp
+else:
+    def soft_rank(values, regularization="l2", regularization_strength=1.0, *, dim=-1,
+                  descending=False):
+        return _front_end(values).soft_op("rank", values, regularization,
                                           regularization_strength, dim, descending)
 
-
-@overload
-def soft_sort_vjp(
-    values: torch.Tensor,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> Tuple[torch.Tensor, Callable[[torch.Tensor | npt.ArrayLike], torch.Tensor]]: ...
-
-
-@overload
-def soft_sort_vjp(
-    values: _CudaArrayT,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> Tuple[_CudaArrayT, Callable[[_CudaArrayT], _CudaArrayT]]: ...
-
-
-@overload
-def soft_sort_vjp(
-    values: npt.ArrayLike,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> Tuple[_FloatArray, Callable[[npt.ArrayLike], _FloatArray]]: ...
-
-
-def soft_sort_vjp(
-    values: Any,
-    regularization: _Regularization = "l2",
-    regularization_strength: SupportsFloat = 1.0,
-    *,
-    dim: int = -1,
-    descending: bool = False,
-) -> Any:
-    return _front_end(values).soft_op_vjp("sort", values, regularization,
+    def soft_sort(values, regularization="l2", regularization_strength=1.0, *, dim=-1,
+                  descending=False):
+        return _front_end(values).soft_op("sort", values, regularization,
                                           regularization_strength, dim, descending)
+
+    def soft_rank_vjp(values, regularization="l2", regularization_strength=1.0, *, dim=-1,
+                      descending=False):
+        return _front_end(values).soft_op_vjp("rank", values, regularization,
+                                              regularization_strength, dim, descending)
+
+    def soft_sort_vjp(values, regularization="l2", regularization_strength=1.0, *, dim=-1,
+                      descending=False):
+        return _front_end(values).soft_op_vjp("sort", values, regularization,
+                                              regularization_strength, dim, descending)
 
 
 _RANK_PARAMETERS = _COMMON_PARAMETERS.format(
