@@ -336,6 +336,42 @@ cdef void _backward_split_row(int mode, Span[floating] g, Span[int32_t] perm,
                         block_start_at(blocks, chunk_start(t + 1, n, n_threads)))
 
 
+cdef void _forward_typed(int mode, floating* x, floating* out, int32_t* perm,
+                         Span[int32_t] blocks, Py_ssize_t rows, Py_ssize_t n, double eps,
+                         double sign, uint64_t* words, int n_threads, bint split) noexcept nogil:
+    """_solve_forward's rows in one dtype: split row by row, or rows in parallel."""
+    cdef Py_ssize_t size = rows * n, r
+    if split:
+        for r in range(rows):
+            _forward_split_row(mode, Span[floating](x, size).sub(r * n, n),
+                               Span[floating](out, size).sub(r * n, n),
+                               Span[int32_t](perm, size).sub(r * n, n),
+                               _row_of(blocks, r, n), eps, sign, words, n_threads)
+    else:
+        _forward_rows(mode, Span[floating](x, size), Span[floating](out, size),
+                      Span[int32_t](perm, size), blocks, rows, n, eps, sign, words, n_threads)
+
+
+cdef void _backward_typed(int mode, floating* g, int32_t* perm, int32_t* blocks, floating* aux,
+                          floating* grad, Py_ssize_t rows, Py_ssize_t n, double eps, double sign,
+                          uint64_t* words, int n_threads, bint split) noexcept nogil:
+    """_solve_backward's rows in one dtype: split row by row (the threads share one row's
+    weights), or rows in parallel."""
+    cdef Py_ssize_t size = rows * n, r, weights = n if mode == SORT_KL else 0
+    if split:
+        for r in range(rows):
+            _backward_split_row(mode, Span[floating](g, size).sub(r * n, n),
+                                Span[int32_t](perm, size).sub(r * n, n),
+                                Span[int32_t](blocks, size).sub(r * n, n),
+                                Span[floating](aux, size).sub(r * n, n), eps, sign,
+                                Span[floating](grad, size).sub(r * n, n),
+                                Span[double](<double*>words, weights), n_threads)
+    else:
+        _backward_rows(mode, Span[floating](g, size), Span[int32_t](perm, size),
+                       Span[int32_t](blocks, size), Span[floating](aux, size),
+                       Span[floating](grad, size), rows, n, eps, sign, words, n_threads)
+
+
 cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* perm,
                          int32_t* blocks, Py_ssize_t rows, Py_ssize_t n, double eps,
                          double sign) except *:
@@ -345,7 +381,7 @@ cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* per
     cdef bint split = _splits_rows(rows, n, n_threads)
     if not split:
         n_threads = max(1, min(n_threads, rows))
-    cdef Py_ssize_t size = rows * n, r
+    cdef Py_ssize_t size = rows * n
     cdef int full_keys = typenum == cnp.NPY_DOUBLE  # float32 keys fit in the sort words
     cdef Py_ssize_t solver_words = (split_words(n, n_threads, full_keys, mode) if split
                                     else n_threads * softrank_forward_words(n, full_keys, mode))
@@ -364,28 +400,11 @@ cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* per
         blocks_span = Span[int32_t](blocks, size)
     with nogil:
         if typenum == cnp.NPY_FLOAT:
-            if split:
-                for r in range(rows):
-                    _forward_split_row(mode, Span[float](<float*>x, size).sub(r * n, n),
-                                       Span[float](<float*>out, size).sub(r * n, n),
-                                       Span[int32_t](perm, size).sub(r * n, n),
-                                       _row_of(blocks_span, r, n), eps, sign, words, n_threads)
-            else:
-                _forward_rows(mode, Span[float](<float*>x, size), Span[float](<float*>out, size),
-                              Span[int32_t](perm, size), blocks_span, rows, n, eps, sign, words,
-                              n_threads)
+            _forward_typed(mode, <float*>x, <float*>out, perm, blocks_span, rows, n, eps, sign,
+                           words, n_threads, split)
         else:
-            if split:
-                for r in range(rows):
-                    _forward_split_row(mode, Span[double](<double*>x, size).sub(r * n, n),
-                                       Span[double](<double*>out, size).sub(r * n, n),
-                                       Span[int32_t](perm, size).sub(r * n, n),
-                                       _row_of(blocks_span, r, n), eps, sign, words, n_threads)
-            else:
-                _forward_rows(mode, Span[double](<double*>x, size),
-                              Span[double](<double*>out, size), Span[int32_t](perm, size),
-                              blocks_span, rows, n, eps, sign, words, n_threads)
-
+            _forward_typed(mode, <double*>x, <double*>out, perm, blocks_span, rows, n, eps, sign,
+                           words, n_threads, split)
 
 cdef void _solve_backward(int mode, int typenum, void* g, int32_t* perm, int32_t* blocks,
                           void* aux, void* grad, Py_ssize_t rows, Py_ssize_t n, double eps,
@@ -398,43 +417,15 @@ cdef void _solve_backward(int mode, int typenum, void* g, int32_t* perm, int32_t
     cdef WorkspaceBuffer buffer
     cdef uint64_t* words = buffer.acquire(
         max(1, (1 if split else n_threads) * softrank_backward_words(mode, n)))
-    cdef Py_ssize_t size = rows * n, r, weights = n if mode == SORT_KL else 0
     if aux == NULL:  # l2: not read
         aux = g
     with nogil:
         if typenum == cnp.NPY_FLOAT:
-            if split:  # the threads share one row's weights
-                for r in range(rows):
-                    _backward_split_row(
-                        mode, Span[float](<float*>g, size).sub(r * n, n),
-                        Span[int32_t](perm, size).sub(r * n, n),
-                        Span[int32_t](blocks, size).sub(r * n, n),
-                        Span[float](<float*>aux, size).sub(r * n, n),
-                        eps, sign, Span[float](<float*>grad, size).sub(r * n, n),
-                        Span[double](<double*>words, weights), n_threads)
-            else:
-                _backward_rows(mode, Span[float](<float*>g, size), Span[int32_t](perm, size),
-                                    Span[int32_t](blocks, size),
-                                    Span[float](<float*>aux, size),
-                                    Span[float](<float*>grad, size), rows, n, eps, sign, words,
-                                    n_threads)
+            _backward_typed(mode, <float*>g, perm, blocks, <float*>aux, <float*>grad, rows, n,
+                            eps, sign, words, n_threads, split)
         else:
-            if split:
-                for r in range(rows):
-                    _backward_split_row(
-                        mode, Span[double](<double*>g, size).sub(r * n, n),
-                        Span[int32_t](perm, size).sub(r * n, n),
-                        Span[int32_t](blocks, size).sub(r * n, n),
-                        Span[double](<double*>aux, size).sub(r * n, n),
-                        eps, sign, Span[double](<double*>grad, size).sub(r * n, n),
-                        Span[double](<double*>words, weights), n_threads)
-            else:
-                _backward_rows(mode, Span[double](<double*>g, size),
-                                    Span[int32_t](perm, size), Span[int32_t](blocks, size),
-                                    Span[double](<double*>aux, size),
-                                    Span[double](<double*>grad, size), rows, n, eps, sign, words,
-                                    n_threads)
-
+            _backward_typed(mode, <double*>g, perm, blocks, <double*>aux, <double*>grad, rows, n,
+                            eps, sign, words, n_threads, split)
 
 # ----------------------------------------------------------------------------- entry points
 # Each checks every array before reading a byte of it: an exact numpy.ndarray, 2-D,
