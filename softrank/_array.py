@@ -114,7 +114,7 @@ def soft_op_vjp(op, values, regularization, regularization_strength, dim, descen
         x_rows = call.rows(x)
         out_rows, perm, blocks = backend.forward(mode, x_rows, call.eps, call.sign)
         out = call.unrows(out_rows)
-        aux = {V.RANK_KL: out_rows, V.SORT_KL: x_rows}.get(mode)
+        aux = V.aux_of(mode, x_rows, out_rows)
         if aux is not None and (xp.shares_memory(aux, x) or xp.shares_memory(aux, out)):
             aux = aux.copy()
 

@@ -22,9 +22,11 @@ def is_kl(mode):
     return mode & 1 == 1
 
 
-def aux_of(mode):
-    """What the backward reads besides the cotangent: "out" (rank/kl), "x" (sort/kl) or None."""
-    return {RANK_KL: "out", SORT_KL: "x"}.get(mode)
+def aux_of(mode, x, out):
+    """What the backward reads besides the cotangent: out (rank/kl), x (sort/kl), None (l2)."""
+    if mode == RANK_KL:
+        return out
+    return x if mode == SORT_KL else None
 
 # Rows are indexed with int32 (permutations, block starts): a longer row cannot be represented.
 MAX_ROW_LENGTH = 2**31 - 1

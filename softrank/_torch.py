@@ -6,10 +6,10 @@ solved by one of:
 * an eager call: EagerSoftOp, a classic autograd.Function that keeps the partition on ctx as
   the back end returned it;
 * a torch.func transform or forward-mode AD: SoftOp (setup_context style, with jvp and vmap);
-* torch.compile: the custom op softrank::solve (softrank/_torch_ops.py).
+* torch.compile and torch.jit.trace: the custom op softrank::solve (softrank/_torch_ops.py).
 Both Functions share one backward, vjp() below. EagerSoftOp exists because a setup_context
-Function's public apply binds its arguments with inspect.signature on every call, which costs
-short rows more than a quarter of a do-nothing Function (docs/PERFORMANCE.md).
+Function's public apply binds its arguments with inspect.signature on every call, a per-call
+cost that a classic Function does not pay (docs/PERFORMANCE.md has the measurement).
 Only what the backward needs is kept: the int32 permutation and block starts (8 bytes per
 element), plus the output (rank/kl) or the input (sort/kl) through save_for_backward.
 """
@@ -49,13 +49,6 @@ def vjp(spec, g, perm, blocks, aux, native=backend.backward):
     return native(mode, g.contiguous(), perm, blocks, aux, eps, sign)
 
 
-def _aux(mode, x, out):
-    """What the backward reads besides the cotangent (docs/CONTRACT.md)."""
-    if mode == C.RANK_KL:
-        return out
-    return x if mode == C.SORT_KL else None
-
-
 class EagerSoftOp(torch.autograd.Function):
     """The soft op of contiguous (rows, n) rows x; spec = (mode, eps, sign)."""
 
@@ -64,7 +57,7 @@ class EagerSoftOp(torch.autograd.Function):
         out, perm, blocks = backend.forward(spec[0], x, spec[1], spec[2])
         ctx.spec = spec
         ctx.partition = (perm, blocks)  # reached by nothing but this backward
-        aux = _aux(spec[0], x, out)
+        aux = C.aux_of(spec[0], x, out)
         if aux is not None:
             ctx.save_for_backward(aux)
         return out
@@ -110,7 +103,7 @@ def save_partition(ctx, spec, x, output):
     out, perm, blocks = output
     ctx.mark_non_differentiable(perm, blocks)
     ctx.spec = spec
-    aux = _aux(spec[0], x, out)
+    aux = C.aux_of(spec[0], x, out)
     saved = (perm, blocks) if aux is None else (perm, blocks, aux)
     ctx.save_for_backward(*saved)
     return saved
