@@ -7,8 +7,8 @@ x is solved along its last dimension (any rank: folded into rows); perm and bloc
 like x. Both ops have fake
 (meta) implementations and autograd formulas, so AOTAutograd traces forward and backward;
 solve_backward's own derivative (double backward) comes from softrank/_torch_formulas.py.
-Eager calls take softrank/_torch.py's Functions instead: the custom-op dispatcher costs more
-than the whole solve of a short row.
+Eager calls take softrank/_torch.py's Functions instead, which skip the custom-op dispatcher's
+per-call work (docs/PERFORMANCE.md).
 """
 from typing import Optional, Tuple
 
@@ -39,8 +39,9 @@ def _solve_fake(x, op, regularization, eps, sign):
 @torch.library.custom_op("softrank::solve_backward", mutates_args=())
 def solve_backward(g: Tensor, perm: Tensor, blocks: Tensor, aux: Optional[Tensor], op: str,
                    regularization: str, eps: float, sign: int) -> Tensor:
-    # Anyone can call this op with any perm; the native backward trusts perm to be the forward's
-    # (checking it costs the eager backward too much), so it is checked here.
+    # Anyone can call this op with any perm, while the native backward trusts perm to be the
+    # forward's (the eager routes never pass another): the check lives here, at the one door
+    # that takes perm from outside.
     n = g.shape[-1]
     if perm.shape != g.shape or blocks.shape != g.shape or (
             perm.numel() and (int(perm.min()) < 0 or int(perm.max()) >= n)):

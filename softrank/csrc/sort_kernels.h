@@ -117,15 +117,16 @@ static inline void softrank_rank_by_counting(const uint64_t *keys, const double 
     softrank_rank_by_counting_any(keys, x, sign, perm, s, n);
 }
 /* Longest rows ranked by counting, float32 and float64, and longest rows sorted by the
-   network (0: none; longer rows are radix sorted), at the measured crossovers. With AVX-512
+   network (0: none; longer rows are radix sorted), at the crossovers of docs/PERFORMANCE.md
+   ("Native sort kernels"). With AVX-512
    the network sorts the rows longer than 16, but for 513-640; with AVX2 those longer than 24.
    Without AVX2 counting ranks rows of up to 32 float32 or 48 float64 elements. */
 static int softrank_counting_max_f32 = 32;
 static int softrank_counting_max_f64 = 48;
 static int softrank_network_max = 0;
 /* Whether the network sorts rows of n: up to softrank_network_max, except those that would
-   fill at most 5/8 of the AVX-512 network of 1024 words (513-640: mostly padding, slower than
-   the radix sort). */
+   fill at most 5/8 of the AVX-512 network of 1024 words (513-640: mostly padding, work the
+   radix sort does not do). */
 static inline int softrank_network_sorts(Py_ssize_t n) {
     if (n > softrank_network_max) return 0;
     if (softrank_has_avx512 && n > 512) return n > 1024 / 8 * 5;

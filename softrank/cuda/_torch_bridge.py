@@ -20,8 +20,8 @@ checks order two streams, and here producer and consumer are the same stream, so
 add host time to every call (docs/PERFORMANCE.md has the measurement).
 
 The tiled family needs ``perm`` before its kernels run.  For tensors it comes from ``torch.sort``
-along the rows (a segmented sort, faster than the 1-D CuPy sorts of ``_backend.presort`` that the
-CuPy path uses; docs/PERFORMANCE.md), with the same key and tie order.
+along the rows (one segmented sort for all rows, where ``_backend.presort`` on the CuPy path
+sorts with 1-D CuPy sorts; docs/PERFORMANCE.md), with the same key and tie order.
 """
 
 from __future__ import annotations
