@@ -9,22 +9,33 @@ import math
 import numbers
 import operator
 
-OPS = ("rank", "sort")
+OPS = ("rank", "sort", "project")
 REGULARIZATIONS = ("l2", "kl")
 
-# The back ends' mode numbers; odd modes are kl.
-MODES = {("rank", "l2"): 0, ("rank", "kl"): 1, ("sort", "l2"): 2, ("sort", "kl"): 3}
+# The back ends' mode numbers; odd modes are kl. "project" is rank with the caller's target
+# vector in place of (n, ..., 1) (docs/CONTRACT.md).
+MODES = {("rank", "l2"): 0, ("rank", "kl"): 1, ("sort", "l2"): 2, ("sort", "kl"): 3,
+         ("project", "l2"): 4, ("project", "kl"): 5}
 MODE_NAMES = {mode: names for names, mode in MODES.items()}
-RANK_L2, RANK_KL, SORT_L2, SORT_KL = 0, 1, 2, 3
+RANK_L2, RANK_KL, SORT_L2, SORT_KL, PROJECT_L2, PROJECT_KL = 0, 1, 2, 3, 4, 5
 
 
 def is_kl(mode):
     return mode & 1 == 1
 
 
+def is_sort(mode):
+    return mode == SORT_L2 or mode == SORT_KL
+
+
+def has_target(mode):
+    return mode >= PROJECT_L2
+
+
 def aux_of(mode, x, out):
-    """What the backward reads besides the cotangent: out (rank/kl), x (sort/kl), None (l2)."""
-    if mode == RANK_KL:
+    """What the backward reads besides the cotangent: out (rank/kl, project/kl), x (sort/kl),
+    None (l2)."""
+    if mode == RANK_KL or mode == PROJECT_KL:
         return out
     return x if mode == SORT_KL else None
 
@@ -136,6 +147,6 @@ def solver_dtypes(name, integer_dtype):
 
 def sign_for(op, descending):
     """The sign that maps the problem to 'sort sign*x decreasingly' (docs/CONTRACT.md)."""
-    if op == "rank":
+    if op != "sort":
         return -1 if descending else 1
     return 1 if descending else -1
