@@ -6,6 +6,7 @@ they deviate from the textbook algorithm):
 
 * softrank/csrc/argsort.h     stable argsort of a row, decreasing, ties by index
 * softrank/csrc/pav.h         pool adjacent violators, the four modes, and the block expansion
+* softrank/csrc/project.h     the same for the project modes (a caller's target row)
 * softrank/csrc/forward.h     one row's forward (argsort + PAV), whole or in split-row steps
 * softrank/csrc/backward.h    the gradient of a row from the forward's partition
 * softrank/csrc/vector_exp.h  the vector exp of rank/kl's weights
@@ -58,11 +59,11 @@ cdef extern from "csrc/argsort.h":
 cdef extern from "csrc/forward.h":
     void forward_row "softrank_forward_row"(int mode, Span[float] x, Span[float] out,
                                             Span[int32_t] perm, Span[int32_t] blocks,
-                                            double eps, double sign,
+                                            double eps, double sign, Span[float] target,
                                             uint64_t* words) noexcept nogil
     void forward_row "softrank_forward_row"(int mode, Span[double] x, Span[double] out,
                                             Span[int32_t] perm, Span[int32_t] blocks,
-                                            double eps, double sign,
+                                            double eps, double sign, Span[double] target,
                                             uint64_t* words) noexcept nogil
     cdef cppclass Split "softrank_split":
         Span[uint64_t] ka
@@ -97,10 +98,12 @@ cdef extern from "csrc/forward.h":
                                               Span[int32_t] perm, int t) noexcept nogil
     Py_ssize_t split_pav "softrank_split_pav"(const Split* split, int mode, double eps,
                                               double sign, Span[int32_t] perm, Span[float] out,
-                                              Span[int32_t] blocks) noexcept nogil
+                                              Span[int32_t] blocks,
+                                              Span[float] target) noexcept nogil
     Py_ssize_t split_pav "softrank_split_pav"(const Split* split, int mode, double eps,
                                               double sign, Span[int32_t] perm, Span[double] out,
-                                              Span[int32_t] blocks) noexcept nogil
+                                              Span[int32_t] blocks,
+                                              Span[double] target) noexcept nogil
     void split_expand "softrank_split_expand"(const Split* split, int mode, double eps,
                                               double sign, Span[int32_t] perm, Span[float] out,
                                               Span[int32_t] blocks, Py_ssize_t top,
@@ -158,6 +161,8 @@ cdef enum:
     RANK_KL = 1
     SORT_L2 = 2
     SORT_KL = 3
+    PROJECT_L2 = 4
+    PROJECT_KL = 5
 
 
 cdef void _choose_kernels(bint allow_avx512) noexcept nogil:
@@ -209,8 +214,9 @@ cdef inline int _threads_for(int mode, Py_ssize_t rows, Py_ssize_t n,
                              bint backward) noexcept nogil:
     """Rows run in parallel; a batch of fewer rows than threads uses one thread per row,
     except rows of _split_row_min elements or more, which are split across all the threads.
-    A rank/kl forward counts its elements twice (two exps per element: about twice the work)."""
-    cdef Py_ssize_t work = rows * n * (2 if mode == RANK_KL and not backward else 1)
+    A kl forward of ranks or a projection counts its elements twice (exps: about twice the work)."""
+    cdef Py_ssize_t work = rows * n * (2 if (mode == RANK_KL or mode == PROJECT_KL)
+                                       and not backward else 1)
     if work < (_policy_min_backward if backward else _policy_min_forward):
         return 1
     if rows < _policy_max_threads and n < _split_row_min:
@@ -228,24 +234,41 @@ cdef inline Span[int32_t] _row_of(Span[int32_t] a, Py_ssize_t r, Py_ssize_t n) n
     return a.sub(r * n, n)
 
 
+cdef inline Span[floating] _target_of(Span[floating] target, Py_ssize_t r,
+                                      Py_ssize_t n) noexcept nogil:
+    """Row r's target: none (empty), the one shared row (n), or row r of (rows, n)."""
+    if target.len <= n:
+        return target
+    return target.sub(r * n, n)
+
+
+cdef inline double _eps_of(Span[double] eps, Py_ssize_t r) noexcept nogil:
+    """Row r's strength: the one of every row, or its own."""
+    return eps[0] if eps.len == 1 else eps[r]
+
+
 cdef void _forward_rows(int mode, Span[floating] x, Span[floating] out, Span[int32_t] perm,
-                        Span[int32_t] blocks, Py_ssize_t rows, Py_ssize_t n, double eps,
-                        double sign, uint64_t* words, int n_threads) noexcept nogil:
+                        Span[int32_t] blocks, Py_ssize_t rows, Py_ssize_t n, Span[double] eps,
+                        double sign, Span[floating] target, uint64_t* words,
+                        int n_threads) noexcept nogil:
     """Rows on n_threads threads, each with its own workspace of softrank_forward_words."""
     cdef Py_ssize_t r, per_thread = softrank_forward_words(n, floating is double, mode)
     if n_threads <= 1:
         for r in range(rows):
             forward_row(mode, x.sub(r * n, n), out.sub(r * n, n), perm.sub(r * n, n),
-                        _row_of(blocks, r, n), eps, sign, words)
+                        _row_of(blocks, r, n), _eps_of(eps, r), sign, _target_of(target, r, n),
+                        words)
     else:
         for r in prange(rows, num_threads=n_threads, schedule="static"):
             forward_row(mode, x.sub(r * n, n), out.sub(r * n, n), perm.sub(r * n, n),
-                        _row_of(blocks, r, n), eps, sign, words + threadid() * per_thread)
+                        _row_of(blocks, r, n), _eps_of(eps, r), sign, _target_of(target, r, n),
+                        words + threadid() * per_thread)
 
 
 cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
                              Span[int32_t] perm, Span[int32_t] blocks, double eps, double sign,
-                             uint64_t* words, int n_threads) noexcept nogil:
+                             Span[floating] target, uint64_t* words,
+                             int n_threads) noexcept nogil:
     """One row on n_threads threads, step by step (softrank/csrc/forward.h): the radix passes,
     the decoding and the expansion split in chunks, PAV serial."""
     cdef Split split
@@ -285,7 +308,7 @@ cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
                 split_sort_runs(&split, sorted_words, perm, t)
         for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
             split_gather(&split, x, sign, perm, t)
-    top = split_pav(&split, mode, eps, sign, perm, out, blocks)
+    top = split_pav(&split, mode, eps, sign, perm, out, blocks, target)
     if top < 0:  # solved whole (scaled)
         return
     for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
@@ -294,7 +317,7 @@ cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
 
 cdef void _backward_rows(int mode, Span[floating] g, Span[int32_t] perm, Span[int32_t] blocks,
                          Span[floating] aux, Span[floating] grad, Py_ssize_t rows, Py_ssize_t n,
-                         double eps, double sign, uint64_t* words,
+                         Span[double] eps, double sign, uint64_t* words,
                          int n_threads) noexcept nogil:
     """Rows on n_threads threads, sort/kl's with softmax weights of their own."""
     cdef Py_ssize_t r, per_thread = softrank_backward_words(mode, n)
@@ -302,12 +325,12 @@ cdef void _backward_rows(int mode, Span[floating] g, Span[int32_t] perm, Span[in
     if n_threads <= 1:
         for r in range(rows):
             backward_row(mode, g.sub(r * n, n), perm.sub(r * n, n), blocks.sub(r * n, n),
-                         aux.sub(r * n, n), eps, sign, grad.sub(r * n, n),
+                         aux.sub(r * n, n), _eps_of(eps, r), sign, grad.sub(r * n, n),
                          Span[double](<double*>words, weights))
     else:
         for r in prange(rows, num_threads=n_threads, schedule="static"):
             backward_row(mode, g.sub(r * n, n), perm.sub(r * n, n), blocks.sub(r * n, n),
-                         aux.sub(r * n, n), eps, sign, grad.sub(r * n, n),
+                         aux.sub(r * n, n), _eps_of(eps, r), sign, grad.sub(r * n, n),
                          Span[double](<double*>(words + threadid() * per_thread), weights))
 
 
@@ -337,24 +360,29 @@ cdef void _backward_split_row(int mode, Span[floating] g, Span[int32_t] perm,
 
 
 cdef void _forward_typed(int mode, floating* x, floating* out, int32_t* perm,
-                         Span[int32_t] blocks, Py_ssize_t rows, Py_ssize_t n, double eps,
-                         double sign, uint64_t* words, int n_threads, bint split) noexcept nogil:
+                         Span[int32_t] blocks, Py_ssize_t rows, Py_ssize_t n, Span[double] eps,
+                         double sign, floating* target, Py_ssize_t target_size, uint64_t* words,
+                         int n_threads, bint split) noexcept nogil:
     """_solve_forward's rows in one dtype: split row by row, or rows in parallel."""
     cdef Py_ssize_t size = rows * n, r
+    cdef Span[floating] targets = Span[floating](target, target_size)
     if split:
         for r in range(rows):
             _forward_split_row(mode, Span[floating](x, size).sub(r * n, n),
                                Span[floating](out, size).sub(r * n, n),
                                Span[int32_t](perm, size).sub(r * n, n),
-                               _row_of(blocks, r, n), eps, sign, words, n_threads)
+                               _row_of(blocks, r, n), _eps_of(eps, r), sign,
+                               _target_of(targets, r, n), words, n_threads)
     else:
         _forward_rows(mode, Span[floating](x, size), Span[floating](out, size),
-                      Span[int32_t](perm, size), blocks, rows, n, eps, sign, words, n_threads)
+                      Span[int32_t](perm, size), blocks, rows, n, eps, sign, targets, words,
+                      n_threads)
 
 
 cdef void _backward_typed(int mode, floating* g, int32_t* perm, int32_t* blocks, floating* aux,
-                          floating* grad, Py_ssize_t rows, Py_ssize_t n, double eps, double sign,
-                          uint64_t* words, int n_threads, bint split) noexcept nogil:
+                          floating* grad, Py_ssize_t rows, Py_ssize_t n, Span[double] eps,
+                          double sign, uint64_t* words, int n_threads,
+                          bint split) noexcept nogil:
     """_solve_backward's rows in one dtype: split row by row (the threads share one row's
     weights), or rows in parallel."""
     cdef Py_ssize_t size = rows * n, r, weights = n if mode == SORT_KL else 0
@@ -363,7 +391,7 @@ cdef void _backward_typed(int mode, floating* g, int32_t* perm, int32_t* blocks,
             _backward_split_row(mode, Span[floating](g, size).sub(r * n, n),
                                 Span[int32_t](perm, size).sub(r * n, n),
                                 Span[int32_t](blocks, size).sub(r * n, n),
-                                Span[floating](aux, size).sub(r * n, n), eps, sign,
+                                Span[floating](aux, size).sub(r * n, n), _eps_of(eps, r), sign,
                                 Span[floating](grad, size).sub(r * n, n),
                                 Span[double](<double*>words, weights), n_threads)
     else:
@@ -373,8 +401,8 @@ cdef void _backward_typed(int mode, floating* g, int32_t* perm, int32_t* blocks,
 
 
 cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* perm,
-                         int32_t* blocks, Py_ssize_t rows, Py_ssize_t n, double eps,
-                         double sign) except *:
+                         int32_t* blocks, Py_ssize_t rows, Py_ssize_t n, Span[double] eps,
+                         double sign, void* target, Py_ssize_t target_size) except *:
     """Forward of (rows, n) rows; perm == NULL: the caller wants out only, perm and blocks go
     to scratch words (reused memory, not fresh arrays)."""
     cdef int n_threads = _threads_for(mode, rows, n, False)
@@ -385,29 +413,31 @@ cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* per
     cdef int full_keys = typenum == cnp.NPY_DOUBLE  # float32 keys fit in the sort words
     cdef Py_ssize_t solver_words = (split_words(n, n_threads, full_keys, mode) if split
                                     else n_threads * softrank_forward_words(n, full_keys, mode))
-    # perm == NULL: perm goes to scratch words after the solver's; so do the blocks of rank/kl,
-    # while the other modes write them over PAV's block values, dead by then (forward.h).
+    # perm == NULL: perm goes to scratch words after the solver's; so do the blocks of the kl
+    # ranks and projections, while the other modes write them over PAV's block values, dead by
+    # then (forward.h).
+    cdef bint own_blocks = mode == RANK_KL or mode == PROJECT_KL
     cdef Py_ssize_t scratch = 0
     if perm == NULL:
-        scratch = size if mode == RANK_KL else (size + 1) // 2
+        scratch = size if own_blocks else (size + 1) // 2
     cdef WorkspaceBuffer buffer
     cdef uint64_t* words = buffer.acquire(solver_words + scratch)
     if perm == NULL:
         perm = <int32_t*>(words + solver_words)
-        blocks = perm + size if mode == RANK_KL else NULL
+        blocks = perm + size if own_blocks else NULL
     cdef Span[int32_t] blocks_span
     if blocks != NULL:
         blocks_span = Span[int32_t](blocks, size)
     with nogil:
         if typenum == cnp.NPY_FLOAT:
             _forward_typed(mode, <float*>x, <float*>out, perm, blocks_span, rows, n, eps, sign,
-                           words, n_threads, split)
+                           <float*>target, target_size, words, n_threads, split)
         else:
             _forward_typed(mode, <double*>x, <double*>out, perm, blocks_span, rows, n, eps, sign,
-                           words, n_threads, split)
+                           <double*>target, target_size, words, n_threads, split)
 
 cdef void _solve_backward(int mode, int typenum, void* g, int32_t* perm, int32_t* blocks,
-                          void* aux, void* grad, Py_ssize_t rows, Py_ssize_t n, double eps,
+                          void* aux, void* grad, Py_ssize_t rows, Py_ssize_t n, Span[double] eps,
                           double sign) except *:
     """Backward of (rows, n) rows; aux may be NULL for l2 (not read)."""
     cdef int n_threads = _threads_for(mode, rows, n, True)
@@ -467,14 +497,60 @@ cdef int _check_array(object obj, str name, int typenum, Py_ssize_t rows,
     return 0
 
 
-cdef int _check_scalars(int mode, double eps, double sign) except -1:
-    if not 0 <= mode <= 3:
-        raise ValueError(f"mode must be 0..3, got {mode}")
-    if not (eps > 0.0 and eps < INFINITY):
-        raise ValueError(f"eps must be a finite number > 0, got {eps}")
+cdef int _check_scalars(int mode, double sign) except -1:
+    if not 0 <= mode <= 5:
+        raise ValueError(f"mode must be 0..5, got {mode}")
     if sign != 1.0 and sign != -1.0:
         raise ValueError(f"sign must be 1 or -1, got {sign}")
     return 0
+
+
+cdef class _Strengths:
+    """The strengths of a call's rows as a span: eps (one float for every row, kept here) or a
+    float64 array of one per row, every value finite and > 0."""
+    cdef double one
+    cdef object array  # keeps the per-row array alive while the span points into it
+    cdef Span[double] span
+
+    cdef int take(self, object eps, Py_ssize_t rows) except -1:
+        cdef Py_ssize_t r
+        if not cnp.PyArray_Check(eps):
+            self.one = eps
+            if not (self.one > 0.0 and self.one < INFINITY):
+                raise ValueError(f"eps must be a finite number > 0, got {eps}")
+            self.span = Span[double](&self.one, 1)
+            return 0
+        _check_array(eps.reshape(1, -1) if cnp.PyArray_NDIM(<cnp.ndarray>eps) == 1 else eps,
+                     "eps", cnp.NPY_DOUBLE, 1, rows)
+        if cnp.PyArray_NDIM(<cnp.ndarray>eps) != 1:
+            raise ValueError(f"eps must be a float or a 1-D array of {rows} strengths, got shape "
+                             f"{eps.shape}")
+        self.array = eps
+        self.span = Span[double](<double*>cnp.PyArray_DATA(<cnp.ndarray>eps), rows)
+        for r in range(rows):
+            if not (self.span[r] > 0.0 and self.span[r] < INFINITY):
+                raise ValueError(f"eps must be finite and > 0 in every row, got {self.span[r]} "
+                                 f"in row {r}")
+        return 0
+
+
+cdef Py_ssize_t _check_target(int mode, object target, int typenum, Py_ssize_t rows,
+                              Py_ssize_t n) except -1:
+    """The number of elements of target (0: None), checked for the mode: a (1, n) or (rows, n)
+    array of x's dtype for the project modes, None for the others."""
+    if mode < PROJECT_L2:
+        if target is not None:
+            raise ValueError("target must be None for the rank and sort modes")
+        return 0
+    if target is None:
+        raise ValueError("target is required for the project modes")
+    _check_array(target, "target", typenum, -1, 0)
+    cdef Py_ssize_t target_rows = cnp.PyArray_DIM(<cnp.ndarray>target, 0)
+    if cnp.PyArray_DIM(<cnp.ndarray>target, 1) != n or not (target_rows == 1
+                                                             or target_rows == rows):
+        raise ValueError(f"target must have shape (1, {n}) or ({rows}, {n}), got "
+                         f"{target.shape}")
+    return target_rows * n
 
 
 cdef inline cnp.ndarray _empty(Py_ssize_t rows, Py_ssize_t n, int typenum):
@@ -488,37 +564,47 @@ cdef inline void* _data(object a) noexcept:
     return cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-def forward(int mode, x, double eps, double sign):
-    """Solve every row of x (mode: 0 rank/l2, 1 rank/kl, 2 sort/l2, 3 sort/kl; docs/CONTRACT.md).
+def forward(int mode, x, eps, double sign, target=None):
+    """Solve every row of x (mode: 0 rank/l2, 1 rank/kl, 2 sort/l2, 3 sort/kl, 4 project/l2,
+    5 project/kl; eps: a float or one float64 per row; target: the project modes' sorted
+    target, (1, n) or (rows, n); docs/CONTRACT.md).
 
     Returns new arrays (out, perm, blocks): out of x's dtype, perm and blocks int32."""
     cdef int typenum = _float_typenum(x, "x")
     _check_array(x, "x", typenum, -1, 0)
     cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>x, 0), n = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
-    _check_scalars(mode, eps, sign)
+    _check_scalars(mode, sign)
+    cdef _Strengths strengths = _Strengths()
+    strengths.take(eps, rows)
+    cdef Py_ssize_t target_size = _check_target(mode, target, typenum, rows, n)
     cdef cnp.ndarray out = _empty(rows, n, typenum)
     cdef cnp.ndarray perm = _empty(rows, n, cnp.NPY_INT32)
     cdef cnp.ndarray blocks = _empty(rows, n, cnp.NPY_INT32)
     if rows > 0 and n > 0:
         _solve_forward(mode, typenum, _data(x), _data(out), <int32_t*>_data(perm),
-                       <int32_t*>_data(blocks), rows, n, eps, sign)
+                       <int32_t*>_data(blocks), rows, n, strengths.span, sign,
+                       NULL if target is None else _data(target), target_size)
     return out, perm, blocks
 
 
-def forward_values(int mode, x, double eps, double sign):
+def forward_values(int mode, x, eps, double sign, target=None):
     """forward() without the partition, for calls nothing will differentiate: returns a new
     out array only."""
     cdef int typenum = _float_typenum(x, "x")
     _check_array(x, "x", typenum, -1, 0)
     cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>x, 0), n = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
-    _check_scalars(mode, eps, sign)
+    _check_scalars(mode, sign)
+    cdef _Strengths strengths = _Strengths()
+    strengths.take(eps, rows)
+    cdef Py_ssize_t target_size = _check_target(mode, target, typenum, rows, n)
     cdef cnp.ndarray out = _empty(rows, n, typenum)
     if rows > 0 and n > 0:
-        _solve_forward(mode, typenum, _data(x), _data(out), NULL, NULL, rows, n, eps, sign)
+        _solve_forward(mode, typenum, _data(x), _data(out), NULL, NULL, rows, n, strengths.span,
+                       sign, NULL if target is None else _data(target), target_size)
     return out
 
 
-def backward(int mode, g, perm, blocks, aux, double eps, double sign):
+def backward(int mode, g, perm, blocks, aux, eps, double sign):
     """Gradient of every row from the cotangent g and the forward's perm and blocks; aux is the
     forward's output (rank/kl) or input (sort/kl), None for l2. Returns a new grad array.
 
@@ -528,18 +614,21 @@ def backward(int mode, g, perm, blocks, aux, double eps, double sign):
     cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>g, 0), n = cnp.PyArray_DIM(<cnp.ndarray>g, 1)
     _check_array(perm, "perm", cnp.NPY_INT32, rows, n)
     _check_array(blocks, "blocks", cnp.NPY_INT32, rows, n)
-    _check_scalars(mode, eps, sign)
+    _check_scalars(mode, sign)
+    cdef _Strengths strengths = _Strengths()
+    strengths.take(eps, rows)
     if mode & 1:
         if aux is None:
             raise ValueError("aux is required for the kl regularization (the forward's output "
-                             "for rank, its input for sort)")
+                             "for rank and project, its input for sort)")
         _check_array(aux, "aux", typenum, rows, n)
     elif aux is not None:
         raise ValueError("aux must be None for the l2 regularization")
     cdef cnp.ndarray grad = _empty(rows, n, typenum)
     if rows > 0 and n > 0:
         _solve_backward(mode, typenum, _data(g), <int32_t*>_data(perm), <int32_t*>_data(blocks),
-                        NULL if aux is None else _data(aux), _data(grad), rows, n, eps, sign)
+                        NULL if aux is None else _data(aux), _data(grad), rows, n,
+                        strengths.span, sign)
     return grad
 
 

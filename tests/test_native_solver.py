@@ -94,7 +94,7 @@ def test_forward_rejects_wrong_arrays(entry, bad, exc, message):
 
 @pytest.mark.parametrize("entry", ["forward", "forward_values"])
 @pytest.mark.parametrize("mode, eps, sign, message", [
-    (4, 1.0, 1.0, r"mode must be 0\.\.3, got 4"), (-1, 1.0, 1.0, "mode must be 0..3"),
+    (6, 1.0, 1.0, r"mode must be 0\.\.5, got 6"), (-1, 1.0, 1.0, "mode must be 0..5"),
     (0, 0.0, 1.0, "eps must be a finite number > 0"), (0, -1.0, 1.0, "eps must be"),
     (0, np.inf, 1.0, "eps must be"), (0, np.nan, 1.0, "eps must be"),
     (0, 1.0, 0.5, "sign must be 1 or -1, got 0.5"), (0, 1.0, np.nan, "sign must be"),
@@ -142,8 +142,8 @@ def test_backward_rejects_aux_for_l2_and_a_wrong_mode():
     args = _backward_args(RANK_L2)
     with pytest.raises(ValueError, match="aux must be None for the l2 regularization"):
         _cpu.backward(RANK_L2, args["g"], args["perm"], args["blocks"], args["g"], 1.0, 1.0)
-    with pytest.raises(ValueError, match="mode must be 0..3"):
-        _cpu.backward(5, args["g"], args["perm"], args["blocks"], None, 1.0, 1.0)
+    with pytest.raises(ValueError, match="mode must be 0..5"):
+        _cpu.backward(7, args["g"], args["perm"], args["blocks"], None, 1.0, 1.0)
 
 
 @pytest.mark.parametrize("n", [8, 70_000])
@@ -283,12 +283,14 @@ def test_threads_follow_the_policy(policy):
     assert threads_for(2, 1000) == 2
     assert threads_for(1000, 1, backward=True) == 1  # the backward's threshold is higher
     assert threads_for(1000, 10, backward=True) == 4
-    # a rank/kl forward (twice the work per element) goes parallel from half the elements
+    # a rank/kl or project/kl forward (twice the work per element) goes parallel from half the
+    # elements
     for op, regularization in MODES:
         assert threads_for(768, 1, False, op, regularization) == 4
-        if (op, regularization) != ("rank", "kl"):
+        if (op, regularization) not in (("rank", "kl"), ("project", "kl")):
             assert threads_for(767, 1, False, op, regularization) == 1
     assert threads_for(384, 1, False, "rank", "kl") == 4
+    assert threads_for(384, 1, False, "project", "kl") == 4
     assert threads_for(384, 1, False, "sort", "kl") == 1
     assert threads_for(384, 1, True, "rank", "kl") == 1  # not the backward
     _cpu.set_thread_policy(1, 768, 2048)

@@ -8,6 +8,7 @@
      rank/kl: grad[perm[j]] = sign/eps * r_j * (g'_j - sum_B(g' r) / R_B),  r_j = out[perm[j]]
      sort/l2: grad[perm[j]] = mean_B(g)
      sort/kl: grad[perm[j]] = softmax(s_B)_j * sum_B(g)
+     project/l2, project/kl: as rank/l2 and rank/kl, with R_B = sum_B(r) (docs/CONTRACT.md)
 
    Deviations from the textbook formulas, and why:
    * Blocks are read from the forward's block starts, never re-detected by comparing floats.
@@ -119,17 +120,21 @@ static inline void softrank_backward_blocks(int mode, softrank_span<T> g,
         double total = 0.0;
         if (c == 1 && mode == SOFTRANK_SORT_L2) {  /* the mean of one cotangent, no division */
             grad[perm[a]] = (T)(total + g[a]);
-        } else if (mode == SOFTRANK_RANK_L2) {
+        } else if (mode == SOFTRANK_RANK_L2 || mode == SOFTRANK_PROJECT_L2) {
             const double mean = softrank_sum_at(g, perm, a, e) / c;
             for (Py_ssize_t j = a; j < e; ++j) {
                 const double d = g[perm[j]] - mean;
                 grad[perm[j]] = softrank_rank_gradient<T>(scale * d, floor_scale, d);
             }
-        } else if (mode == SOFTRANK_RANK_KL && c == 1) {  /* a singleton's rank is n - a */
-            grad[perm[a]] = 0.0;
-        } else if (mode == SOFTRANK_RANK_KL) {
-            /* softmax(s_B) = out / sum_B(rho): the forward output is already max-shifted. */
-            const double mean = softrank_dot_at(g, aux, perm, a, e) / (c * ((n - a) - (0.5 * (c - 1))));
+        } else if ((mode == SOFTRANK_RANK_KL || mode == SOFTRANK_PROJECT_KL) && c == 1) {
+            grad[perm[a]] = 0.0;  /* a singleton's output is its constant target (n - a) */
+        } else if (mode == SOFTRANK_RANK_KL || mode == SOFTRANK_PROJECT_KL) {
+            /* softmax(s_B) = out / sum_B(target): the forward output is already max-shifted.
+               rank/kl's target sum has a closed form; project/kl's is the outputs' sum. */
+            const double target_sum = mode == SOFTRANK_RANK_KL
+                                      ? c * ((n - a) - (0.5 * (c - 1)))
+                                      : softrank_sum_at(aux, perm, a, e);
+            const double mean = softrank_dot_at(g, aux, perm, a, e) / target_sum;
             for (Py_ssize_t j = a; j < e; ++j) {
                 const double r = aux[perm[j]];
                 const double d = g[perm[j]] - mean;

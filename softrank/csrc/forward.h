@@ -27,14 +27,21 @@ static inline softrank_span<int32_t> softrank_scratch_blocks(const softrank_work
     return softrank_span<int32_t>((int32_t *)work.value.ptr, n);
 }
 
+/* The project modes' target sums: the reals after the sorted values. */
+static inline softrank_span<double> softrank_target_sums(const softrank_workspace &work,
+                                                         Py_ssize_t n, int mode) {
+    return mode >= SOFTRANK_PROJECT_L2 ? work.reals.sub(n, n) : work.reals.sub(0, 0);
+}
+
 /* The forward of one row of n >= 1 (x, out, perm, blocks: n each, or blocks empty: no blocks
-   wanted, all modes but rank/kl); words: one thread's
-   workspace for rows of n (softrank_forward_words(n, sizeof(T) == 8, mode)). */
+   wanted, all modes but rank/kl; target: n, sorted decreasingly, for the project modes, else
+   empty); words: one thread's workspace for rows of n (softrank_forward_words(n,
+   sizeof(T) == 8, mode)). */
 template <typename T>
 static inline void softrank_forward_row(int mode, softrank_span<T> x, softrank_span<T> out,
                                         softrank_span<int32_t> perm,
                                         softrank_span<int32_t> blocks, double eps, double sign,
-                                        uint64_t *words) {
+                                        softrank_span<T> target, uint64_t *words) {
     const Py_ssize_t n = x.len;
     const softrank_workspace work = softrank_forward_workspace(words, n, sizeof(T) == 8, mode);
     if (blocks.len == 0) blocks = softrank_scratch_blocks(work, n);
@@ -46,7 +53,8 @@ static inline void softrank_forward_row(int mode, softrank_span<T> x, softrank_s
         return;
     }
     softrank_solve_sorted_row(mode, s, eps, sign, perm, out, blocks, work.ints.sub(0, n),
-                              work.state, work.value, work.keys.sub(0, 2 * n));
+                              work.state, work.value, work.keys.sub(0, 2 * n), target,
+                              softrank_target_sums(work, n, mode));
 }
 
 /* ------------------------------------------------------------------------- split rows */
@@ -198,18 +206,20 @@ static inline void softrank_split_gather(const softrank_split *split, softrank_s
 }
 
 /* Step 8 (one thread): PAV of the sorted row; returns the top block, or -1 if the row needed
-   scaling or was a hard sort and was solved whole (serially) instead. */
+   scaling, was a hard sort or is a project mode's, and was solved whole (serially) instead. */
 template <typename T>
 static inline Py_ssize_t softrank_split_pav(const softrank_split *split, int mode, double eps,
                                             double sign, softrank_span<int32_t> perm,
-                                            softrank_span<T> out,
-                                            softrank_span<int32_t> blocks) {
+                                            softrank_span<T> out, softrank_span<int32_t> blocks,
+                                            softrank_span<T> target) {
     const Py_ssize_t n = split->n;
-    if (softrank_row_kind(mode, split->s, eps) != SOFTRANK_SOLVE_PLAIN) {
-        /* rare (scaled rows, hard sorts of tiny strengths): the serial solver */
+    if (mode >= SOFTRANK_PROJECT_L2 || softrank_row_kind(mode, split->s, eps) != SOFTRANK_SOLVE_PLAIN) {
+        /* rare (scaled rows, hard sorts of tiny strengths, the project modes, whose PAV and
+           expansion are one serial loop): the serial solver */
         softrank_solve_sorted_row(mode, split->s, eps, sign, perm, out, blocks,
                                   split->work.ints.sub(0, n), split->work.state,
-                                  split->work.value, split->work.keys.sub(0, 2 * n));
+                                  split->work.value, split->work.keys.sub(0, 2 * n), target,
+                                  softrank_target_sums(split->work, n, mode));
         return -1;
     }
     return softrank_pav(mode, split->s, eps, split->work.ints.sub(0, n), split->work.state,

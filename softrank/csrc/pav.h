@@ -48,6 +48,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "project.h"
 #include "span.h"
 #include "vector_exp.h"
 
@@ -485,8 +486,31 @@ static inline int softrank_row_kind(int mode, softrank_span<double> s, double ep
     return SOFTRANK_SOLVE_PLAIN;
 }
 
+/* The project modes (project.h), solved like rank/l2 and rank/kl: scaled where rank/l2 is. */
+template <typename T>
+static inline void softrank_project_row(int mode, softrank_span<double> s, double eps,
+                                        softrank_span<T> target, softrank_span<int32_t> perm,
+                                        softrank_span<T> out, softrank_span<int32_t> blocks,
+                                        softrank_span<int32_t> start,
+                                        softrank_span<double> state,
+                                        softrank_span<double> value,
+                                        softrank_span<double> t_sum) {
+    if (mode == SOFTRANK_PROJECT_KL) {
+        softrank_project_sorted_row<SOFTRANK_PROJECT_KL, T>(s, target, eps, perm, out, blocks,
+                                                            start, state, value, t_sum);
+        return;
+    }
+    if (softrank_row_kind(SOFTRANK_RANK_L2, s, eps) == SOFTRANK_SOLVE_SCALED) {
+        for (Py_ssize_t j = 0; j < s.len; ++j) s[j] = s[j] * (1.0 / SOFTRANK_HUGE_SCALE);
+        eps = eps / SOFTRANK_HUGE_SCALE;
+    }
+    softrank_project_sorted_row<SOFTRANK_PROJECT_L2, T>(s, target, eps, perm, out, blocks, start,
+                                                        state, value, t_sum);
+}
+
 /* The outputs and blocks of a finite row sorted into s (perm: its order), n >= 1. start,
-   state, value: n each; spare: 2n words (the sort's, done with). */
+   state, value: n each; spare: 2n words (the sort's, done with); the project modes: target
+   (n, sorted decreasingly) and t_sum (n, scratch). */
 template <typename T>
 static inline void softrank_solve_sorted_row(int mode, softrank_span<double> s, double eps,
                                              double sign, softrank_span<int32_t> perm,
@@ -494,8 +518,15 @@ static inline void softrank_solve_sorted_row(int mode, softrank_span<double> s, 
                                              softrank_span<int32_t> start,
                                              softrank_span<double> state,
                                              softrank_span<double> value,
-                                             softrank_span<uint64_t> spare) {
+                                             softrank_span<uint64_t> spare,
+                                             softrank_span<T> target,
+                                             softrank_span<double> t_sum) {
     const Py_ssize_t n = s.len;
+    if (mode >= SOFTRANK_PROJECT_L2) {
+        softrank_project_row<T>(mode, s, eps, target, perm, out, blocks, start, state, value,
+                                t_sum);
+        return;
+    }
     const int kind = softrank_row_kind(mode, s, eps);
     if (kind == SOFTRANK_SOLVE_HARD_SORT) {
         /* Every block a singleton: the expansion's singleton output, bit for bit. */

@@ -5,7 +5,8 @@
             keys (float64 rows only: a float32 key fits in its sort word), radix histograms
             (PAV reuses the first 2n words once the row is sorted)
      ints   (n + 1) / 2: PAV's block starts (int32)
-     reals  n: the sorted values; rank/kl also 2n for PAV's block states and values
+     reals  n: the sorted values; rank/kl also 2n for PAV's block states and values, the
+            project modes n for their blocks' target sums
    The other modes keep PAV's block states and values in the first 2n words of keys: the radix
    buffers are done with once the row is sorted (rank/kl's PAV uses them for its weights). So a
    float32 row needs 2n + n/2 + n words (28 B/element) where it needed 6.5n (52 B), a float64
@@ -37,6 +38,12 @@ struct softrank_workspace {
 /* rank/kl (softrank/_contract.py's mode 1): its PAV keeps weights in the radix buffers. */
 static inline int softrank_states_in_keys(int mode) { return mode != 1; }
 
+/* Words of reals per element: the sorted values, and rank/kl's block states and values or the
+   project modes' (4, 5) target sums. */
+static inline Py_ssize_t softrank_reals_per_element(int mode) {
+    return mode == 1 ? 3 : (mode >= 4 ? 2 : 1);
+}
+
 /* Key arrays of a row of n: 2 (the radix buffers) for float32, 3 (and the full keys) for
    float64 (full_keys). */
 static inline Py_ssize_t softrank_key_arrays(int full_keys) { return full_keys ? 3 : 2; }
@@ -44,7 +51,7 @@ static inline Py_ssize_t softrank_key_arrays(int full_keys) { return full_keys ?
 /* Words of one thread's forward workspace for rows of n in mode. */
 static inline Py_ssize_t softrank_forward_words(Py_ssize_t n, int full_keys, int mode) {
     const Py_ssize_t words = (softrank_key_arrays(full_keys) * n + SOFTRANK_HIST_WORDS)
-                             + (n + 1) / 2 + (softrank_states_in_keys(mode) ? 1 : 3) * n;
+                             + (n + 1) / 2 + softrank_reals_per_element(mode) * n;
     return (words + 7) / 8 * 8 + 8;
 }
 
@@ -57,7 +64,8 @@ static inline softrank_workspace softrank_forward_workspace(uint64_t *words, Py_
     work.keys = softrank_span<uint64_t>(words, key_words);
     work.ints = softrank_span<int32_t>((int32_t *)(words + key_words), n);
     if (softrank_states_in_keys(mode)) {
-        work.reals = softrank_span<double>((double *)(words + key_words + int_words), n);
+        work.reals = softrank_span<double>((double *)(words + key_words + int_words),
+                                           softrank_reals_per_element(mode) * n);
         work.state = softrank_span<double>((double *)work.keys.sub(0, n).ptr, n);
         work.value = softrank_span<double>((double *)work.keys.sub(n, n).ptr, n);
     } else {
