@@ -1,6 +1,6 @@
 """softrank: fast differentiable sorting and ranking (Blondel et al., ICML 2020).
 
-``soft_rank`` and ``soft_sort`` accept torch tensors (CPU/CUDA, autograd), NumPy arrays, CuPy
+``soft_rank``, ``soft_sort``, ``soft_topk``, ``soft_quantile`` and ``project_permutahedron`` accept torch tensors (CPU/CUDA, autograd), NumPy arrays, CuPy
 arrays and array_likes. Importing softrank imports neither torch nor CuPy.
 """
 try:
@@ -13,7 +13,8 @@ except ImportError as error:  # a source folder without its build, e.g. after `p
     ) from error
 from typing import TYPE_CHECKING
 
-from ._api import soft_rank, soft_rank_vjp, soft_sort, soft_sort_vjp
+from ._api import (project_permutahedron, soft_quantile, soft_quantile_vjp, soft_rank,
+                   soft_rank_vjp, soft_sort, soft_sort_vjp, soft_topk, soft_topk_vjp)
 from ._version import __version__
 
 if TYPE_CHECKING:  # type checkers see the lazy exports below; at run time they stay lazy
@@ -25,6 +26,11 @@ __all__ = [
     "soft_sort",
     "soft_rank_vjp",
     "soft_sort_vjp",
+    "soft_topk",
+    "soft_topk_vjp",
+    "soft_quantile",
+    "soft_quantile_vjp",
+    "project_permutahedron",
     "spearmanr",
     "pearsonr",
     "SpearmanLoss",

@@ -4,7 +4,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Dict, Literal, SupportsFloat, Tuple, overload
 
-from . import _array
+from . import _array, _quantile
+from . import _contract
 
 if TYPE_CHECKING:  # for type checkers only: importing softrank imports neither torch nor CuPy
     from typing import Protocol, TypeVar
@@ -225,4 +226,192 @@ soft_sort_vjp.__doc__ = ("""Soft sorted values and their vector-Jacobian product
     [1.5, 2.0, 2.5]
     >>> pullback(np.array([0.0, 0.0, 1.0])).round(4).tolist()
     [0.3333, 0.3333, 0.3333]
+""")
+
+
+def project_permutahedron(values, w, regularization="l2", regularization_strength=1.0, *,
+                          dim=-1):
+    return _front_end(values).soft_op("project", values, regularization,
+                                      regularization_strength, dim, False, _target(w))
+
+
+def soft_topk(values, k, regularization="l2", regularization_strength=1.0, *, dim=-1,
+              largest=True):
+    _contract.check_topk_regularization(regularization)
+    return _front_end(values).soft_op("project", values, regularization,
+                                      regularization_strength, dim,
+                                      not _contract.check_bool(largest, "largest"),
+                                      _contract.TopK(k))
+
+
+def soft_topk_vjp(values, k, regularization="l2", regularization_strength=1.0, *, dim=-1,
+                  largest=True):
+    _contract.check_topk_regularization(regularization)
+    return _front_end(values).soft_op_vjp("project", values, regularization,
+                                          regularization_strength, dim,
+                                          not _contract.check_bool(largest, "largest"),
+                                          _contract.TopK(k))
+
+
+def soft_quantile(values, q, regularization="l2", regularization_strength=1.0, *, dim=-1,
+                  keepdim=False):
+    quantiles, scalar = _quantile.quantile_arguments(q)
+    keepdim = _contract.check_bool(keepdim, "keepdim")
+    out = soft_sort(values, regularization, regularization_strength, dim=dim)
+    return _quantile.interpolate(out, quantiles, scalar, dim, keepdim)
+
+
+def soft_quantile_vjp(values, q, regularization="l2", regularization_strength=1.0, *, dim=-1,
+                      keepdim=False):
+    quantiles, scalar = _quantile.quantile_arguments(q)
+    keepdim = _contract.check_bool(keepdim, "keepdim")
+    if _is_torch_tensor(values):  # autograd differentiates the interpolation
+        from . import _torch
+
+        return _torch.vjp_of(lambda x: soft_quantile(x, q, regularization,
+                                                     regularization_strength, dim=dim,
+                                                     keepdim=keepdim), values)
+    out, pullback = soft_sort_vjp(values, regularization, regularization_strength, dim=dim)
+    result = _quantile.interpolate(out, quantiles, scalar, dim, keepdim)
+
+    def quantile_pullback(cotangent):
+        return pullback(_quantile.transpose(out, cotangent, quantiles, scalar, dim, keepdim))
+
+    return result, quantile_pullback
+
+
+def _target(w):
+    if w is None:
+        raise TypeError("w must be a vector of the length of dim (or broadcast to values' "
+                        "shape), got None")
+    return w
+
+
+_STRENGTH = """    regularization_strength : float, or array/tensor of one per slice, default 1.0
+        eps > 0: a number, or an array or tensor broadcastable to the shape of ``values``
+        without ``dim`` (one strength per slice). A torch strength that requires grad gets its
+        exact gradient (a learnable temperature).
+    dim : int, default -1
+        Dimension along which to {verb}."""
+
+_VALUES = """    values : torch.Tensor, numpy.ndarray, cupy.ndarray or array_like, shape (..., n, ...)
+        As for :func:`soft_rank`."""
+
+project_permutahedron.__doc__ = """Projection onto the permutahedron of ``w``: the paper's P(z, w),
+    z = values / regularization_strength.
+
+    Parameters
+    ----------
+""" + _VALUES + """
+    w : tensor, array or array_like, shape (n,) or broadcastable to ``values``
+        The vector whose permutations span the permutahedron, in any order, of the length of
+        ``dim`` (or one per slice). torch gradients flow to ``w`` as to ``values``.
+    regularization : {"l2", "kl"}, default "l2"
+        "l2": the Euclidean projection of z onto the permutahedron of w. "kl": the KL
+        projection of exp(z) onto it (every w > 0).
+""" + _STRENGTH.format(verb="project") + """
+
+    Returns
+    -------
+    projection : same type, device and shape as ``values``
+        A point of the permutahedron: each slice is a soft permutation of ``w`` (it sums to
+        sum(w)), ordered like ``values``. ``soft_rank(x, reg, eps)`` is
+        ``project_permutahedron(x, arange(1, n + 1), reg, eps)``.
+
+    Examples
+    --------
+    >>> import softrank
+    >>> softrank.project_permutahedron([0.5, 2.0, -1.0], [10.0, 20.0, 30.0],
+    ...                                regularization_strength=0.01).tolist()
+    [20.0, 30.0, 10.0]
+    >>> softrank.project_permutahedron([0.5, 2.0, -1.0], [10.0, 20.0, 30.0]).tolist()
+    [20.0, 21.5, 18.5]
+"""
+
+_TOPK = """Soft top-k mask: P(values / eps, (1, ..., 1, 0, ..., 0)) with k ones.
+
+    Entries lie in [0, 1] and each slice sums to k; as eps -> 0 the mask is the hard top-k
+    indicator, as eps -> infinity it is k/n everywhere.
+
+    Parameters
+    ----------
+""" + _VALUES + """
+    k : int
+        How many entries to select, in [1, n].
+    regularization : "l2", default "l2"
+        Only "l2": the target has zeros, where the KL projection is undefined.
+""" + _STRENGTH.format(verb="select") + """
+    largest : bool, default True
+        Select the k largest (else the k smallest: equals ``soft_topk(-values, k)``).
+"""
+
+soft_topk.__doc__ = _TOPK + """
+    Returns
+    -------
+    mask : same type, device and shape as ``values``
+
+    Examples
+    --------
+    >>> import softrank
+    >>> softrank.soft_topk([[3.0, 1.0, 2.0, 5.0, 4.0]], 2).tolist()
+    [[0.0, 0.0, 0.0, 1.0, 1.0]]
+    >>> softrank.soft_topk([[3.0, 1.0, 2.0, 5.0, 4.0]], 2, regularization_strength=5.0).round(4).tolist()
+    [[0.4, 0.0, 0.2, 0.8, 0.6]]
+"""
+
+soft_topk_vjp.__doc__ = ("""Soft top-k mask and its vector-Jacobian product (for NumPy/CuPy users).
+""" + _TOPK.split("\n", 1)[1] + _VJP_RETURNS.format(name="topk") + """
+    Examples
+    --------
+    >>> import numpy as np, softrank
+    >>> mask, pullback = softrank.soft_topk_vjp(np.array([3.0, 1.0, 2.0]), 1, regularization_strength=2.0)
+    >>> mask.round(4).tolist()
+    [0.75, 0.0, 0.25]
+    >>> pullback(np.array([1.0, 0.0, 0.0])).round(4).tolist()
+    [0.25, 0.0, -0.25]
+""")
+
+_QUANTILE = """Soft quantiles: the ascending soft sort along ``dim``, interpolated linearly at q (n - 1).
+
+    The "linear" method of ``torch.quantile`` and ``numpy.quantile``, on the soft sorted values:
+    as eps -> 0 it equals them.
+
+    Parameters
+    ----------
+""" + _VALUES + """
+    q : float, or 1-D sequence, array or tensor of floats
+        Quantiles in [0, 1].
+    regularization : {"l2", "kl"}, default "l2"
+        As for :func:`soft_sort`.
+""" + _STRENGTH.format(verb="take quantiles") + """
+    keepdim : bool, default False
+        Keep ``dim`` as a dimension of size 1.
+"""
+
+soft_quantile.__doc__ = _QUANTILE + """
+    Returns
+    -------
+    quantiles : same type and device as ``values``
+        Shaped as ``torch.quantile``'s result: a float q removes ``dim`` (size 1 with
+        ``keepdim``); a 1-D q adds a leading dimension of len(q).
+
+    Examples
+    --------
+    >>> import softrank
+    >>> softrank.soft_quantile([[3.0, 1.0, 2.0, 5.0, 4.0]], 0.5, regularization_strength=0.1).tolist()
+    [3.0]
+    >>> softrank.soft_quantile([[3.0, 1.0, 2.0, 5.0, 4.0]], [0.25, 0.5], regularization_strength=2.0).round(4).tolist()
+    [[2.5], [3.0]]
+"""
+
+soft_quantile_vjp.__doc__ = ("""Soft quantiles and their vector-Jacobian product.
+""" + _QUANTILE.split("\n", 1)[1] + _VJP_RETURNS.format(name="quantile") + """
+    Examples
+    --------
+    >>> import numpy as np, softrank
+    >>> median, pullback = softrank.soft_quantile_vjp(np.array([3.0, 1.0, 2.0, 4.0]), 0.5, regularization_strength=0.1)
+    >>> float(median)
+    2.5
+    >>> pullback(1.0).tolist()  # the two middle values share the median
+    [0.5, 0.0, 0.5, 0.0]
 """)

@@ -67,11 +67,14 @@ def _device_context(xp, array):
 
 class _Call:
     """One validated call: the array module, the input, its row layout and the solver's
-    arguments."""
+    arguments (eps: a float, or one float64 per row; target: the project modes' sorted target
+    rows)."""
 
-    def __init__(self, op, values, regularization, regularization_strength, dim, descending):
-        self.mode, self.eps, self.sign = V.call_spec(op, regularization, regularization_strength,
-                                                     descending)
+    def __init__(self, op, values, regularization, regularization_strength, dim, descending,
+                 target=None):
+        per_slice = V.is_per_slice(regularization_strength)
+        self.mode, self.eps, self.sign = V.call_spec(
+            op, regularization, 1.0 if per_slice else regularization_strength, descending)
         if isinstance(values, np.ma.MaskedArray):
             raise TypeError("values must not be a masked array (the mask would be ignored); "
                             "pass values.filled(...) or the unmasked rows")
@@ -81,6 +84,44 @@ class _Call:
         self.layout = _Layout(self.x.shape, V.normalize_dim(dim, self.x.ndim))
         V.check_row_length(self.layout.n)
         self.backend = _backend(self.xp)
+        if per_slice:
+            self.eps = self._strength_rows(regularization_strength)
+        self.target = None if target is None else self._target_rows(target)
+
+    def _strength_rows(self, strength):
+        xp, layout = self.xp, self.layout
+        s = xp.asarray(strength)
+        V.check_strength_kind(np.dtype(s.dtype).kind)
+        batch = V.batch_shape(layout.shape, layout.axis)
+        try:
+            s = xp.broadcast_to(s, batch)
+        except ValueError:
+            raise V.strength_shape_error(s.shape, batch) from None
+        s = xp.array(s.reshape(-1), dtype=np.float64)  # a copy: the caller's may change later
+        V.check_strengths_positive(bool(xp.all((s > 0) & xp.isfinite(s))))
+        return s
+
+    def _target_rows(self, target):
+        xp, layout, n = self.xp, self.layout, self.layout.n
+        if isinstance(target, V.TopK):
+            w = xp.zeros((1, n), dtype=self.compute_dtype)
+            w[:, :V.check_k(target.k, n)] = 1
+            return w
+        w = xp.asarray(target)
+        if np.dtype(w.dtype).kind not in "fiu":
+            raise TypeError(f"w must be real numbers, got dtype {w.dtype}")
+        if w.ndim == 1 and w.shape[0] == n:
+            w = w.reshape(1, n)
+        else:
+            try:
+                w = xp.broadcast_to(w, layout.shape)
+            except ValueError:
+                raise V.target_shape_error(w.shape, n, layout.shape) from None
+            w = layout.to_rows(xp, w, self.compute_dtype)
+        w = w.astype(self.compute_dtype, copy=False)
+        V.check_target_values(bool(xp.isfinite(w).all()), bool((w > 0).all()),
+                              V.is_kl(self.mode))
+        return xp.ascontiguousarray(xp.sort(w, axis=-1)[:, ::-1])
 
     def empty(self):
         return self.xp.empty(self.x.shape, dtype=self.out_dtype)
@@ -92,13 +133,15 @@ class _Call:
         return self.layout.from_rows(self.xp, rows, self.out_dtype)
 
 
-def soft_op_vjp(op, values, regularization, regularization_strength, dim, descending):
-    """Forward of soft_rank/soft_sort on an array, plus its pullback (cotangent -> gradient).
+def soft_op_vjp(op, values, regularization, regularization_strength, dim, descending,
+                target=None):
+    """Forward of a soft op on an array, plus its pullback (cotangent -> gradient w.r.t.
+    values).
 
     The pullback keeps its own copies of what it reads, so that later changes to the caller's
     input or to the returned output cannot change the gradients it gives.
     """
-    call = _Call(op, values, regularization, regularization_strength, dim, descending)
+    call = _Call(op, values, regularization, regularization_strength, dim, descending, target)
     xp, x, backend, mode = call.xp, call.x, call.backend, call.mode
 
     if x.size == 0:
@@ -112,7 +155,7 @@ def soft_op_vjp(op, values, regularization, regularization_strength, dim, descen
 
     with _device_context(xp, x):
         x_rows = call.rows(x)
-        out_rows, perm, blocks = backend.forward(mode, x_rows, call.eps, call.sign)
+        out_rows, perm, blocks = backend.forward(mode, x_rows, call.eps, call.sign, call.target)
         out = call.unrows(out_rows)
         aux = V.aux_of(mode, x_rows, out_rows)
         if aux is not None and (xp.shares_memory(aux, x) or xp.shares_memory(aux, out)):
@@ -137,11 +180,13 @@ def _check_cotangent(xp, cotangent, shape):
     return g
 
 
-def soft_op(op, values, regularization, regularization_strength, dim, descending):
-    """soft_rank/soft_sort on an array: the forward alone, keeping no partition."""
-    call = _Call(op, values, regularization, regularization_strength, dim, descending)
+def soft_op(op, values, regularization, regularization_strength, dim, descending, target=None):
+    """A soft op on an array: the forward alone, keeping no partition (target: as
+    softrank/_torch.py's soft_op takes it)."""
+    call = _Call(op, values, regularization, regularization_strength, dim, descending, target)
     if call.x.size == 0:
         return call.empty()
     with _device_context(call.xp, call.x):
-        out_rows = call.backend.forward_values(call.mode, call.rows(call.x), call.eps, call.sign)
+        out_rows = call.backend.forward_values(call.mode, call.rows(call.x), call.eps, call.sign,
+                                               call.target)
         return call.unrows(out_rows)

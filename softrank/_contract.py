@@ -83,13 +83,97 @@ def check_regularization_strength(strength):
     return value
 
 
-def check_descending(descending):
-    if not isinstance(descending, bool):
+def is_per_slice(strength):
+    """Whether a strength is given per slice: a sequence, an array or tensor of one or more
+    dimensions, or a tensor that requires grad (a learnable strength, even 0-d)."""
+    if type(strength) is float:
+        return False
+    if isinstance(strength, (list, tuple)):
+        return True
+    shape = getattr(strength, "shape", None)
+    return shape is not None and (len(shape) > 0 or bool(getattr(strength, "requires_grad", False)))
+
+
+def check_strength_kind(kind):
+    """A per-slice strength's dtype kind ('f', 'i', 'u', 'b', 'c', ...): real numbers only."""
+    if kind not in "fiu":
+        raise TypeError(f"regularization_strength must be real numbers, got dtype kind {kind!r}")
+
+
+def strength_shape_error(shape, batch_shape):
+    return ValueError(
+        f"regularization_strength of shape {tuple(shape)} does not broadcast to "
+        f"{tuple(batch_shape)}, the shape of values without dim")
+
+
+def check_strengths_positive(ok):
+    if not ok:
+        raise ValueError("regularization_strength must be finite and > 0 everywhere")
+
+
+def batch_shape(shape, axis):
+    """The shape of one strength per slice: shape without the axis."""
+    return tuple(shape[:axis]) + tuple(shape[axis + 1:])
+
+
+class TopK:
+    """soft_topk's target, (1, ..., 1, 0, ..., 0) with k ones, as the front ends take it."""
+
+    __slots__ = ("k",)
+
+    def __init__(self, k):
+        self.k = k
+
+
+def check_k(k, n):
+    """soft_topk's k: an int in [1, n]."""
+    if isinstance(k, bool) or not hasattr(type(k), "__index__"):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    k = operator.index(k)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}] (the size of dim), got {k}")
+    return k
+
+
+def check_topk_regularization(regularization):
+    if regularization != "l2":
+        check_regularization(regularization)
+        raise ValueError("regularization must be 'l2' for soft_topk: its target (1, ..., 1, 0, "
+                         "..., 0) has zeros, where the KL projection is undefined")
+
+
+def check_quantiles(values):
+    """soft_quantile's q as floats, each in [0, 1] (a list of Python floats)."""
+    for q in values:
+        if not (0.0 <= q <= 1.0):
+            raise ValueError(f"q must be in [0, 1], got {q}")
+    return values
+
+
+def target_shape_error(shape, n, values_shape):
+    return ValueError(f"w must have the length of dim ({n}) or broadcast to values' shape "
+                      f"{tuple(values_shape)}, got shape {tuple(shape)}")
+
+
+def check_target_values(finite, positive, kl):
+    if not finite:
+        raise ValueError("w must be finite")
+    if kl and not positive:
+        raise ValueError("w must be > 0 for the 'kl' regularization (the KL projection is onto "
+                         "the permutahedron of w, in the positive orthant)")
+
+
+def check_bool(value, name):
+    if not isinstance(value, bool):
         # numpy.bool_ is not a bool subclass; accept it explicitly.
-        if type(descending).__name__ in ("bool_", "bool") and hasattr(descending, "item"):
-            return bool(descending)
-        raise TypeError(f"descending must be a bool, got {type(descending).__name__}")
-    return descending
+        if type(value).__name__ in ("bool_", "bool") and hasattr(value, "item"):
+            return bool(value)
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_descending(descending):
+    return check_bool(descending, "descending")
 
 
 def check_dim(dim):

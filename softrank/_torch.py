@@ -12,6 +12,11 @@ Function's public apply binds its arguments with inspect.signature on every call
 cost that a classic Function does not pay (docs/PERFORMANCE.md has the measurement).
 Only what the backward needs is kept: the int32 permutation and block starts (8 bytes per
 element), plus the output (rank/kl) or the input (sort/kl) through save_for_backward.
+
+A spec is (mode, eps, sign, target): eps a float or a float64 tensor of one strength per row,
+target the project modes' sorted target rows (else None), both detached. A strength or target
+that requires grad is differentiated outside the Functions, from the partition they return
+(softrank/_torch_params.py).
 """
 import torch
 
@@ -26,7 +31,9 @@ _PLAIN_DISPATCH = torch.Tensor.__torch_dispatch__
 
 def _differentiable(formula, spec, t, perm, blocks, aux, *more):
     """A formula of softrank/_torch_formulas.py on tensors shaped like x (any rank)."""
-    mode, eps, sign = spec
+    mode, eps, sign = spec[:3]
+    if type(eps) is not float:
+        eps = eps.reshape(-1, 1)
     n = t.shape[-1]
     partition = formulas.Partition(backend.as_tensor(perm).reshape(-1, n),
                                    backend.as_tensor(blocks).reshape(-1, n))
@@ -45,16 +52,16 @@ def vjp(spec, g, perm, blocks, aux, native=backend.backward):
     """
     if torch.is_grad_enabled() or compat.needs_transform_route():
         return _differentiable(formulas.vjp, spec, g, perm, blocks, aux)
-    mode, eps, sign = spec
+    mode, eps, sign = spec[:3]
     return native(mode, g.contiguous(), perm, blocks, aux, eps, sign)
 
 
 class EagerSoftOp(torch.autograd.Function):
-    """The soft op of contiguous (rows, n) rows x; spec = (mode, eps, sign)."""
+    """The soft op of contiguous (rows, n) rows x; spec = (mode, eps, sign, target)."""
 
     @staticmethod
     def forward(ctx, x, spec):
-        out, perm, blocks = backend.forward(spec[0], x, spec[1], spec[2])
+        out, perm, blocks = backend.forward(*spec[:1], x, *spec[1:])
         ctx.spec = spec
         ctx.partition = (perm, blocks)  # reached by nothing but this backward
         aux = C.aux_of(spec[0], x, out)
@@ -73,28 +80,39 @@ class SoftOp(torch.autograd.Function):
     perm and blocks marked non-differentiable."""
 
     @staticmethod
-    def forward(x, mode, eps, sign):
-        out, perm, blocks = backend.forward(mode, x, eps, sign)
+    def forward(x, mode, eps, sign, target):
+        out, perm, blocks = backend.forward(mode, x, eps, sign, target)
         return out, backend.as_tensor(perm), backend.as_tensor(blocks)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, mode, eps, sign = inputs
-        ctx.save_for_forward(*save_partition(ctx, (mode, eps, sign), x, output))
+        x, mode, eps, sign, target = inputs
+        ctx.save_for_forward(*save_partition(ctx, (mode, eps, sign, target), x, output))
 
     @staticmethod
     def backward(ctx, g, _grad_perm, _grad_blocks):
-        return vjp(ctx.spec, g, *saved_partition(ctx)), None, None, None
+        return vjp(ctx.spec, g, *saved_partition(ctx)), None, None, None, None
 
     @staticmethod
     def jvp(ctx, x_tangent, *_):
         return _differentiable(formulas.jvp, ctx.spec, x_tangent, *saved_partition(ctx)), None, None
 
     @staticmethod
-    def vmap(info, in_dims, x, mode, eps, sign):
-        # Rows are independent: the vmapped dimension folds into the rows.
-        x = x.movedim(in_dims[0], 0)
-        outputs = SoftOp.apply(x.reshape(-1, x.shape[-1]).contiguous(), mode, eps, sign)
+    def vmap(info, in_dims, x, mode, eps, sign, target):
+        # Rows are independent: the vmapped dimension folds into the rows, and so do per-row
+        # strengths and targets (repeated where they are not vmapped).
+        size = info.batch_size
+        x = x if in_dims[0] is None else x.movedim(in_dims[0], 0)
+        x = x.expand(size, *x.shape[-2:]) if in_dims[0] is None else x
+        rows = x.shape[1]
+        if type(eps) is not float:
+            eps = (eps.movedim(in_dims[2], 0) if in_dims[2] is not None
+                   else eps.expand(size, rows)).reshape(-1).contiguous()
+        if target is not None:
+            target = (target.movedim(in_dims[4], 0) if in_dims[4] is not None
+                      else target.expand(size, *target.shape))
+            target = target.expand(size, rows, x.shape[-1]).reshape(-1, x.shape[-1]).contiguous()
+        outputs = SoftOp.apply(x.reshape(-1, x.shape[-1]).contiguous(), mode, eps, sign, target)
         return tuple(o.view(x.shape) for o in outputs), (0, 0, 0)
 
 
@@ -122,28 +140,37 @@ def _dtypes(dtype):
     return getattr(torch, compute), getattr(torch, out)
 
 
-def _solve(x, mode, eps, sign):
-    """The soft op of contiguous (rows, n) rows x, by the route its context needs."""
+def _solve(x, mode, eps, sign, target=None, partition=False):
+    """The soft op of contiguous (rows, n) rows x, by the route its context needs: out, or
+    (out, perm, blocks) as tensors with `partition`."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         from . import _torch_ops  # registers softrank::solve on first use
 
         op, regularization = C.MODE_NAMES[mode]
-        return torch.ops.softrank.solve(x, op, regularization, eps, sign)[0]
+        per_row = type(eps) is not float
+        outputs = torch.ops.softrank.solve(x, op, regularization, 1.0 if per_row else eps, sign,
+                                           eps if per_row else None, target)
+        return outputs if partition else outputs[0]
     if type(x).__torch_dispatch__ is not _PLAIN_DISPATCH:
         # Wrapper subclasses (FakeTensor, MaskedTensor, ...) hold no data the solvers can read.
         raise TypeError(f"values must be a torch.Tensor with data, got the tensor subclass "
                         f"{type(x).__name__}")
     if x.is_neg():  # a negative view (torch._neg_view) is read as its values
         x = x.resolve_neg()
-    if compat.needs_transform_route():
-        return SoftOp.apply(x, mode, eps, sign)[0]
+    if partition or compat.needs_transform_route():
+        outputs = SoftOp.apply(x, mode, eps, sign, target)
+        return outputs if partition else outputs[0]
     if x.requires_grad and torch.is_grad_enabled():
-        return EagerSoftOp.apply(x, (mode, eps, sign))
-    return backend.forward_values(mode, x, eps, sign)
+        return EagerSoftOp.apply(x, (mode, eps, sign, target))
+    return backend.forward_values(mode, x, eps, sign, target)
 
 
-def soft_op(op, values, regularization, regularization_strength, dim, descending):
-    mode, eps, sign = C.call_spec(op, regularization, regularization_strength, descending)
+def soft_op(op, values, regularization, regularization_strength, dim, descending, target=None):
+    """soft_rank/soft_sort, or with op "project" the projection onto the permutahedron of
+    target: an int k (soft_topk's (1, ..., 1, 0, ..., 0), k ones) or the caller's w."""
+    per_slice = C.is_per_slice(regularization_strength)
+    mode, eps, sign = C.call_spec(op, regularization,
+                                  1.0 if per_slice else regularization_strength, descending)
     if values.is_nested:
         raise TypeError("values must be a dense (strided) tensor, got a nested tensor")
     if values.layout is not torch.strided:
@@ -161,6 +188,13 @@ def soft_op(op, values, regularization, regularization_strength, dim, descending
     ndim = len(shape)
     axis = C.normalize_dim(dim, ndim)
     C.check_row_length(shape[axis])
+    if per_slice or target is not None:
+        from . import _torch_params as params
+
+        strengths = (params.strength_rows(regularization_strength, shape, axis, values.device)
+                     if per_slice else eps)
+        if target is not None:
+            target = params.target_rows(target, mode, shape, axis, values.device, compute_dtype)
     if 0 in shape:
         return values.to(out_dtype).clone()
     last = axis == ndim - 1
@@ -170,7 +204,10 @@ def soft_op(op, values, regularization, regularization_strength, dim, descending
         x = x.reshape(-1, shape[axis])
     if compute_dtype is not x.dtype:
         x = x.to(compute_dtype)
-    out = _solve(x.contiguous(), mode, eps, sign)
+    if per_slice or target is not None:
+        out = params.solve(x.contiguous(), mode, strengths, sign, target)
+    else:
+        out = _solve(x.contiguous(), mode, eps, sign)
     if ndim != 2:
         out = out.view(moved_shape)
     if not last:
@@ -178,14 +215,21 @@ def soft_op(op, values, regularization, regularization_strength, dim, descending
     return out if out_dtype is compute_dtype else out.to(out_dtype)
 
 
-def soft_op_vjp(op, values, regularization, regularization_strength, dim, descending):
+def soft_op_vjp(op, values, regularization, regularization_strength, dim, descending,
+                target=None):
     """Forward on a tensor plus a pullback(cotangent) -> gradient, through autograd."""
+    return vjp_of(lambda x: soft_op(op, x, regularization, regularization_strength, dim,
+                                    descending, target), values)
+
+
+def vjp_of(function, values):
+    """function(values) and its pullback(cotangent) -> gradient w.r.t. values, by autograd."""
     x = values.detach()
     if not x.dtype.is_floating_point:  # differentiate integer input as the float it becomes
         x = x.to(_dtypes(x.dtype)[0])
     x.requires_grad_()
     with torch.enable_grad():
-        out = soft_op(op, x, regularization, regularization_strength, dim, descending)
+        out = function(x)
 
     def pullback(cotangent):
         cotangent = torch.as_tensor(cotangent, device=out.device)

@@ -8,7 +8,8 @@ launches on torch's current stream into memory allocated by torch.
 
 perm and blocks are returned as the back end made them: NumPy arrays for CPU rows (only the
 native backward reads them; as_tensor converts them when the differentiable formulas need
-them), tensors for CUDA rows.
+them), tensors for CUDA rows. eps is a float or a float64 tensor of one strength per row, on
+the rows' device; target (the project modes') a tensor of the rows' dtype and device.
 """
 import numpy as np
 import torch
@@ -16,23 +17,30 @@ import torch
 from . import _cpu_backend
 
 
-def forward(mode, x, eps, sign):
+def forward(mode, x, eps, sign, target=None):
     """(out, perm, blocks) of the rows x."""
     if x.is_cuda:
         from .cuda import _torch_bridge
 
-        return _torch_bridge.forward(mode, x.detach(), eps, sign)
-    out, perm, blocks = _cpu_backend.forward(mode, x.numpy(force=True), eps, sign)
+        return _torch_bridge.forward(mode, x.detach(), eps, sign, target=target)
+    out, perm, blocks = _cpu_backend.forward(mode, x.numpy(force=True), _host(eps), sign,
+                                             None if target is None else _host(target))
     return torch.from_numpy(out), perm, blocks
 
 
-def forward_values(mode, x, eps, sign):
+def forward_values(mode, x, eps, sign, target=None):
     """out alone (no partition is kept)."""
     if x.is_cuda:
         from .cuda import _torch_bridge
 
-        return _torch_bridge.forward_values(mode, x.detach(), eps, sign)
-    return torch.from_numpy(_cpu_backend.forward_values(mode, x.numpy(force=True), eps, sign))
+        return _torch_bridge.forward_values(mode, x.detach(), eps, sign, target=target)
+    return torch.from_numpy(_cpu_backend.forward_values(
+        mode, x.numpy(force=True), _host(eps), sign, None if target is None else _host(target)))
+
+
+def _host(a):
+    """A float as it is, a CPU tensor as a NumPy view."""
+    return a if type(a) is float else a.numpy(force=True)
 
 
 def backward(mode, g, perm, blocks, aux, eps, sign):
@@ -44,7 +52,7 @@ def backward(mode, g, perm, blocks, aux, eps, sign):
         return _torch_bridge.backward(mode, g.detach(), as_tensor(perm), as_tensor(blocks),
                                       None if aux is None else aux.detach(), eps, sign)
     grad = _cpu_backend.backward(mode, g.numpy(force=True), _as_array(perm), _as_array(blocks),
-                                 None if aux is None else aux.numpy(force=True), eps, sign)
+                                 None if aux is None else aux.numpy(force=True), _host(eps), sign)
     return torch.from_numpy(grad)
 
 

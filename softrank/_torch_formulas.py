@@ -4,7 +4,8 @@ The back ends' native backward is the fast first-order path. These formulas are 
 autograd must see through the derivative itself: double backward (create_graph=True,
 gradgradcheck, Hessian-vector products), forward-mode AD (jvp, jacfwd) and torch.func transforms.
 They use the saved permutation and block starts (docs/CONTRACT.md), never float comparisons.
-All tensors are (rows, n); `mode` is softrank/_contract.py's (RANK_L2, RANK_KL, SORT_L2, SORT_KL).
+All tensors are (rows, n); `mode` is softrank/_contract.py's; eps is a float or a (rows, 1)
+tensor of per-row strengths.
 
 Notation (sorted coordinates): v' = v.gather(perm); a block B holds sorted positions with equal
 block start; segsum(v)_j = sum of v over j's block; rows marked blocks[:, 0] == -1 are NaN rows.
@@ -17,7 +18,9 @@ the plain product is finite it is returned unchanged, bit for bit.
 """
 import torch
 
-from ._contract import RANK_KL, RANK_L2, SORT_L2
+from ._contract import PROJECT_KL, PROJECT_L2, RANK_KL, RANK_L2, SORT_KL, SORT_L2
+
+_RANKS = (RANK_L2, RANK_KL, PROJECT_L2, PROJECT_KL)
 
 
 def _rank_scaled(v, sign, eps, r=None):
@@ -26,6 +29,12 @@ def _rank_scaled(v, sign, eps, r=None):
     dtype's largest value M where sign / eps exceeds it, and the result clamped to [-M, M]."""
     largest = torch.finfo(v.dtype).max
     scale = sign / eps
+    if isinstance(scale, torch.Tensor):  # per-row strengths: the same, row by row
+        floored = scale.clamp(-largest, largest).to(v.dtype)
+        unscaled = v if r is None else r * v
+        plain = scale.to(v.dtype) * unscaled if r is None else scale.to(v.dtype) * r * v
+        return torch.where(plain.isfinite() & (scale.abs() <= largest), plain,
+                           unscaled * floored).clamp(-largest, largest)
     if not abs(scale) <= largest:
         scale = largest if sign > 0 else -largest
         return ((v if r is None else r * v) * scale).clamp(-largest, largest)
@@ -70,17 +79,22 @@ class Partition:
     def mask_nan_rows(self, v):
         return torch.where(self.nan_rows, torch.full_like(v, float("nan")), v)
 
+    def target_sum(self, mode, r):
+        """The block sums of the target (R_B or T_B), r the sorted output: closed form for the
+        ranks, the outputs' block sums for the projections."""
+        return self.rho_sum(r) if mode == RANK_KL else self.segsum(r)
+
 
 def vjp(mode, g, partition, aux, eps, sign):
     """Gradient w.r.t. x from the cotangent g of out (differentiable in g and aux)."""
-    if mode in (RANK_L2, RANK_KL):
+    if mode in _RANKS:
         gs = partition.sorted(g)
-        if mode == RANK_L2:
+        if mode == RANK_L2 or mode == PROJECT_L2:
             grad_s = _rank_scaled(gs - partition.segsum(gs) / partition.count(gs), sign, eps)
         else:
             r = partition.sorted(aux)
-            grad_s = _rank_scaled(gs - partition.segsum(gs * r) / partition.rho_sum(gs), sign,
-                                  eps, r)
+            grad_s = _rank_scaled(gs - partition.segsum(gs * r) / partition.target_sum(mode, r),
+                                  sign, eps, r)
     elif mode == SORT_L2:
         grad_s = partition.segsum(g) / partition.count(g)
     else:
@@ -91,7 +105,7 @@ def vjp(mode, g, partition, aux, eps, sign):
 
 def jvp(mode, t, partition, aux, eps, sign):
     """Tangent of out from the tangent t of x (forward mode; differentiable in t and aux)."""
-    if mode in (RANK_L2, RANK_KL):
+    if mode in _RANKS:
         # The rank Jacobian is symmetric (in sorted coordinates, and so after un-permuting).
         return vjp(mode, t, partition, aux, eps, sign)
     ts = partition.sorted(t)
@@ -106,15 +120,42 @@ def jvp(mode, t, partition, aux, eps, sign):
 def vjp_of_vjp(mode, g, partition, aux, eps, sign, u):
     """Cotangents of (g, aux) for the map (g, aux) -> vjp(g, aux), given the cotangent u of it."""
     grad_g = jvp(mode, u, partition, aux, eps, sign)
-    if mode in (RANK_L2, SORT_L2):
+    if mode in (RANK_L2, SORT_L2, PROJECT_L2):
         return grad_g, None
     us = partition.sorted(u)
-    if mode == RANK_KL:
+    if mode == RANK_KL or mode == PROJECT_KL:
         gs, r = partition.sorted(g), partition.sorted(aux)
-        rho = partition.rho_sum(gs)
-        grad_r = _rank_scaled(us * (gs - partition.segsum(gs * r) / rho)
-                              - gs * partition.segsum(us * r) / rho, sign, eps)
+        total = partition.target_sum(mode, r)
+        mean_g = partition.segsum(gs * r) / total
+        grad_r = _rank_scaled(us * (gs - mean_g) - gs * partition.segsum(us * r) / total, sign,
+                              eps)
+        if mode == PROJECT_KL:  # total = segsum(r) depends on r too
+            grad_r = grad_r + _rank_scaled(partition.segsum(us * r * mean_g) / total, sign, eps)
     else:
         p = partition.softmax_weights(sign * partition.sorted(aux))
         grad_r = sign * partition.segsum(g) * p * (us - partition.segsum(p * us))
     return grad_g, partition.mask_nan_rows(partition.unsorted(grad_r))
+
+
+def target_term(mode, partition, target, out):
+    """A term of value 0 whose derivatives are those of out w.r.t. the sorted target (rows or
+    one row, differentiable): l2 adds mean_B(t) to each output, kl scales a block's outputs by
+    T_B = sum_B(t) (out_j = T_B softmax_j)."""
+    t = target.expand_as(out)
+    if mode == PROJECT_L2:
+        mean = partition.segsum(t) / partition.count(t)
+        return partition.unsorted(mean - mean.detach())
+    total = partition.segsum(t)
+    fixed = total.detach()
+    return partition.unsorted(partition.sorted(out) / fixed * (total - fixed))
+
+
+def sort_kl_offset(partition, eps, like):
+    """The part of a sort/kl output that depends on eps, not on x: position j of a block
+    starting at a of c elements gets -log(sum_{m<c} exp(-m/eps)) - (j - a)/eps
+    (docs/CONTRACT.md's closed form; eps a (rows, 1) tensor)."""
+    n = like.shape[-1]
+    c = partition.count(like)
+    offset = torch.arange(n, device=like.device, dtype=like.dtype) - partition.start.to(like.dtype)
+    geometric = torch.log(-torch.expm1(-c / eps)) - torch.log(-torch.expm1(-1.0 / eps))
+    return -geometric - offset / eps

@@ -215,7 +215,7 @@ def test_eager_function_equals_transform_function(op, regularization, dtype):
     outputs, first-order gradients (native backward) and second order (the formulas)."""
     from softrank import _contract, _torch
 
-    spec = (_contract.mode_of(op, regularization), 0.7, _contract.sign_for(op, False))
+    spec = (_contract.mode_of(op, regularization), 0.7, _contract.sign_for(op, False), None)
     x, g, u = _rows(20, 4, 33, dtype=dtype), _rows(21, 4, 33, dtype=dtype), _rows(22, 4, 33,
                                                                                 dtype=dtype)
     results = []
