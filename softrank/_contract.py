@@ -84,14 +84,15 @@ def check_regularization_strength(strength):
 
 
 def is_per_slice(strength):
-    """Whether a strength is given per slice: a sequence, an array or tensor of one or more
-    dimensions, or a tensor that requires grad (a learnable strength, even 0-d)."""
+    """Whether a strength is given per slice: a sequence, an array of one or more dimensions,
+    or any torch tensor (a 0-d one too: it may require grad, or be batched by vmap, and is
+    read on its device, not on the host)."""
     if type(strength) is float:
         return False
     if isinstance(strength, (list, tuple)):
         return True
     shape = getattr(strength, "shape", None)
-    return shape is not None and (len(shape) > 0 or bool(getattr(strength, "requires_grad", False)))
+    return shape is not None and (len(shape) > 0 or hasattr(strength, "requires_grad"))
 
 
 def check_strength_kind(kind):

@@ -21,6 +21,8 @@ def quantile_arguments(q):
     if shape is not None and len(shape) != 1:
         raise ValueError(f"q must be a float or 1-D, got shape {tuple(shape)}")
     values = q.tolist() if hasattr(q, "tolist") else list(q)
+    if any(isinstance(v, (list, tuple)) or len(getattr(v, "shape", ())) for v in values):
+        raise ValueError("q must be a float or 1-D, got a nested sequence")
     if not values:
         raise ValueError("q must hold at least one quantile, got an empty sequence")
     return C.check_quantiles([_as_float(v) for v in values]), False

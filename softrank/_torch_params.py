@@ -32,8 +32,21 @@ def strength_rows(strength, shape, axis, device):
         s = torch.broadcast_to(s, batch)
     except RuntimeError:
         raise C.strength_shape_error(s.shape, batch) from None
-    C.check_strengths_positive(bool(((s > 0) & s.isfinite()).all()))
+    C.check_strengths_positive(_holds((s > 0) & s.isfinite()))
     return s.reshape(-1)
+
+
+def _holds(condition):
+    """Whether condition holds everywhere; True where its values cannot be read without
+    breaking a torch.compile graph or a torch.func transform. There the back ends still check
+    every strength (ValueError naming eps), and a target that is not finite (or not > 0 for
+    kl) gives NaN outputs, not a crash."""
+    if torch.compiler.is_compiling():
+        return True
+    try:
+        return bool(condition.all())
+    except RuntimeError:  # vmap cannot read a batched tensor's values
+        return True
 
 
 def target_rows(target, mode, shape, axis, device, dtype):
@@ -57,7 +70,7 @@ def target_rows(target, mode, shape, axis, device, dtype):
         except RuntimeError:
             raise C.target_shape_error(w.shape, n, shape) from None
         w = w.movedim(axis, -1).reshape(-1, n)
-    C.check_target_values(bool(w.isfinite().all()), bool((w > 0).all()), C.is_kl(mode))
+    C.check_target_values(_holds(w.isfinite()), _holds(w > 0), C.is_kl(mode))
     return torch.sort(w, dim=-1, descending=True, stable=True).values
 
 
