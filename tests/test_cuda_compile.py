@@ -98,9 +98,9 @@ def test_errors_point_at_the_real_file(tmp_path):
 def test_name_expressions_cover_every_pair():
     for dtype in DTYPES:
         names = _backend.kernel_names(dtype)
-        assert len(set(names)) == len(names) == 33
+        assert len(set(names)) == len(names) == 1 + 8 * 6  # tile_max + 8 kernels per mode
         ctype = "float" if dtype == np.float32 else "double"
-        for op in (0, 1):
+        for op in (0, 1, 2):  # rank, sort, project (pav.cuh)
             for reg in (0, 1):
                 for kind in ("forward", "backward", "tile_pav", "tile_expand", "bwd_tile_agg",
                              "bwd_tile_tot", "bwd_tile_out"):

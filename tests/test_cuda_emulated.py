@@ -8,7 +8,9 @@ with many chunk merges, and the tiled long-row family (global sort, tiles of 16 
 three cross-tile merge levels, global-memory workspaces poisoned like device memory), also with a
 single tile per row.  Reference: the CPU back end (softrank/_cpu_backend.py, the same contract, so
 perm and blocks must match exactly), and tests/_reference.py (the slow reference written from the
-paper) for values and gradients.
+paper) for values and gradients.  The project modes (the caller's sorted target in place of
+rho) and per-row strengths are checked against tests/_reference.py's ``project`` on every
+family, and against the CPU back end where it takes targets and per-row strengths.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import _reference as ref  # noqa: E402
 import emu_build as build  # noqa: E402
 
 from softrank._contract import (  # noqa: E402
-    MODE_NAMES, MODES, RANK_KL, RANK_L2, SORT_L2, is_kl, sign_for)
+    MODE_NAMES, MODES, PROJECT_KL, PROJECT_L2, RANK_KL, RANK_L2, SORT_L2, aux_of, has_target,
+    is_kl, sign_for)
 from softrank.cuda import _backend, tuning  # noqa: E402
 from softrank.cuda._backend import presort  # noqa: E402
 
@@ -47,7 +50,69 @@ FAMILIES = {
 }
 ALL_MODES = pytest.mark.parametrize("mode", sorted(MODE_NAMES),
                                     ids=["/".join(MODE_NAMES[m]) for m in sorted(MODE_NAMES)])
+PROJECT_MODES = pytest.mark.parametrize("mode", [PROJECT_L2, PROJECT_KL],
+                                        ids=["project/l2", "project/kl"])
 TOL = {np.float64: 1e-10, np.float32: 1e-5}
+
+
+def _cpu_takes_targets():
+    """Whether the CPU back end already has the project modes and per-row strengths (it is
+    extended to docs/CONTRACT.md's new signature separately from the CUDA back end)."""
+    try:
+        x = np.array([[0.5, -1.0, 2.0], [1.0, 0.0, 1.0]])
+        out = cpu.forward(PROJECT_L2, x, np.array([1.0, 2.0]), 1,
+                          target=np.array([[3.0, 2.0, 1.0]]))[0]
+        rank = cpu.forward(RANK_L2, x, 1.0, 1)[0]
+        return bool(np.allclose(out[0], rank[0]))
+    except Exception:  # noqa: BLE001 - an older signature raises TypeError, ValueError, ...
+        return False
+
+
+CPU_TAKES_TARGETS = _cpu_takes_targets()
+
+
+def make_target(mode, rng, rows, n, kind="random", shared=False, dtype=np.float64):
+    """A target for the project modes, each row sorted decreasingly: ``random`` (spread like
+    rho), ``ties`` (small integers, many equal), ``topk`` ((1, ..., 1, 0, ..., 0), l2 only; kl
+    gets (2, ..., 2, 1, ..., 1)); positive for project/kl.  ``shared``: shape (1, n)."""
+    r = 1 if shared else rows
+    if kind == "random":
+        t = rng.uniform(0.5, n + 0.5, size=(r, n)) if is_kl(mode) else rng.normal(size=(r, n)) * n
+    elif kind == "ties":
+        t = rng.integers(1, 4, size=(r, n)).astype(float)
+    elif kind == "topk":
+        k = rng.integers(0, n + 1, size=(r, 1))
+        t = (np.arange(n)[None, :] < k).astype(float) + (1.0 if is_kl(mode) else 0.0)
+    else:
+        raise ValueError(kind)
+    return np.ascontiguousarray(-np.sort(-t, axis=1)).astype(dtype)
+
+
+def reference_project(mode, x, eps, sign, target):
+    """tests/_reference.py's projection, row by row: project/l2 = P(z, t) and project/kl =
+    exp(P_E(z, log t)) with z = sign * x / eps (its docstring's convention for soft_rank)."""
+    x = np.asarray(x, dtype=np.float64)
+    eps = np.broadcast_to(np.asarray(eps, dtype=np.float64), (x.shape[0],))
+    out = np.empty_like(x)
+    for r in range(x.shape[0]):
+        z = sign * x[r] / eps[r]
+        t = np.asarray(target[0 if target.shape[0] == 1 else r], dtype=np.float64)
+        if is_kl(mode):
+            out[r] = np.exp(ref.project(z, np.log(t), "kl"))
+        else:
+            out[r] = ref.project(z, t, "l2")
+    return out
+
+
+def reference_forward(mode, x, eps, sign, target=None):
+    """tests/_reference.py for any mode, with a strength per row or one for all."""
+    if has_target(mode):
+        return reference_project(mode, x, eps, sign, target)
+    op, reg = MODE_NAMES[mode]
+    descending = sign == (1 if op == "sort" else -1)
+    eps = np.broadcast_to(np.asarray(eps, dtype=np.float64), (x.shape[0],))
+    return np.concatenate([ref.soft_op(op, x[r:r + 1].astype(np.float64), reg, float(eps[r]),
+                                       descending=descending) for r in range(x.shape[0])])
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +144,18 @@ def rows_of(kind, rng, rows, n):
 
 
 def aux_for(mode, x, out):
-    """The backward's aux (docs/CONTRACT.md): out for rank/kl, x for sort/kl, None for l2."""
-    return out if mode == RANK_KL else (x if is_kl(mode) else None)
+    """The backward's aux (docs/CONTRACT.md): out for rank/kl and project/kl, x for sort/kl,
+    None for l2."""
+    return aux_of(mode, x, out)
 
 
 def is_rank(mode):
-    return MODE_NAMES[mode][0] == "rank"
+    """Outputs in the input's positions, gradients ~ 1/eps: rank and project."""
+    return MODE_NAMES[mode][0] != "sort"
+
+
+def cpu_forward(mode, x, eps, sign, target=None):
+    return cpu.forward(mode, x, eps, sign, **({} if target is None else {"target": target}))
 
 
 def assert_close(actual, expected, dtype, scale=1.0):
@@ -96,12 +167,22 @@ def assert_close(actual, expected, dtype, scale=1.0):
     np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, equal_nan=True)
 
 
-def check(emu, family, mode, x, eps, sign, partitions=True):
+def check(emu, family, mode, x, eps, sign, partitions=True, target=None):
+    """The emulated kernels == the CPU back end: values, perm, blocks and the backward on the
+    CPU's partition.  Project modes get a random target unless one is given; they (and
+    per-row strengths) need a CPU back end that takes them, else the test is skipped (the
+    reference tests below cover them on their own)."""
     cfg, fwd_kind, bwd_kind = FAMILIES[family]
     dtype = x.dtype.type
-    out, perm, blocks, plan = emu.forward(mode, x, eps, sign, cfg)
+    if has_target(mode) and target is None:
+        seed = int(abs(x[np.isfinite(x)]).sum() * 1000) % 2**32
+        target = make_target(mode, np.random.default_rng(seed), x.shape[0], x.shape[1],
+                             shared=seed % 2 == 0, dtype=dtype)
+    if not CPU_TAKES_TARGETS and (has_target(mode) or not isinstance(eps, float)):
+        pytest.skip("the CPU back end does not take targets or per-row strengths yet")
+    out, perm, blocks, plan = emu.forward(mode, x, eps, sign, cfg, target=target)
     assert plan.kind == fwd_kind
-    r_out, r_perm, r_blocks = cpu.forward(mode, x, eps, sign)
+    r_out, r_perm, r_blocks = cpu_forward(mode, x, eps, sign, target)
     assert_close(out, r_out, dtype)
     np.testing.assert_array_equal(perm, r_perm)
     if partitions:
@@ -119,7 +200,7 @@ def check(emu, family, mode, x, eps, sign, partitions=True):
     scale = 1.0
     if is_rank(mode):
         r_mag = float(np.abs(r_out[np.isfinite(r_out)]).max(initial=1.0)) if is_kl(mode) else 1.0
-        scale = float(np.abs(g).max()) * r_mag / eps
+        scale = float(np.abs(g).max()) * r_mag / float(np.min(eps))
     assert_close(grad, r_grad, dtype, scale)
 
 
@@ -162,11 +243,14 @@ def test_nan_rows_are_contained(emu, family, mode, rng):
     x[6, :] = np.nan
     for dtype in (np.float64, np.float32):
         xd = x.astype(dtype)
-        out, perm, blocks, _ = emu.forward(mode, xd, 1.0, 1, FAMILIES[family][0])
+        target = make_target(mode, rng, 7, 20, dtype=dtype) if has_target(mode) else None
+        out, perm, blocks, _ = emu.forward(mode, xd, 1.0, 1, FAMILIES[family][0], target=target)
         bad = ~np.isfinite(xd).all(axis=1)
         assert np.isnan(out[bad]).all() and np.isfinite(out[~bad]).all()
         assert (blocks[bad, 0] == -1).all() and (blocks[~bad, 0] == 0).all()
-        check(emu, family, mode, xd, 1.0, 1)
+        np.testing.assert_array_equal(perm[bad], np.tile(np.arange(20), (int(bad.sum()), 1)))
+        if CPU_TAKES_TARGETS or not has_target(mode):
+            check(emu, family, mode, xd, 1.0, 1, target=target)
         g = np.ones_like(xd)
         grad, _ = emu.backward(mode, g, perm, blocks, aux_for(mode, xd, out), 1.0, 1,
                                FAMILIES[family][0])
@@ -345,14 +429,15 @@ def test_matches_the_shared_reference(emu, family, mode, rng):
     for n in (1, 2, 7, 33):
         for eps in (0.3, 1.0):
             for descending in (False, True):
-                sign = sign_for(op, descending)
+                sign = sign_for("rank" if op == "project" else op, descending)
                 x = rng.normal(size=(2, n))
+                target = make_target(mode, rng, 2, n) if has_target(mode) else None
 
                 def reference(values):
-                    return ref.soft_op(op, values, reg, eps, descending=descending)
+                    return reference_forward(mode, values, eps, sign, target)
 
                 expected = reference(x)
-                out, perm, blocks, _ = emu.forward(mode, x, eps, sign, cfg)
+                out, perm, blocks, _ = emu.forward(mode, x, eps, sign, cfg, target=target)
                 scale = max(1.0, float(np.abs(expected).max()))
                 np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-9 * scale)
                 v = rng.normal(size=x.shape)
@@ -401,33 +486,53 @@ def test_gpu_entry_points_with_a_fake_cupy(emu, fake_cupy, monkeypatch, rng):
         for dtype in (np.float64, np.float32):
             for mode in sorted(MODE_NAMES):
                 x = rng.normal(size=(3, n)).astype(dtype)
-                out, perm, blocks = _backend.forward(mode, x, 0.5, -1)
-                r_out, r_perm, r_blocks = cpu.forward(mode, x, 0.5, -1)
+                target = (make_target(mode, rng, 3, n, shared=mode == PROJECT_KL, dtype=dtype)
+                          if has_target(mode) else None)
+                # per-row strengths on the tiled tables, one for all rows on the others
+                eps = np.array([0.5, 0.25, 2.0]) if "tile" in cfg else 0.5
+                out, perm, blocks = _backend.forward(mode, x, eps, -1, target)
+                expected = reference_forward(mode, x, eps, -1, target)
                 assert out.dtype == x.dtype and perm.dtype == blocks.dtype == np.int32
-                assert_close(out, r_out, x.dtype.type)
-                np.testing.assert_array_equal(perm, r_perm)
-                np.testing.assert_array_equal(blocks, r_blocks)
-                np.testing.assert_array_equal(_backend.forward_values(mode, x, 0.5, -1), out)
-                if _backend.needs_presort(x.shape, x.itemsize):
+                assert_close(out, expected, x.dtype.type)
+                # sign -1: z = -x decreasing is x ascending
+                np.testing.assert_array_equal(perm, np.argsort(x, axis=1, kind="stable"))
+                np.testing.assert_array_equal(_backend.forward_values(mode, x, eps, -1, target),
+                                              out)
+                if CPU_TAKES_TARGETS or (not has_target(mode) and isinstance(eps, float)):
+                    r_out, r_perm, r_blocks = cpu_forward(mode, x, eps, -1, target)
+                    assert_close(out, r_out, x.dtype.type)
+                    np.testing.assert_array_equal(perm, r_perm)
+                    np.testing.assert_array_equal(blocks, r_blocks)
+                if _backend.needs_presort(x.shape, x.itemsize, mode):
                     # a caller-made perm (torch.sort in _torch_bridge.py) is used as is
                     presorted_calls += 1
                     out2, blocks2 = np.empty_like(x), np.empty(x.shape, np.int32)
                     perm2 = presort(np, x, -1)
                     monkeypatch.setattr(_backend, "presort", _must_not_run)
-                    _backend.forward_into(mode, x, 0.5, -1, out2, perm2, blocks2,
-                                          presorted=True)
+                    _backend.forward_into(mode, x, eps, -1, out2, perm2, blocks2,
+                                          presorted=True, target=target)
                     monkeypatch.setattr(_backend, "presort", presort)
                     np.testing.assert_array_equal(out2, out)
                     np.testing.assert_array_equal(perm2, perm)
                     np.testing.assert_array_equal(blocks2, blocks)
                 g = rng.normal(size=x.shape).astype(dtype)
                 aux = aux_for(mode, x, out)
-                grad = _backend.backward(mode, g, perm, blocks, aux, 0.5, -1)
-                r_grad = cpu.backward(mode, g, r_perm, r_blocks, aux, 0.5, -1)
-                scale = float(np.abs(g).max() * np.abs(r_out).max() / 0.5)
+                grad = _backend.backward(mode, g, perm, blocks, aux, eps, -1)
                 assert grad.dtype == x.dtype
-                assert_close(grad, r_grad, x.dtype.type, scale if is_rank(mode) else 1.0)
-    assert presorted_calls == 2 * 2 * 4  # the two tiled tables, both dtypes, every mode
+                # the same backward one row at a time with that row's scalar strength
+                eps_rows = np.broadcast_to(eps, (3,))
+                for r in range(3):
+                    row = slice(r, r + 1)
+                    grad_r = _backend.backward(mode, g[row], perm[row], blocks[row],
+                                               None if aux is None else aux[row],
+                                               float(eps_rows[r]), -1)
+                    np.testing.assert_array_equal(grad[row], grad_r)
+                if CPU_TAKES_TARGETS or (not has_target(mode) and isinstance(eps, float)):
+                    r_grad = cpu.backward(mode, g, r_perm, r_blocks, aux_for(mode, x, r_out),
+                                          eps, -1)
+                    scale = float(np.abs(g).max() * np.abs(r_out).max() / np.min(eps))
+                    assert_close(grad, r_grad, x.dtype.type, scale if is_rank(mode) else 1.0)
+    assert presorted_calls == 2 * 2 * 6  # the two tiled tables, both dtypes, every mode
     big = [k for k in emu.launched if "softrank_forward<" in k]
     assert big, "the smem family did not run"
     modes_of = {args: mode for mode, args in _backend.TEMPLATE_ARGS.items()}
@@ -437,7 +542,7 @@ def test_gpu_entry_points_with_a_fake_cupy(emu, fake_cupy, monkeypatch, rng):
         dtype = np.float64 if "<double, double" in module.names[1] else np.float32
         op, reg = (int(v) for v in module.names[1].rstrip(">").split(", ")[2:])
         assert module.names == _backend.kernel_names(dtype, modes_of[op, reg])
-    assert len(emu_fakecupy.RawModule.modules) == 2 * 4  # per dtype and mode
+    assert len(emu_fakecupy.RawModule.modules) == 2 * 6  # per dtype and mode
     assert emu_fakecupy.RawKernel.max_smem > emu_fakecupy.DEFAULT_SMEM  # opt-in exercised
     # empty input: outputs of the right shape and dtype, and nothing launched
     before = len(emu.launched)
@@ -455,8 +560,47 @@ def _bad_backend_calls():
     """(call, message) pairs: each must raise ValueError before anything is launched."""
     x = np.zeros((2, 5))
     i32 = np.zeros((2, 5), np.int32)
+    t = np.arange(5.0, 0.0, -1.0)[None, :]
     return [
-        (lambda: _backend.forward(4, x, 1.0, 1), "mode must be one of"),
+        (lambda: _backend.forward(6, x, 1.0, 1), "mode must be one of"),
+        (lambda: _backend.forward(PROJECT_L2, x, 1.0, 1), "target is required for project/l2"),
+        (lambda: _backend.forward_values(PROJECT_KL, x, 1.0, 1),
+         "target is required for project/kl"),
+        (lambda: _backend.forward(RANK_L2, x, 1.0, 1, t), "target must be None for rank/l2"),
+        (lambda: _backend.forward(PROJECT_L2, x, 1.0, 1, t.astype(np.float32)),
+         r"target must be a C-contiguous \(1, 5\) or \(2, 5\) array of float64, got float32"),
+        (lambda: _backend.forward(PROJECT_L2, x, 1.0, 1, np.ones((3, 5))),
+         r"target must be .* got float64 \(3, 5\)"),
+        (lambda: _backend.forward(PROJECT_L2, x, 1.0, 1, np.ones((1, 4))),
+         r"target must be .* got float64 \(1, 4\)"),
+        (lambda: _backend.forward(PROJECT_KL, x, 1.0, 1, np.ones((2, 10))[:, ::2]),
+         r"target must be .* \(C-contiguous: False\)"),
+        (lambda: _backend.forward(RANK_L2, x, np.ones(3), 1),
+         r"eps must be a float or a C-contiguous \(2,\) array of float64, got float64 \(3,\)"),
+        (lambda: _backend.forward(RANK_L2, x, np.ones(2, np.float32), 1),
+         r"eps must be a float or .* got float32 \(2,\)"),
+        (lambda: _backend.forward(SORT_L2, x, np.ones((2, 1)), 1), r"eps must be .* \(2, 1\)"),
+        (lambda: _backend.forward(SORT_L2, x, np.ones(4)[::2], 1),
+         r"eps must be .* \(C-contiguous: False\)"),
+        (lambda: _backend.forward(RANK_KL, x, np.array([1.0, 0.0]), 1),
+         "eps must be finite and > 0 in every row"),
+        (lambda: _backend.forward_values(RANK_KL, x, np.array([-1.0, 1.0]), 1),
+         "eps must be finite and > 0 in every row"),
+        (lambda: _backend.forward(PROJECT_L2, x, np.array([np.nan, 1.0]), 1, t),
+         "eps must be finite and > 0 in every row"),
+        (lambda: _backend.forward(RANK_L2, x, np.array([1.0, np.inf]), 1),
+         "eps must be finite and > 0 in every row"),
+        (lambda: _backend.forward(RANK_L2, x, 0.0, 1), "eps must be finite and > 0, got 0.0"),
+        (lambda: _backend.forward(RANK_L2, x, float("nan"), 1), "eps must be finite and > 0"),
+        (lambda: _backend.backward(RANK_L2, x, i32, i32, None, -2.0, 1), "eps must be finite"),
+        (lambda: _backend.backward(RANK_L2, x, i32, i32, None, np.array([1.0, 0.0]), 1),
+         "eps must be finite and > 0 in every row"),
+        (lambda: _backend.backward(PROJECT_KL, x, i32, i32, x, np.ones(5), 1),
+         r"eps must be a float or a C-contiguous \(2,\) array"),
+        (lambda: _backend.backward(PROJECT_KL, x, i32, i32, None, 1.0, 1),
+         "aux must be the forward's out for project/kl"),
+        (lambda: _backend.backward(PROJECT_L2, x, i32, i32, x, 1.0, 1),
+         "aux must be None for project/l2"),
         (lambda: _backend.forward(RANK_L2, x.astype(np.float16), 1.0, 1),
          "x must be float32 or float64, got float16"),
         (lambda: _backend.forward(RANK_L2, x[0], 1.0, 1), r"x must be 2-D \(rows, n\)"),
@@ -483,6 +627,18 @@ def test_backend_checks_its_arrays_before_launching(emu, fake_cupy):
     before = len(emu.launched)
     for call, message in _bad_backend_calls():
         with pytest.raises(ValueError, match=message):
+            call()
+    x = np.zeros((2, 5))
+    for call, message in [
+            (lambda: _backend.forward(PROJECT_L2, x, 1.0, 1, [[3.0, 2.0, 1.0, 0.0, -1.0]]),
+             "target must be a CuPy array, got list"),
+            (lambda: _backend.forward(RANK_L2, x, "1.0", 1), "eps must be a float or a float64 "
+                                                            "array of shape .rows,., got str"),
+            (lambda: _backend.forward(RANK_L2, x, True, 1), "eps must be .* got bool"),
+            (lambda: _backend.backward(RANK_L2, x, np.zeros((2, 5), np.int32),
+                                       np.zeros((2, 5), np.int32), None, [1.0, 1.0], 1),
+             "eps must be .* got list")]:
+        with pytest.raises(TypeError, match=message):
             call()
     assert len(emu.launched) == before
 
@@ -530,25 +686,34 @@ def test_torch_bridge_with_a_fake_cupy(emu, fake_cupy, monkeypatch, rng):
                 x_np = rng.integers(-5, 6, size=(3, 40)).astype(dtype) * dtype(0.25)  # ties
                 x_np[0, ::7] = -0.0
                 x = torch.from_numpy(x_np)
-                out, perm, blocks = bridge.forward(mode, x, 0.5, 1)
+                t_np = (make_target(mode, rng, 3, 40, shared=tiled, dtype=dtype)
+                        if has_target(mode) else None)
+                target = None if t_np is None else torch.from_numpy(t_np)
+                # a per-row strength tensor on the tiled table, a float on the other
+                eps_np = np.array([0.5, 2.0, 0.125]) if tiled else 0.5
+                eps = torch.from_numpy(eps_np) if tiled else eps_np
+                out, perm, blocks = bridge.forward(mode, x, eps, 1, target)
                 assert all(isinstance(t, torch.Tensor) for t in (out, perm, blocks))
                 assert out.dtype == x.dtype and perm.dtype == blocks.dtype == torch.int32
-                r_out, r_perm, r_blocks = cpu.forward(mode, x_np, 0.5, 1)
-                assert_close(out.numpy(), r_out, dtype)
-                np.testing.assert_array_equal(perm.numpy(), r_perm)
-                np.testing.assert_array_equal(blocks.numpy(), r_blocks)
-                values = bridge.forward_values(mode, x, 0.5, 1)
+                assert_close(out.numpy(), reference_forward(mode, x_np, eps_np, 1, t_np), dtype)
+                values = bridge.forward_values(mode, x, eps, 1, target)
                 np.testing.assert_array_equal(values.numpy(), out.numpy())
                 tiled_forwards += 2 if tiled else 0
                 g = torch.from_numpy(rng.normal(size=x.shape).astype(dtype))
                 aux = aux_for(mode, x, out)
-                grad = bridge.backward(mode, g, perm, blocks, aux, 0.5, 1)
+                grad = bridge.backward(mode, g, perm, blocks, aux, eps, 1)
                 assert isinstance(grad, torch.Tensor) and grad.dtype == x.dtype
-                r_grad = cpu.backward(mode, g.numpy(), r_perm, r_blocks,
-                                      None if aux is None else aux.numpy(), 0.5, 1)
-                scale = float(g.abs().max() * out.abs().max() / 0.5) if is_rank(mode) else 1.0
-                assert_close(grad.numpy(), r_grad, dtype, scale)
-    assert len(presorts) == tiled_forwards == 2 * 2 * 4
+                if CPU_TAKES_TARGETS or (not has_target(mode) and not tiled):
+                    r_out, r_perm, r_blocks = cpu_forward(mode, x_np, eps_np, 1, t_np)
+                    assert_close(out.numpy(), r_out, dtype)
+                    np.testing.assert_array_equal(perm.numpy(), r_perm)
+                    np.testing.assert_array_equal(blocks.numpy(), r_blocks)
+                    r_grad = cpu.backward(mode, g.numpy(), r_perm, r_blocks,
+                                          None if aux is None else aux.numpy(), eps_np, 1)
+                    scale = (float(g.abs().max() * out.abs().max() / np.min(eps_np))
+                             if is_rank(mode) else 1.0)
+                    assert_close(grad.numpy(), r_grad, dtype, scale)
+    assert len(presorts) == tiled_forwards == 2 * 2 * 6
     before = len(emu.launched)
     out, perm, blocks = bridge.forward(RANK_KL, torch.empty(0, 5), 1.0, 1)
     assert out.shape == perm.shape == blocks.shape == (0, 5) and perm.dtype == torch.int32

@@ -3,14 +3,23 @@
 The back-end functions of docs/CONTRACT.md, on C-contiguous ``(rows, n)`` CuPy arrays, launched on
 CuPy's current device and stream (the caller sets both)::
 
-    forward(mode, x, eps, sign) -> (out, perm, blocks)
-    forward_values(mode, x, eps, sign) -> out
+    forward(mode, x, eps, sign, target=None) -> (out, perm, blocks)
+    forward_values(mode, x, eps, sign, target=None) -> out
     backward(mode, g, perm, blocks, aux, eps, sign) -> grad
 
-Each checks its arrays (dtype, 2-D, C-contiguous, equal shapes, ``aux`` given iff kl) before a
-launch and allocates its outputs with CuPy.  ``forward_into``/``backward_into`` are the same
-launches into outputs the caller allocated: the torch bridge (``_torch_bridge.py``) uses them
-with memory from torch's allocator.  No ``synchronize()``.
+``eps`` is a Python float (every row) or a float64 array of shape ``(rows,)``, one strength per
+row: a CuPy array on x's device, or a NumPy array (copied to the device).  ``target`` (the
+project modes only, None otherwise) is a CuPy array of x's dtype and shape ``(1, n)`` (one target
+for every row) or ``(rows, n)``, on x's device, each row sorted decreasingly (the front end checks
+the order and, for project/kl, the sign).
+
+Each checks its arrays (dtype, 2-D, C-contiguous, equal shapes, ``aux`` given iff kl, the
+target's layout and device, the strengths' layout, device and values) before a launch and
+allocates its outputs with CuPy.  Checking the values of a per-row strength array on the device
+reads one flag back to the host; a scalar strength costs no device work.
+``forward_into``/``backward_into`` are the same launches into outputs the caller allocated and
+arguments it checked: the torch bridge (``_torch_bridge.py``) uses them with memory from torch's
+allocator.  No ``synchronize()``.
 
 The kernels are compiled lazily by NVRTC through ``cupy.RawModule``, one module per device, dtype
 and mode (its 9 kernels as name expressions), and cached in memory here and on disk by CuPy.
@@ -27,11 +36,14 @@ import os
 
 import numpy as np
 
-from .._contract import MAX_ROW_LENGTH, MODE_NAMES, is_kl
+import math
+import numbers
+
+from .._contract import MAX_ROW_LENGTH, MODE_NAMES, has_target, is_kl
 from . import tuning
 
 # Template arguments <OP, REG> of the kernels (the enums of pav.cuh), per mode of _contract.py.
-_OP_ARG = {"rank": 0, "sort": 1}
+_OP_ARG = {"rank": 0, "sort": 1, "project": 2}
 _REG_ARG = {"l2": 0, "kl": 1}
 TEMPLATE_ARGS = {mode: (_OP_ARG[op], _REG_ARG[reg]) for mode, (op, reg) in MODE_NAMES.items()}
 
@@ -95,7 +107,7 @@ def kernel_name(kind: str, ctype: str, mode: int) -> str:
 
 
 def kernel_names(dtype, mode=None) -> list[str]:
-    """Name expressions of one dtype: softrank_tile_max + 8 kernels per mode.
+    """Name expressions of one dtype: softrank_tile_max + 8 kernels per mode (49 in all).
 
     With ``mode``: only that mode's, i.e. what one RawModule compiles.
     """
@@ -144,8 +156,96 @@ def check_aux(mode, aux):
     _check_mode(mode)
     if (aux is None) == is_kl(mode):
         op, reg = MODE_NAMES[mode]
-        want = "None" if aux is not None else ("the forward's out" if op == "rank" else "x")
+        want = "None" if aux is not None else ("x" if op == "sort" else "the forward's out")
         raise ValueError(f"aux must be {want} for {op}/{reg}")
+
+
+def check_target(mode, target, x_layout):
+    """``target`` (a :func:`layout` triple, or None) fits x's layout: required by the project
+    modes, of x's dtype and shape (1, n) or (rows, n), C-contiguous; None for the other modes."""
+    _check_mode(mode)
+    op, reg = MODE_NAMES[mode]
+    if not has_target(mode):
+        if target is not None:
+            raise ValueError(f"target must be None for {op}/{reg}, got an array")
+        return
+    if target is None:
+        raise ValueError(f"target is required for {op}/{reg}: the sorted target row(s), "
+                         "shape (1, n) or (rows, n)")
+    dtype, (rows, n), _ = x_layout
+    got, got_shape, contiguous = target
+    if got != dtype or got_shape not in ((1, n), (rows, n)) or not contiguous:
+        raise ValueError(
+            f"target must be a C-contiguous (1, {n}) or ({rows}, {n}) array of {dtype}, got "
+            f"{got} {got_shape} (C-contiguous: {contiguous})")
+
+
+def check_eps_scalar(eps):
+    """A scalar strength as a Python float; ValueError unless finite and > 0, TypeError unless a
+    real number."""
+    if type(eps) is float and 0.0 < eps < math.inf:  # the common case, checked first
+        return eps
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a float or a float64 array of shape (rows,), got "
+                        f"{type(eps).__name__}")
+    value = float(eps)
+    if not 0.0 < value < math.inf:
+        raise ValueError(f"eps must be finite and > 0, got {eps!r}")
+    return value
+
+
+def check_eps_layout(layout_, rows):
+    """A per-row strength array (a :func:`layout` triple) is float64, (rows,), C-contiguous."""
+    dtype, shape, contiguous = layout_
+    if dtype != "float64" or shape != (rows,) or not contiguous:
+        raise ValueError(f"eps must be a float or a C-contiguous ({rows},) array of float64, got "
+                         f"{dtype} {shape} (C-contiguous: {contiguous})")
+
+
+def check_eps_values(all_valid: bool):
+    """``all_valid``: every per-row strength is finite and > 0 (computed by the caller where the
+    array lives)."""
+    if not all_valid:
+        raise ValueError("eps must be finite and > 0 in every row")
+
+
+def state_size(mode) -> int:
+    """Bytes of the kernels' PAV state per position (pav.cuh): the project modes also keep a
+    block's target sum."""
+    return tuning.PROJECT_STATE_SIZE if has_target(mode) else tuning.ACC_SIZE
+
+
+def _device_id(a):
+    """The CUDA device of a CuPy array (None for arrays without one, e.g. NumPy's)."""
+    return getattr(getattr(a, "device", None), "id", None)
+
+
+def _check_same_device(name, a, x):
+    got, want = _device_id(a), _device_id(x)
+    if got is not None and want is not None and got != want:
+        raise ValueError(f"{name} must be on x's device ({want}), got device {got}")
+
+
+def device_eps(cupy, eps, x):
+    """Check ``eps`` (docs/CONTRACT.md) for the rows of the CuPy array ``x``: a Python float is
+    returned as a float, a per-row array as a checked float64 CuPy array on x's device."""
+    if not isinstance(eps, (np.ndarray, cupy.ndarray)):
+        return check_eps_scalar(eps)
+    check_eps_layout(layout(eps), x.shape[0])
+    if isinstance(eps, np.ndarray):  # host strengths: checked here, then copied
+        check_eps_values(bool(np.all((eps > 0) & (eps < np.inf))))
+        return cupy.asarray(eps)
+    _check_same_device("eps", eps, x)
+    check_eps_values(bool(cupy.all((eps > 0) & (eps < np.inf))))
+    return eps
+
+
+def _check_target_array(cupy, mode, target, x):
+    if target is not None and not isinstance(target, cupy.ndarray):
+        raise TypeError(f"target must be a CuPy array, got {type(target).__name__}")
+    check_target(mode, None if target is None else layout(target), layout(x))
+    if target is not None:
+        _check_same_device("target", target, x)
 
 
 def _check_mode(mode):
@@ -248,35 +348,50 @@ def _i32(v):
     return np.int32(v)
 
 
-def forward_launches(xp, launch, plan, mode, x, eps, sign, out, perm, blocks, presorted=False):
-    """Run the forward of ``plan`` (tuning.plan_forward) with ``launch``.  With ``presorted``, the
-    caller has already written :func:`presort`'s result into ``perm`` (read by the tiled family
-    only; the smem family sorts in the kernel and overwrites ``perm``)."""
+def _strengths(eps):
+    """The kernels' (eps, eps_rows) arguments: a scalar and a null pointer, or the per-row array
+    and a NaN scalar (never read then; NaN makes a kernel that read it anyway show)."""
+    if isinstance(eps, float):
+        return np.float64(eps), None
+    return np.float64(np.nan), eps
+
+
+def forward_launches(xp, launch, plan, mode, x, eps, sign, out, perm, blocks, presorted=False,
+                     target=None):
+    """Run the forward of ``plan`` (tuning.plan_forward with ``state_size(mode)``) with
+    ``launch``.  ``eps``: a float or a checked per-row float64 array on the device; ``target``:
+    the project modes' checked target, None otherwise.  With ``presorted``, the caller has
+    already written :func:`presort`'s result into ``perm`` (read by the tiled family only; the
+    smem family sorts in the kernel and overwrites ``perm``)."""
     rows, n = x.shape
     ctype = _CTYPES[np.dtype(x.dtype)]
-    eps, sign = np.float64(eps), _i32(sign)
+    (eps, eps_rows), sign = _strengths(eps), _i32(sign)
+    # a (1, n) target is shared by every row
+    t_stride = _i32(0 if target is None or target.shape[0] == 1 else n)
     if plan.kind == "smem":
         launch(kernel_name("forward", ctype, mode), plan.grid, plan.block_threads,
                plan.smem_bytes,
-               (x, out, perm, blocks, _i32(rows), _i32(n), _i32(plan.padded_n),
-                _i32(plan.log2_group), eps, sign))
+               (x, target, out, perm, blocks, _i32(rows), _i32(n), _i32(plan.padded_n),
+                _i32(plan.log2_group), eps, eps_rows, t_stride, sign))
         return
     if not presorted:
         perm[...] = presort(xp, x, sign)
-    ws_acc = xp.empty((rows, n), dtype=np.float64)
+    # one PAV state per position, in float64 words (pav.cuh: 1, or 2 for the project modes)
+    ws_acc = xp.empty((rows, n * (state_size(mode) // 8)), dtype=np.float64)
     ws_link = xp.empty((rows, n), dtype=np.int32)
     ws_flags = xp.zeros(rows, dtype=np.int32)
     tile, tiles = _i32(plan.tile), _i32(plan.tiles)
     common = (_i32(rows), _i32(n), tile, tiles, _i32(plan.log2_group))
     launch(kernel_name("tile_pav", ctype, mode), plan.grid, plan.block_threads, plan.tile_smem,
-           (x, perm, blocks, ws_acc, ws_link, ws_flags) + common + (eps, sign))
+           (x, target, perm, blocks, ws_acc, ws_link, ws_flags) + common
+           + (eps, eps_rows, t_stride, sign))
     span = plan.tile
     while span < n:
         per_row = -(-n // (2 * span))
         launch(kernel_name("merge_level", ctype, mode), -(-(rows * per_row) // _MERGE_THREADS),
                _MERGE_THREADS, 0,
                (ws_acc, ws_link, blocks, ws_flags, _i32(rows), _i32(n), _i32(span),
-                _i32(per_row), eps))
+                _i32(per_row), eps, eps_rows))
         span *= 2
     ws_tmax = xp.empty(rows * plan.tiles, dtype=np.int32)
     if plan.tiles > 1:
@@ -284,21 +399,23 @@ def forward_launches(xp, launch, plan, mode, x, eps, sign, out, perm, blocks, pr
                4 * plan.block_threads, (blocks, ws_tmax) + common)
     launch(kernel_name("tile_expand", ctype, mode), plan.grid, plan.block_threads,
            plan.smem_bytes,
-           (x, out, perm, blocks, ws_acc, ws_link, ws_flags, ws_tmax) + common + (eps, sign))
+           (x, out, perm, blocks, ws_acc, ws_link, ws_flags, ws_tmax) + common
+           + (eps, eps_rows, sign))
 
 
 def backward_launches(xp, launch, plan, mode, g, perm, blocks, aux, eps, sign, grad):
-    """Run the backward of ``plan`` (tuning.plan_backward) with ``launch``."""
+    """Run the backward of ``plan`` (tuning.plan_backward) with ``launch``; ``eps`` as in
+    :func:`forward_launches`."""
     rows, n = g.shape
     ctype = _CTYPES[np.dtype(g.dtype)]
-    eps, sign = np.float64(eps), _i32(sign)
+    (eps, eps_rows), sign = _strengths(eps), _i32(sign)
     if aux is None:
         aux = g  # not read by the l2 kernels, but a valid pointer
     if plan.kind == "smem":
         launch(kernel_name("backward", ctype, mode), plan.grid, plan.block_threads,
                plan.smem_bytes,
                (g, perm, blocks, aux, grad, _i32(rows), _i32(n), _i32(plan.log2_group), eps,
-                sign))
+                eps_rows, sign))
         return
     common = (_i32(rows), _i32(n), _i32(plan.tile), _i32(plan.tiles), _i32(plan.log2_group))
     ws_agg = xp.empty(2 * rows * plan.tiles, dtype=np.float64)
@@ -309,38 +426,44 @@ def backward_launches(xp, launch, plan, mode, g, perm, blocks, aux, eps, sign, g
     launch(kernel_name("bwd_tile_tot", ctype, mode), plan.grid, plan.block_threads,
            plan.smem_bytes, (g, perm, blocks, aux, ws_agg, ws_aggf, ws_tot) + common + (sign,))
     launch(kernel_name("bwd_tile_out", ctype, mode), plan.grid, plan.block_threads,
-           plan.smem_bytes, (g, perm, blocks, aux, ws_tot, grad) + common + (eps, sign))
+           plan.smem_bytes, (g, perm, blocks, aux, ws_tot, grad) + common + (eps, eps_rows, sign))
 
 
 # --------------------------------------------------------------------------- entry points
 
 
-def needs_presort(shape, itemsize: int) -> bool:
-    """Whether the forward of (rows, n) rows on CuPy's current device reads a presorted ``perm``
-    (the tiled family): a caller may compute it itself and pass ``presorted=True``."""
+def needs_presort(shape, itemsize: int, mode: int = 0) -> bool:
+    """Whether the forward of (rows, n) rows of ``mode`` on CuPy's current device reads a
+    presorted ``perm`` (the tiled family): a caller may compute it itself and pass
+    ``presorted=True``."""
     cupy = require_cupy()
     rows, n = shape
     if rows == 0 or n == 0:
         return False
-    plan = tuning.plan_forward(rows, n, itemsize, _smem_limit(cupy.cuda.Device().id))
+    plan = tuning.plan_forward(rows, n, itemsize, _smem_limit(cupy.cuda.Device().id),
+                               state_size=state_size(mode))
     return plan.kind == "tiled"
 
 
-def forward_into(mode, x, eps, sign, out, perm, blocks, presorted=False):
-    """:func:`forward` into arrays the caller allocated and checked (CuPy arrays or views).
-    ``presorted``: ``perm`` already holds :func:`presort`'s result (see :func:`needs_presort`)."""
+def forward_into(mode, x, eps, sign, out, perm, blocks, presorted=False, target=None):
+    """:func:`forward` into arrays the caller allocated and checked (CuPy arrays or views);
+    ``eps`` a float or a checked per-row array on the device (:func:`device_eps`), ``target``
+    checked.  ``presorted``: ``perm`` already holds :func:`presort`'s result (see
+    :func:`needs_presort`)."""
     rows, n = x.shape
     if rows == 0 or n == 0:
         return
     cupy = require_cupy()
     device_id = cupy.cuda.Device().id
-    plan = tuning.plan_forward(rows, n, x.itemsize, _smem_limit(device_id))
+    plan = tuning.plan_forward(rows, n, x.itemsize, _smem_limit(device_id),
+                               state_size=state_size(mode))
     forward_launches(cupy, _launcher(device_id, x.dtype, mode), plan, mode, x, eps, sign, out,
-                     perm, blocks, presorted)
+                     perm, blocks, presorted, target)
 
 
 def backward_into(mode, g, perm, blocks, aux, eps, sign, grad):
-    """:func:`backward` into ``grad``, arrays the caller allocated and checked."""
+    """:func:`backward` into ``grad``, arrays the caller allocated and checked; ``eps`` as in
+    :func:`forward_into`."""
     rows, n = g.shape
     if rows == 0 or n == 0:
         return
@@ -351,33 +474,39 @@ def backward_into(mode, g, perm, blocks, aux, eps, sign, grad):
                       aux, eps, sign, grad)
 
 
-def _forward_outputs(mode, x):
+def _checked_forward(mode, x, eps, target):
+    """Every argument of a forward checked; returns (eps, out, perm, blocks)."""
     check(mode, [("x", layout(x))])
     cupy = require_cupy()
-    return (cupy.empty(x.shape, x.dtype), cupy.empty(x.shape, np.int32),
+    _check_target_array(cupy, mode, target, x)
+    eps = device_eps(cupy, eps, x)
+    return (eps, cupy.empty(x.shape, x.dtype), cupy.empty(x.shape, np.int32),
             cupy.empty(x.shape, np.int32))
 
 
-def forward(mode, x, eps, sign):
+def forward(mode, x, eps, sign, target=None):
     """Solve every row of ``x`` (rows, n); returns new ``(out, perm, blocks)`` (CONTRACT.md)."""
-    out, perm, blocks = _forward_outputs(mode, x)
-    forward_into(mode, x, eps, sign, out, perm, blocks)
+    eps, out, perm, blocks = _checked_forward(mode, x, eps, target)
+    forward_into(mode, x, eps, sign, out, perm, blocks, target=target)
     return out, perm, blocks
 
 
-def forward_values(mode, x, eps, sign):
+def forward_values(mode, x, eps, sign, target=None):
     """:func:`forward` when nothing will differentiate the call: returns ``out`` only."""
-    out, perm, blocks = _forward_outputs(mode, x)  # the kernels need perm and blocks as scratch
-    forward_into(mode, x, eps, sign, out, perm, blocks)
+    # the kernels need perm and blocks as scratch
+    eps, out, perm, blocks = _checked_forward(mode, x, eps, target)
+    forward_into(mode, x, eps, sign, out, perm, blocks, target=target)
     return out
 
 
 def backward(mode, g, perm, blocks, aux, eps, sign):
     """Gradient w.r.t. x of :func:`forward` for the cotangent ``g``; ``aux`` is ``out``
-    (rank/kl), ``x`` (sort/kl) or None (l2).  Returns a new ``grad``."""
+    (rank/kl, project/kl), ``x`` (sort/kl) or None (l2).  Returns a new ``grad``."""
     check_aux(mode, aux)
     check(mode, [("g", layout(g))] + ([] if aux is None else [("aux", layout(aux))]),
           [("perm", layout(perm)), ("blocks", layout(blocks))])
-    grad = require_cupy().empty(g.shape, g.dtype)
+    cupy = require_cupy()
+    eps = device_eps(cupy, eps, g)
+    grad = cupy.empty(g.shape, g.dtype)
     backward_into(mode, g, perm, blocks, aux, eps, sign, grad)
     return grad

@@ -3,9 +3,14 @@
 The back-end functions of docs/CONTRACT.md, on detached, C-contiguous ``(rows, n)`` torch CUDA
 tensors (float32/float64; ``perm`` and ``blocks`` int32), all on one device::
 
-    forward(mode, x, eps, sign) -> (out, perm, blocks)
-    forward_values(mode, x, eps, sign) -> out
+    forward(mode, x, eps, sign, target=None) -> (out, perm, blocks)
+    forward_values(mode, x, eps, sign, target=None) -> out
     backward(mode, g, perm, blocks, aux, eps, sign) -> grad
+
+``eps`` is a Python float or a float64 tensor of shape ``(rows,)`` (one strength per row) on x's
+device or on the CPU (copied to x's device); its values are checked (for a CUDA tensor, by one
+flag read back to the host).  ``target`` (the project modes only) is a tensor of x's dtype and
+shape ``(1, n)`` or ``(rows, n)`` on x's device (docs/CONTRACT.md).
 
 Outputs are allocated with ``torch.empty`` on the tensors' device, so the memory belongs to torch's
 caching allocator on the stream that uses it; the kernels write into zero-copy CuPy views of them.
@@ -59,6 +64,29 @@ def _check(mode, data, indices=()):
                    [(name, _layout(t)) for name, t in indices])
 
 
+def _check_target(mode, target, x):
+    if target is not None:
+        if not isinstance(target, torch.Tensor):
+            raise TypeError(f"target must be a torch tensor, got {type(target).__name__}")
+        _check_device([("x", x), ("target", target)])
+    _backend.check_target(mode, None if target is None else _layout(target), _layout(x))
+
+
+def _device_eps(eps, x):
+    """``eps`` checked: a Python float, or a float64 tensor of the strengths on x's device."""
+    if not isinstance(eps, torch.Tensor):
+        return _backend.check_eps_scalar(eps)
+    _backend.check_eps_layout(_layout(eps), x.shape[0])
+    if eps.device != x.device:
+        if eps.is_cuda:
+            raise ValueError(f"eps must be on x's device ({x.device}) or the CPU, got "
+                             f"{eps.device}")
+        _backend.check_eps_values(bool(torch.all((eps > 0) & (eps < torch.inf))))
+        return eps.to(x.device)
+    _backend.check_eps_values(bool(torch.all((eps > 0) & (eps < torch.inf))))
+    return eps
+
+
 @functools.lru_cache(maxsize=64)
 def _stream(cupy, ptr: int, idx: int):
     # A non-owning CuPy wrapper of torch's stream, cached: made once per (stream, device), not per
@@ -98,36 +126,44 @@ def _empty(x, dtype):
     return torch.empty(x.shape, dtype=dtype, device=x.device)
 
 
-def forward(mode, x, eps, sign):
+def forward(mode, x, eps, sign, target=None):
     """Solve every row of ``x`` (rows, n); returns new ``(out, perm, blocks)`` tensors."""
     _check(mode, [("x", x)])
+    _check_target(mode, target, x)
+    eps = _device_eps(eps, x)
     out, perm, blocks = _empty(x, x.dtype), _empty(x, torch.int32), _empty(x, torch.int32)
     if x.numel() == 0:
         return out, perm, blocks
     with torch_stream_context(x.device) as cupy:
-        presorted = _backend.needs_presort(x.shape, x.element_size())
+        presorted = _backend.needs_presort(x.shape, x.element_size(), mode)
         if presorted:
             torch_presort(x, sign, perm)
-        xv, ov, pv, bv = _views(cupy, x, out, perm, blocks)
-        _backend.forward_into(mode, xv, eps, sign, ov, pv, bv, presorted=presorted)
+        xv, ov, pv, bv, tv = _views(cupy, x, out, perm, blocks, target)
+        if not isinstance(eps, float):
+            (eps,) = _views(cupy, eps)
+        _backend.forward_into(mode, xv, eps, sign, ov, pv, bv, presorted=presorted, target=tv)
     return out, perm, blocks
 
 
-def forward_values(mode, x, eps, sign):
+def forward_values(mode, x, eps, sign, target=None):
     """:func:`forward` when nothing will differentiate the call: returns ``out`` only."""
-    return forward(mode, x, eps, sign)[0]  # the kernels need perm and blocks as scratch
+    # the kernels need perm and blocks as scratch
+    return forward(mode, x, eps, sign, target)[0]
 
 
 def backward(mode, g, perm, blocks, aux, eps, sign):
-    """Gradient w.r.t. x for the cotangent ``g``; ``aux`` is ``out`` (rank/kl), ``x`` (sort/kl)
-    or None (l2).  Returns a new ``grad`` tensor."""
+    """Gradient w.r.t. x for the cotangent ``g``; ``aux`` is ``out`` (rank/kl, project/kl), ``x``
+    (sort/kl) or None (l2).  Returns a new ``grad`` tensor."""
     _backend.check_aux(mode, aux)
     _check(mode, [("g", g)] + ([] if aux is None else [("aux", aux)]),
            [("perm", perm), ("blocks", blocks)])
+    eps = _device_eps(eps, g)
     grad = _empty(g, g.dtype)
     if g.numel() == 0:
         return grad
     with torch_stream_context(g.device) as cupy:
         gv, pv, bv, av, rv = _views(cupy, g, perm, blocks, aux, grad)
+        if not isinstance(eps, float):
+            (eps,) = _views(cupy, eps)
         _backend.backward_into(mode, gv, pv, bv, av, eps, sign, rv)
     return grad

@@ -40,6 +40,11 @@ namespace softrank {
 
 SR_HD long long sr_align16(long long b) { return (b + 15) & ~15LL; }
 
+// The strength of a row: eps_rows[row] when the call has one strength per row, else eps.
+SR_DEV double sr_row_eps(const double* eps_rows, double eps, long long row) {
+  return eps_rows ? eps_rows[row] : eps;
+}
+
 // Shared-memory layout (bytes).  softrank/cuda/tuning.py mirrors these formulas; the emulated
 // test checks that both agree.
 // header: A scan_u[bt], A scan_w[bt], int scan_f[bt], int flags[R]
@@ -51,14 +56,15 @@ SR_HD long long sr_header_bytes(int asize, int bt, int R) {
 SR_HD int sr_pad(int i) { return i + (i >> 5); }
 SR_HD long long sr_padded(int n) { return (long long)sr_pad(n) + 1; }
 
-// forward group: A acc[n], T key[P], int idx[P], int link[n], int head[n] (padded)
-SR_HD long long sr_forward_group_bytes(int tsize, int asize, int n, int P) {
-  return sr_align16(asize * sr_padded(n)) + sr_align16(tsize * sr_padded(P)) +
+// forward group: State acc[n], T key[P], int idx[P], int link[n], int head[n] (padded);
+// ssize = sizeof(Pav::State): 8, or 16 for the project modes
+SR_HD long long sr_forward_group_bytes(int tsize, int ssize, int n, int P) {
+  return sr_align16(ssize * sr_padded(n)) + sr_align16(tsize * sr_padded(P)) +
          sr_align16(4 * sr_padded(P)) + 2 * sr_align16(4 * sr_padded(n));
 }
-// tiled forward, softrank_tile_pav: A acc[tile], int link[tile], int head[tile]
-SR_HD long long sr_tile_pav_smem_bytes(int asize, int tile) {
-  return sr_align16((long long)asize * tile) + 2 * sr_align16(4LL * tile);
+// tiled forward, softrank_tile_pav: State acc[tile], int link[tile], int head[tile]
+SR_HD long long sr_tile_pav_smem_bytes(int ssize, int tile) {
+  return sr_align16((long long)ssize * tile) + 2 * sr_align16(4LL * tile);
 }
 // backward group: A tot_u[n], A tot_w[n], int blocks[n], int perm[n], T g[n], T aux[n]
 SR_HD long long sr_backward_group_bytes(int tsize, int asize, int n) {
@@ -176,13 +182,13 @@ struct SrShifted {
 
 // The PAV helpers below take the per-position arrays as raw pointers (whole row) or SrShifted.
 
-// Sequential PAV of the sorted positions [lo, hi); s_of(j) gives s_j (read before acc[j] is
-// written, so s_of may read acc[j]).
+// Sequential PAV of the sorted positions [lo, hi); init_of(j) gives the state of the singleton
+// block {j} (read before acc[j] is written, so init_of may read acc[j]).
 template <class F, typename A, class S, class AccArr, class IntArr>
-SR_DEV void sr_chunk_pav(S s_of, AccArr acc, IntArr link, IntArr head, int lo, int hi, int n,
+SR_DEV void sr_chunk_pav(S init_of, AccArr acc, IntArr link, IntArr head, int lo, int hi, int n,
                          A eps) {
   for (int j = lo; j < hi; ++j) {
-    acc[j] = F::init(s_of(j), eps);
+    acc[j] = init_of(j);
     link[j] = j;
     head[j] = 1;
     int a = j;
@@ -261,14 +267,15 @@ SR_DEV void sr_group_merges(AccArr acc, IntArr link, IntArr head, int base, int 
 }
 
 // Backward: contribution of sorted position j (block start a) to the block sums (u, w).
-// rank/l2: g'_j; rank/kl: g'_j r_j; sort/l2: g_j; sort/kl: (g_j, exp(s_j - s_a)).
+// rank/l2, project/l2: g'_j; rank/kl: g'_j r_j; project/kl: (g'_j r_j, r_j); sort/l2: g_j;
+// sort/kl: (g_j, exp(s_j - s_a)).
 template <typename T, typename A, int OP, int REG>
 SR_DEV void sr_contrib(const T* gr, const int* pr, const T* ar, int j, int a, int sign, A& u,
                        A& w) {
-  if (OP == OP_RANK) {
+  if (OP != OP_SORT) {
     const int p = pr[j];
     u = REG == REG_L2 ? A(gr[p]) : A(gr[p]) * A(ar[p]);
-    w = A(0);
+    w = (OP == OP_PROJECT && REG == REG_KL) ? A(ar[p]) : A(0);
   } else {
     u = A(gr[j]);
     w = REG == REG_L2 ? A(0) : sr_exp(A(T(sign) * ar[pr[j]]) - A(T(sign) * ar[pr[a]]));
@@ -276,14 +283,15 @@ SR_DEV void sr_contrib(const T* gr, const int* pr, const T* ar, int j, int a, in
 }
 
 // Backward: gradient at sorted position j from its block's totals (su, sw); sw = count except
-// for sort/kl where it is sum_B exp(s - s_a).
+// for sort/kl, where it is sum_B exp(s - s_a), and project/kl, where it is T_B = sum_B r.
 template <typename T, typename A, int OP, int REG>
 SR_DEV A sr_grad_value(const T* gr, const int* pr, const T* ar, int j, int a, A su, A sw, int n,
                        A eps, int sign) {
   const int p = pr[j];
-  if (OP == OP_RANK && REG == REG_L2) return A(sign) / eps * (A(gr[p]) - su / sw);
-  if (OP == OP_RANK && REG == REG_KL) {
-    const A rb = sw * (A(n - a) - (sw - A(1)) * A(0.5));  // R_B
+  if (OP != OP_SORT && REG == REG_L2) return A(sign) / eps * (A(gr[p]) - su / sw);
+  if (OP != OP_SORT) {
+    // rank/kl: R_B in closed form from the count; project/kl: sw is T_B already
+    const A rb = OP == OP_RANK ? sw * (A(n - a) - (sw - A(1)) * A(0.5)) : sw;
     return A(sign) / eps * A(ar[p]) * (A(gr[p]) - su / rb);
   }
   if (OP == OP_SORT && REG == REG_L2) return su / sw;
@@ -327,7 +335,7 @@ SR_DEV void sr_chunk_totals(const T* gr, const int* pr, const int* br, const T* 
     rw += w;
     if (j + 1 == n || br[j + 1] == j + 1) {  // last position of its block
       tot_u[a] = ru;
-      tot_w[a] = (OP == OP_SORT && REG == REG_KL) ? rw : A(j - a + 1);
+      tot_w[a] = (OP != OP_RANK && REG == REG_KL) ? rw : A(j - a + 1);
     }
   }
 }
@@ -335,12 +343,18 @@ SR_DEV void sr_chunk_totals(const T* gr, const int* pr, const int* br, const T* 
 // ---------------------------------------------------------------------------------------------
 // smem family
 
+// At most 512 threads per block for the project modes (tuning.PROJECT_FORWARD_MAX_THREADS):
+// their two-double PAV state does not fit the 64-register cap of 1024 threads without spills,
+// and the explicit minimum of one block per SM lets ptxas use the registers that 512 allow (with
+// the bound alone it still chose 64 and spilled).
 template <typename T, typename A, int OP, int REG>
-SR_GLOBAL void SR_LAUNCH_BOUNDS(1024)
-softrank_forward(const T* SR_RESTRICT x, T* SR_RESTRICT out, int* SR_RESTRICT perm,
-                 int* SR_RESTRICT blocks, int n_rows, int n, int P, int log2G, double eps_d,
+SR_GLOBAL void SR_LAUNCH_BOUNDS(OP == OP_PROJECT ? 512 : 1024, 1)
+softrank_forward(const T* SR_RESTRICT x, const T* SR_RESTRICT target, T* SR_RESTRICT out,
+                 int* SR_RESTRICT perm, int* SR_RESTRICT blocks, int n_rows, int n, int P,
+                 int log2G, double eps_d, const double* SR_RESTRICT eps_rows, int target_stride,
                  int sign) {
   typedef Pav<OP, REG, A> F;
+  typedef typename F::State S;
   const int bt = blockDim.x;
   const int R = bt >> log2G;
   const long long row0 = (long long)blockIdx.x * R;
@@ -352,7 +366,7 @@ softrank_forward(const T* SR_RESTRICT x, T* SR_RESTRICT out, int* SR_RESTRICT pe
   const long long row = row0 + grp;
   const bool active = row < n_rows;
   const int nr = (int)sr_min<long long>(R, n_rows - row0);
-  const A eps = A(eps_d);
+  const A eps = A(active ? sr_row_eps(eps_rows, eps_d, row) : eps_d);
 
   SR_DYN_SMEM(smem);
   A* scan_u = (A*)smem;
@@ -361,13 +375,13 @@ softrank_forward(const T* SR_RESTRICT x, T* SR_RESTRICT out, int* SR_RESTRICT pe
   int* flags = scan_f + bt;
   (void)scan_u;
   unsigned char* groups = smem + sr_header_bytes(sizeof(A), bt, R);
-  const long long gbytes = sr_forward_group_bytes(sizeof(T), sizeof(A), n, P);
-  const long long o_key = sr_align16(sizeof(A) * sr_padded(n));
+  const long long gbytes = sr_forward_group_bytes(sizeof(T), sizeof(S), n, P);
+  const long long o_key = sr_align16(sizeof(S) * sr_padded(n));
   const long long o_idx = o_key + sr_align16(sizeof(T) * sr_padded(P));
   const long long o_link = o_idx + sr_align16(4 * sr_padded(P));
   const long long o_head = o_link + sr_align16(4 * sr_padded(n));
   unsigned char* gb = groups + grp * gbytes;
-  const SrPadded<A> acc = {(A*)gb};
+  const SrPadded<S> acc = {(S*)gb};
   const SrPadded<T> key = {(T*)(gb + o_key)};
   const SrPadded<int> idx = {(int*)(gb + o_idx)};
   const SrPadded<int> link = {(int*)(gb + o_link)};
@@ -424,7 +438,13 @@ softrank_forward(const T* SR_RESTRICT x, T* SR_RESTRICT out, int* SR_RESTRICT pe
   const int c = (n + G - 1) >> log2G;
   const int lo = sr_min(lt * c, n);
   const int hi = sr_min(lo + c, n);
-  if (work) sr_chunk_pav<F, A>([&](int j) { return A(key[j]); }, acc, link, head, lo, hi, n, eps);
+  if (work) {
+    // the project modes' target, sorted decreasingly: t_j is at sorted position j
+    const T* tr = F::HAS_TARGET ? target + row * (long long)target_stride : target;
+    sr_chunk_pav<F, A>(
+        [&](int j) { return F::init(A(key[j]), F::HAS_TARGET ? A(tr[j]) : A(0), eps); }, acc,
+        link, head, lo, hi, n, eps);
+  }
   __syncthreads();
   sr_group_merges<F, A>(acc, link, head, 0, n, c, lt, G, work, n, eps);
 
@@ -445,9 +465,9 @@ softrank_forward(const T* SR_RESTRICT x, T* SR_RESTRICT out, int* SR_RESTRICT pe
     }
   }
   __syncthreads();
-  // soft_rank: un-permute in shared memory (into the dead accumulator array, unpadded) for a
-  // coalesced store
-  if (OP == OP_RANK) {
+  // soft_rank and project: un-permute in shared memory (into the dead accumulator array,
+  // unpadded) for a coalesced store
+  if (OP != OP_SORT) {
     if (work) {
       T* buf = (T*)gb;
       for (int j = lo; j < hi; ++j) buf[idx[j]] = key[j];
@@ -466,7 +486,7 @@ softrank_forward(const T* SR_RESTRICT x, T* SR_RESTRICT out, int* SR_RESTRICT pe
         perm[base + i] = k;
         blocks[base + i] = k == 0 ? -1 : 0;  // as the CPU back end
       } else {
-        out[base + i] = OP == OP_RANK ? ((T*)gr)[k] : ((T*)(gr + o_key))[sr_pad(k)];
+        out[base + i] = OP != OP_SORT ? ((T*)gr)[k] : ((T*)(gr + o_key))[sr_pad(k)];
         perm[base + i] = ((int*)(gr + o_idx))[sr_pad(k)];
         blocks[base + i] = ((int*)(gr + o_head))[sr_pad(k)];
       }
@@ -480,7 +500,8 @@ template <typename T, typename A, int OP, int REG>
 SR_GLOBAL void SR_LAUNCH_BOUNDS(512)
 softrank_backward(const T* SR_RESTRICT g, const int* SR_RESTRICT perm,
                   const int* SR_RESTRICT blocks, const T* SR_RESTRICT aux, T* SR_RESTRICT grad,
-                  int n_rows, int n, int log2G, double eps_d, int sign) {
+                  int n_rows, int n, int log2G, double eps_d,
+                  const double* SR_RESTRICT eps_rows, int sign) {
   const int bt = blockDim.x;
   const int R = bt >> log2G;
   const long long row0 = (long long)blockIdx.x * R;
@@ -491,7 +512,7 @@ softrank_backward(const T* SR_RESTRICT g, const int* SR_RESTRICT perm,
   const int lt = tid & (G - 1);
   const bool active = row0 + grp < n_rows;
   const int nr = (int)sr_min<long long>(R, n_rows - row0);
-  const A eps = A(eps_d);
+  const A eps = A(active ? sr_row_eps(eps_rows, eps_d, row0 + grp) : eps_d);
 
   SR_DYN_SMEM(smem);
   A* scan_u = (A*)smem;
@@ -579,32 +600,37 @@ softrank_backward(const T* SR_RESTRICT g, const int* SR_RESTRICT perm,
 // the global workspace (links hold absolute row positions) with coalesced stores.
 template <typename T, typename A, int OP, int REG>
 SR_GLOBAL void SR_LAUNCH_BOUNDS(1024)
-softrank_tile_pav(const T* SR_RESTRICT x, const int* SR_RESTRICT perm, int* SR_RESTRICT blocks,
-                  A* SR_RESTRICT ws_acc, int* SR_RESTRICT ws_link, int* SR_RESTRICT ws_flags,
-                  int n_rows, int n, int tile, int tiles, int log2G, double eps_d, int sign) {
+softrank_tile_pav(const T* SR_RESTRICT x, const T* SR_RESTRICT target, const int* SR_RESTRICT perm,
+                  int* SR_RESTRICT blocks, typename Pav<OP, REG, A>::State* SR_RESTRICT ws_acc,
+                  int* SR_RESTRICT ws_link, int* SR_RESTRICT ws_flags, int n_rows, int n,
+                  int tile, int tiles, int log2G, double eps_d,
+                  const double* SR_RESTRICT eps_rows, int target_stride, int sign) {
   typedef Pav<OP, REG, A> F;
+  typedef typename F::State S;
   SR_TILE_PROLOGUE;
-  const A eps = A(eps_d);
+  const A eps = A(sr_row_eps(eps_rows, eps_d, row));
   SR_DYN_SMEM(smem);
-  A* acc_s = (A*)smem;
-  int* link_s = (int*)(smem + sr_align16((long long)sizeof(A) * tile));
+  S* acc_s = (S*)smem;
+  int* link_s = (int*)(smem + sr_align16((long long)sizeof(S) * tile));
   int* head_s = link_s + tile;
   const int len = t1 - t0;
   const T* xr = x + off;
   const int* pr = perm + off;
-  for (int k = lt; k < len; k += G) {  // coalesced perm, gathered x; NaN/inf flags the row
+  const T* tr = F::HAS_TARGET ? target + row * (long long)target_stride + t0 : target;
+  // coalesced perm (and target), gathered x; NaN/inf flags the row
+  for (int k = lt; k < len; k += G) {
     const T v = T(sign) * xr[pr[t0 + k]];
     if (!sr_isfinite(v)) atomicOr(&ws_flags[row], 1);
-    acc_s[k] = A(v);
+    acc_s[k] = F::init(A(v), F::HAS_TARGET ? A(tr[k]) : A(0), eps);
   }
   __syncthreads();
-  const SrShifted<A> acc = {acc_s, t0};
+  const SrShifted<S> acc = {acc_s, t0};
   const SrShifted<int> link = {link_s, t0};
   const SrShifted<int> head = {head_s, t0};
   sr_chunk_pav<F, A>([&](int j) { return acc[j]; }, acc, link, head, lo, hi, n, eps);
   __syncthreads();
   sr_group_merges<F, A>(acc, link, head, t0, t1, c, lt, G, true, n, eps);
-  A* acc_g = ws_acc + off + t0;
+  S* acc_g = ws_acc + off + t0;
   int* link_g = ws_link + off + t0;
   int* head_g = blocks + off + t0;
   for (int k = lt; k < len; k += G) {
@@ -618,9 +644,10 @@ softrank_tile_pav(const T* SR_RESTRICT x, const int* SR_RESTRICT perm, int* SR_R
 // and [lo + span, lo + 2 span).  No barriers.
 template <typename A, int OP, int REG>
 SR_GLOBAL void SR_LAUNCH_BOUNDS(1024)
-softrank_merge_level(A* SR_RESTRICT ws_acc, int* SR_RESTRICT ws_link, int* SR_RESTRICT blocks,
+softrank_merge_level(typename Pav<OP, REG, A>::State* SR_RESTRICT ws_acc,
+                     int* SR_RESTRICT ws_link, int* SR_RESTRICT blocks,
                      const int* SR_RESTRICT ws_flags, int n_rows, int n, int span,
-                     int junctions_per_row, double eps_d) {
+                     int junctions_per_row, double eps_d, const double* SR_RESTRICT eps_rows) {
   typedef Pav<OP, REG, A> F;
   const long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (id >= (long long)n_rows * junctions_per_row) return;
@@ -633,7 +660,7 @@ softrank_merge_level(A* SR_RESTRICT ws_acc, int* SR_RESTRICT ws_link, int* SR_RE
   if (mid >= hi) return;
   const long long off = row * (long long)n;
   sr_merge_junction<F, A>(ws_acc + off, ws_link + off, blocks + off, (int)lo, (int)mid, (int)hi, n,
-                          A(eps_d));
+                          A(sr_row_eps(eps_rows, eps_d, row)));
 }
 
 // Last head position of every tile (-1 if none), after all merges.
@@ -652,11 +679,13 @@ softrank_tile_max(const int* SR_RESTRICT blocks, int* SR_RESTRICT ws_tmax, int n
 template <typename T, typename A, int OP, int REG>
 SR_GLOBAL void SR_LAUNCH_BOUNDS(1024)
 softrank_tile_expand(const T* SR_RESTRICT x, T* SR_RESTRICT out, int* SR_RESTRICT perm,
-                     int* SR_RESTRICT blocks, const A* SR_RESTRICT ws_acc,
+                     int* SR_RESTRICT blocks,
+                     const typename Pav<OP, REG, A>::State* SR_RESTRICT ws_acc,
                      const int* SR_RESTRICT ws_link, const int* SR_RESTRICT ws_flags,
                      const int* SR_RESTRICT ws_tmax, int n_rows, int n, int tile, int tiles,
-                     int log2G, double eps_d, int sign) {
+                     int log2G, double eps_d, const double* SR_RESTRICT eps_rows, int sign) {
   typedef Pav<OP, REG, A> F;
+  typedef typename F::State S;
   SR_TILE_PROLOGUE;
   if (ws_flags[row]) {  // uniform over the block
     for (int k = t0 + lt; k < t1; k += G) {
@@ -668,12 +697,12 @@ softrank_tile_expand(const T* SR_RESTRICT x, T* SR_RESTRICT out, int* SR_RESTRIC
   }
   SR_DYN_SMEM(smem);
   int* scr = (int*)smem;
-  const A eps = A(eps_d);
+  const A eps = A(sr_row_eps(eps_rows, eps_d, row));
   int v = -1;  // last head before this tile
   for (int i = lt; i < t; i += G) v = sr_max(v, ws_tmax[row * tiles + i]);
   const int tile_carry = sr_block_max(scr, v);
   int* head = blocks + off;
-  const A* acc = ws_acc + off;
+  const S* acc = ws_acc + off;
   const int* link = ws_link + off;
   const int* pr = perm + off;
   int m = -1;
@@ -685,7 +714,7 @@ softrank_tile_expand(const T* SR_RESTRICT x, T* SR_RESTRICT out, int* SR_RESTRIC
     const int a = cur;
     const int cnt = link[a] - a + 1;
     const A sj = A(T(sign) * x[off + pr[j]]);
-    out[off + (OP == OP_RANK ? pr[j] : j)] = T(F::output(sj, acc[a], j, a, cnt, n, eps, sign));
+    out[off + (OP != OP_SORT ? pr[j] : j)] = T(F::output(sj, acc[a], j, a, cnt, n, eps, sign));
     head[j] = a;
   }
 }
@@ -766,14 +795,15 @@ SR_GLOBAL void SR_LAUNCH_BOUNDS(1024)
 softrank_bwd_tile_out(const T* SR_RESTRICT g, const int* SR_RESTRICT perm,
                       const int* SR_RESTRICT blocks, const T* SR_RESTRICT aux,
                       const A* SR_RESTRICT ws_tot, T* SR_RESTRICT grad, int n_rows, int n,
-                      int tile, int tiles, int log2G, double eps_d, int sign) {
+                      int tile, int tiles, int log2G, double eps_d,
+                      const double* SR_RESTRICT eps_rows, int sign) {
   SR_TILE_PROLOGUE;
   T* out = grad + off;
   if (blocks[off] < 0) {
     for (int k = t0 + lt; k < t1; k += G) out[k] = sr_nan<T>();
     return;
   }
-  const A eps = A(eps_d);
+  const A eps = A(sr_row_eps(eps_rows, eps_d, row));
   const T* gr = g + off;
   const int* pr = perm + off;
   const int* br = blocks + off;

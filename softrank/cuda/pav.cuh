@@ -1,20 +1,24 @@
 // softrank/cuda/pav.cuh -- per-block formulas of the decreasing isotonic problems (docs/CONTRACT.md).
 //
 // Notation as in docs/CONTRACT.md: z = sign * x, s_j = z[perm[j]] non-increasing, rho_j = n - j,
-// a block B = [a, a + c) of sorted positions.  Every block keeps ONE accumulator `acc` (type Acc,
-// double in v1) at its start position:
-//   L2 (rank and sort): acc = sum_B s
-//   rank/kl:            acc = logsumexp_B(s / eps)          (so L_B = eps * acc)
+// a block B = [a, a + c) of sorted positions.  Every block keeps ONE state at its start
+// position (type Pav::State):
+//   L2 (rank and sort): acc = sum_B s                             (State = A)
+//   rank/kl:            acc = logsumexp_B(s / eps)   (L_B = eps * acc)
 //   sort/kl:            acc = logsumexp_B(s)
-// Pooling adds (L2) or log-add-exps (KL) two accumulators: never a subtraction of sums.
-// The rho operand is never stored: its block sums are closed forms of (a, c, n).
+//   project/l2:         (sum_B s, sum_B t)                         (State = SrPair<A>)
+//   project/kl:         (logsumexp_B(s / eps), sum_B t)
+// Pooling adds (L2, target sums) or log-add-exps (KL) two states: never a subtraction of sums.
+// The rho operand is never stored: its block sums are closed forms of (a, c, n).  The project
+// modes' target t (sorted decreasingly, like rho) has no closed form, so its block sum is the
+// second half of the state.
 // Merge rule: adjacent blocks are pooled while value(previous) <= value(current).
 #pragma once
 #include "prelude.cuh"
 
 namespace softrank {
 
-enum { OP_RANK = 0, OP_SORT = 1 };
+enum { OP_RANK = 0, OP_SORT = 1, OP_PROJECT = 2 };
 enum { REG_L2 = 0, REG_KL = 1 };
 
 // log(sum_{k<c} exp(-k / eps)) = log(expm1(-c/eps) / expm1(-1/eps)), exact 0 for c == 1.
@@ -23,39 +27,81 @@ template <typename A> SR_HD A sr_log_ramp_sum(long long c, A eps) {
   return sr_log(sr_expm1(-A(c) / eps) / sr_expm1(A(-1) / eps));
 }
 
+// The project modes' block state: s = the rank modes' accumulator, t = sum_B t.
+template <typename A>
+struct SrPair {
+  A s;
+  A t;
+};
+
+template <int OP, typename A> struct SrState { typedef A type; };
+template <typename A> struct SrState<OP_PROJECT, A> { typedef SrPair<A> type; };
+
 template <int OP, int REG, typename A>
 struct Pav {
-  // accumulator of the singleton block holding s_j
-  static SR_HD A init(A s, A eps) {
-    if (OP == OP_RANK && REG == REG_KL) return s / eps;
-    return s;
+  typedef typename SrState<OP, A>::type State;
+  static constexpr bool HAS_TARGET = OP == OP_PROJECT;
+
+  // the sum-of-s or log-sum-exp part of a state
+  static SR_HD A acc_of(const A& st) { return st; }
+  static SR_HD A acc_of(const SrPair<A>& st) { return st.s; }
+  // mean_B(rho) (closed form) or mean_B(t) (the state's second half over c)
+  static SR_HD A weight_mean(const A&, long long a, long long c, long long n) {
+    return A(n - a) - A(c - 1) * A(0.5);
   }
-  static SR_HD A pool(A left, A right) {
-    if (REG == REG_L2) return left + right;
-    return sr_log_add_exp(left, right);
+  static SR_HD A weight_mean(const SrPair<A>& st, long long, long long c, long long) {
+    return st.t / A(c);
   }
+  // sum_B rho = c*(n-a) - c*(c-1)/2 (R_B) or sum_B t (T_B)
+  static SR_HD A weight_sum(const A&, long long a, long long c, long long n) {
+    return A(c) * (A(n - a) - A(c - 1) * A(0.5));
+  }
+  static SR_HD A weight_sum(const SrPair<A>& st, long long, long long, long long) {
+    return st.t;
+  }
+  static SR_HD void make(A& st, A acc, A) { st = acc; }
+  static SR_HD void make(SrPair<A>& st, A acc, A t) {
+    st.s = acc;
+    st.t = t;
+  }
+  static SR_HD A add(A l, A r) { return REG == REG_L2 ? l + r : sr_log_add_exp(l, r); }
+
+  // state of the singleton block holding s_j (t_j: the target at position j, project only)
+  static SR_HD State init(A s, A t, A eps) {
+    State st;
+    make(st, (OP != OP_SORT && REG == REG_KL) ? s / eps : s, t);
+    return st;
+  }
+  static SR_HD A pool_acc(A left, A right) { return add(left, right); }
+  static SR_HD SrPair<A> pool_acc(const SrPair<A>& left, const SrPair<A>& right) {
+    SrPair<A> st;
+    st.s = add(left.s, right.s);
+    st.t = left.t + right.t;
+    return st;
+  }
+  static SR_HD State pool(const State& left, const State& right) { return pool_acc(left, right); }
   // block value v_B (docs/CONTRACT.md), a = first position, c = length
-  static SR_HD A value(A acc, long long a, long long c, long long n, A eps) {
-    const A mean_rho = A(n - a) - A(c - 1) * A(0.5);
-    if (OP == OP_RANK && REG == REG_L2) return acc / A(c) - eps * mean_rho;
-    if (OP == OP_SORT && REG == REG_L2) return mean_rho / eps - acc / A(c);
-    if (OP == OP_RANK && REG == REG_KL) {
-      const A r = A(c) * mean_rho;  // R_B = sum_B rho = c*(n-a) - c*(c-1)/2
-      return eps * acc - eps * sr_log(r);
+  static SR_HD A value(const State& st, long long a, long long c, long long n, A eps) {
+    const A acc = acc_of(st);
+    if (OP == OP_SORT && REG == REG_L2) return (A(n - a) - A(c - 1) * A(0.5)) / eps - acc / A(c);
+    if (OP == OP_SORT) {  // sort/kl: logsumexp_B(rho / eps) - logsumexp_B(s)
+      return A(n - a) / eps + sr_log_ramp_sum<A>(c, eps) - acc;
     }
-    // sort/kl: logsumexp_B(rho / eps) - logsumexp_B(s)
-    return A(n - a) / eps + sr_log_ramp_sum<A>(c, eps) - acc;
+    if (REG == REG_L2) return acc / A(c) - eps * weight_mean(st, a, c, n);
+    return eps * acc - eps * sr_log(weight_sum(st, a, c, n));
   }
   // output at sorted position j (before the sign/scatter of the caller)
-  static SR_HD A output(A s, A acc, long long j, long long a, long long c, long long n, A eps,
-                        int sign) {
-    const A mean_rho = A(n - a) - A(c - 1) * A(0.5);
-    if (OP == OP_RANK && REG == REG_L2) return (s - acc / A(c)) / eps + mean_rho;
-    if (OP == OP_RANK && REG == REG_KL) return sr_exp(s / eps - acc) * (A(c) * mean_rho);
+  static SR_HD A output(A s, const State& st, long long j, long long a, long long c, long long n,
+                        A eps, int sign) {
+    const A acc = acc_of(st);
     if (OP == OP_SORT && REG == REG_L2)
       return A(sign) * (acc / A(c) + (A(a - j) + A(c - 1) * A(0.5)) / eps);
-    // sort/kl: rho_j/eps - v_B with the rho terms combined exactly: (a - j)/eps - log(ramp)
-    return A(sign) * (A(a - j) / eps - sr_log_ramp_sum<A>(c, eps) + acc);
+    if (OP == OP_SORT) {
+      // sort/kl: rho_j/eps - v_B with the rho terms combined exactly: (a - j)/eps - log(ramp)
+      return A(sign) * (A(a - j) / eps - sr_log_ramp_sum<A>(c, eps) + acc);
+    }
+    if (REG == REG_L2) return (s - acc / A(c)) / eps + weight_mean(st, a, c, n);
+    return sr_exp(s / eps - acc) * weight_sum(st, a, c, n);
   }
 };
 

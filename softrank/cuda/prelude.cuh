@@ -15,7 +15,7 @@
 #define SR_HD __host__ __device__ __forceinline__
 #define SR_DEV __device__ __forceinline__
 #define SR_GLOBAL __global__
-#define SR_LAUNCH_BOUNDS(n) __launch_bounds__(n)
+#define SR_LAUNCH_BOUNDS(...) __launch_bounds__(__VA_ARGS__)
 #define SR_DYN_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 #define SR_RESTRICT __restrict__
 
@@ -40,7 +40,7 @@ template <> SR_DEV double sr_nan<double>() { return __longlong_as_double(0x7ff80
 #define SR_HD inline
 #define SR_DEV inline
 #define SR_GLOBAL
-#define SR_LAUNCH_BOUNDS(n)
+#define SR_LAUNCH_BOUNDS(...)
 #define SR_DYN_SMEM(name) unsigned char* name = ::emu::dynamic_smem()
 #define SR_RESTRICT __restrict__
 

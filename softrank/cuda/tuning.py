@@ -4,7 +4,9 @@ Every threshold of the GPU path lives here, and ``set_tuning(key=value, ...)`` (
 ``softrank.cuda.set_tuning``) is the one way to override them: a call takes effect at once,
 clears the memoised plans, and ``set_tuning()`` restores the defaults.  The shared-memory
 formulas mirror ``sr_header_bytes``/``sr_forward_group_bytes``/``sr_backward_group_bytes`` in
-``kernels.cu`` (the emulated test checks that they agree).
+``kernels.cu`` (the emulated test checks that they agree).  A plan depends on the mode only
+through the size of the PAV state per position (``state_size``: ``ACC_SIZE``, or
+``PROJECT_STATE_SIZE`` for the project modes, which also keep a block's target sum).
 
 Families (see docs/CUDA.md):
 
@@ -45,7 +47,10 @@ DEFAULTS = {
 _overrides: dict[str, int] = {}
 
 ACC_SIZE = 8  # accumulators are double (kernels.cu instantiates A = double)
+PROJECT_STATE_SIZE = 2 * ACC_SIZE  # pav.cuh SrPair: the accumulator and the block's target sum
 BACKWARD_MAX_THREADS = 512  # __launch_bounds__ of softrank_backward
+FORWARD_MAX_THREADS = 1024  # __launch_bounds__ of softrank_forward
+PROJECT_FORWARD_MAX_THREADS = 512  # ... and of its project-mode instantiations
 
 
 def set_tuning(**kwargs: int) -> None:
@@ -87,17 +92,17 @@ def _padded(n: int) -> int:
     return n + (n >> 5) + 1
 
 
-def forward_group_bytes(itemsize: int, n: int, p: int) -> int:
+def forward_group_bytes(itemsize: int, n: int, p: int, state_size: int = ACC_SIZE) -> int:
     return (
-        _align16(ACC_SIZE * _padded(n))
+        _align16(state_size * _padded(n))
         + _align16(itemsize * _padded(p))
         + _align16(4 * _padded(p))
         + 2 * _align16(4 * _padded(n))
     )
 
 
-def tile_pav_bytes(tile: int) -> int:
-    return _align16(ACC_SIZE * tile) + 2 * _align16(4 * tile)
+def tile_pav_bytes(tile: int, state_size: int = ACC_SIZE) -> int:
+    return _align16(state_size * tile) + 2 * _align16(4 * tile)
 
 
 def backward_group_bytes(itemsize: int, n: int) -> int:
@@ -124,14 +129,14 @@ def _group_size(n: int, cap: int, cfg: dict[str, int]) -> int:
     return min(g, 1 << (max(1, cap).bit_length() - 1))  # largest power of two <= cap
 
 
-def _tiled(rows: int, n: int, limit: int, cfg: dict[str, int]) -> Plan:
+def _tiled(rows: int, n: int, limit: int, cfg: dict[str, int], state_size: int) -> Plan:
     tile = max(1, min(cfg["tile"], n))
-    while tile > 1 and tile_pav_bytes(tile) > limit:
+    while tile > 1 and tile_pav_bytes(tile, state_size) > limit:
         tile //= 2
     tiles = -(-n // tile)
     g = _group_size(tile, cfg["tile_threads"], cfg)
     return Plan("tiled", g, g.bit_length() - 1, 1, g, rows * tiles, next_pow2(n),
-                header_bytes(g, 1), tile, tiles, tile_pav_bytes(tile))
+                header_bytes(g, 1), tile, tiles, tile_pav_bytes(tile, state_size))
 
 
 def _few_rows(rows: int, n: int, cfg: dict[str, int]) -> bool:
@@ -144,45 +149,51 @@ _plans: dict = {}
 _PLAN_CACHE_SIZE = 4096
 
 
-def _memoised(build, rows, n, itemsize, smem_limit, cfg):
+def _memoised(build, rows, n, itemsize, smem_limit, cfg, state_size):
     key = (build, rows, n, itemsize, smem_limit,
-           None if cfg is None else tuple(sorted(cfg.items())))
+           None if cfg is None else tuple(sorted(cfg.items())), state_size)
     plan = _plans.get(key)
     if plan is None:
         if len(_plans) >= _PLAN_CACHE_SIZE:
             _plans.clear()
-        plan = _plans[key] = build(rows, n, itemsize, smem_limit, cfg)
+        plan = _plans[key] = build(rows, n, itemsize, smem_limit, cfg, state_size)
     return plan
 
 
-def plan_forward(rows: int, n: int, itemsize: int, smem_limit: int, cfg=None) -> Plan:
-    """Launch plan of the forward for ``rows`` rows of length ``n``."""
-    return _memoised(_build_forward, rows, n, itemsize, smem_limit, cfg)
+def plan_forward(rows: int, n: int, itemsize: int, smem_limit: int, cfg=None,
+                 state_size: int = ACC_SIZE) -> Plan:
+    """Launch plan of the forward for ``rows`` rows of length ``n``; ``state_size`` is the PAV
+    state's bytes per position (``PROJECT_STATE_SIZE`` for the project modes)."""
+    return _memoised(_build_forward, rows, n, itemsize, smem_limit, cfg, state_size)
 
 
 def plan_backward(rows: int, n: int, itemsize: int, smem_limit: int, cfg=None) -> Plan:
-    """Launch plan of the backward; block totals in shared memory when they fit."""
-    return _memoised(_build_backward, rows, n, itemsize, smem_limit, cfg)
+    """Launch plan of the backward (the same for every mode); block totals in shared memory
+    when they fit."""
+    return _memoised(_build_backward, rows, n, itemsize, smem_limit, cfg, ACC_SIZE)
 
 
-def _build_forward(rows: int, n: int, itemsize: int, smem_limit: int, cfg=None) -> Plan:
+def _build_forward(rows: int, n: int, itemsize: int, smem_limit: int, cfg=None,
+                   state_size: int = ACC_SIZE) -> Plan:
     cfg = get_tuning() if cfg is None else {**get_tuning(), **cfg}
     limit = cfg["smem_limit"] or smem_limit
     p = next_pow2(n)
-    g = _group_size(n, cfg["max_group"], cfg)
-    r = max(1, min(cfg["block_threads"] // g, rows))
+    most = PROJECT_FORWARD_MAX_THREADS if state_size == PROJECT_STATE_SIZE else FORWARD_MAX_THREADS
+    g = _group_size(n, min(cfg["max_group"], most), cfg)
+    r = max(1, min(min(cfg["block_threads"], most) // g, rows))
 
     def need(r_: int) -> int:
-        return header_bytes(r_ * g, r_) + r_ * forward_group_bytes(itemsize, n, p)
+        return header_bytes(r_ * g, r_) + r_ * forward_group_bytes(itemsize, n, p, state_size)
 
     while r > 1 and need(r) > limit:
         r //= 2
     if need(r) <= limit and not _few_rows(rows, n, cfg):
         return Plan("smem", g, g.bit_length() - 1, r, r * g, -(-rows // r), p, need(r))
-    return _tiled(rows, n, limit, cfg)
+    return _tiled(rows, n, limit, cfg, state_size)
 
 
-def _build_backward(rows: int, n: int, itemsize: int, smem_limit: int, cfg=None) -> Plan:
+def _build_backward(rows: int, n: int, itemsize: int, smem_limit: int, cfg=None,
+                    state_size: int = ACC_SIZE) -> Plan:
     cfg = get_tuning() if cfg is None else {**get_tuning(), **cfg}
     limit = cfg["smem_limit"] or smem_limit
     g = _group_size(n, min(cfg["max_group"], BACKWARD_MAX_THREADS), cfg)
@@ -195,4 +206,4 @@ def _build_backward(rows: int, n: int, itemsize: int, smem_limit: int, cfg=None)
         r //= 2
     if need(r) <= limit and not _few_rows(rows, n, cfg):
         return Plan("smem", g, g.bit_length() - 1, r, r * g, -(-rows // r), next_pow2(n), need(r))
-    return _tiled(rows, n, limit, cfg)
+    return _tiled(rows, n, limit, cfg, state_size)

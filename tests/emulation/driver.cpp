@@ -7,7 +7,8 @@
 
 using namespace softrank;
 
-// SR_DISPATCH(body): runs `body` with T (float/double), OP and REG bound to compile-time values.
+// SR_DISPATCH(body): runs `body` with T (float/double), OP and REG bound to compile-time values
+// (OP: 0 rank, 1 sort, 2 project; pav.cuh), and S = the PAV state type of (OP, REG).
 #define SR_DISPATCH(...)                                                   \
   do {                                                                     \
     if (f64) {                                                             \
@@ -20,40 +21,51 @@ using namespace softrank;
   } while (0)
 #define SR_DISPATCH_OPREG(...)                                             \
   do {                                                                     \
-    if (op == 0 && reg == 0) { constexpr int OP = 0, REG = 0; __VA_ARGS__; } \
-    else if (op == 0) { constexpr int OP = 0, REG = 1; __VA_ARGS__; }      \
-    else if (reg == 0) { constexpr int OP = 1, REG = 0; __VA_ARGS__; }     \
-    else { constexpr int OP = 1, REG = 1; __VA_ARGS__; }                   \
+    if (op == 0 && reg == 0) { SR_BIND(0, 0, __VA_ARGS__); }               \
+    else if (op == 0) { SR_BIND(0, 1, __VA_ARGS__); }                      \
+    else if (op == 1 && reg == 0) { SR_BIND(1, 0, __VA_ARGS__); }          \
+    else if (op == 1) { SR_BIND(1, 1, __VA_ARGS__); }                      \
+    else if (reg == 0) { SR_BIND(2, 0, __VA_ARGS__); }                     \
+    else { SR_BIND(2, 1, __VA_ARGS__); }                                   \
   } while (0)
+#define SR_BIND(op_, reg_, ...)                                            \
+  constexpr int OP = op_, REG = reg_;                                      \
+  typedef typename Pav<OP, REG, double>::State S;                          \
+  (void)sizeof(S);                                                         \
+  __VA_ARGS__
 
 #define SR_HEAD int f64, int op, int reg, int grid, int block, long long smem
 
 extern "C" {
-void emu_forward(SR_HEAD, void* x, void* out, int* perm, int* blocks, int n_rows, int n, int P,
-                 int log2G, double eps, int sign) {
+void emu_forward(SR_HEAD, void* x, void* target, void* out, int* perm, int* blocks, int n_rows,
+                 int n, int P, int log2G, double eps, double* eps_rows, int target_stride,
+                 int sign) {
   SR_DISPATCH(emu::launch(softrank_forward<T, double, OP, REG>, grid, block, smem, (const T*)x,
-                          (T*)out, perm, blocks, n_rows, n, P, log2G, eps, sign));
+                          (const T*)target, (T*)out, perm, blocks, n_rows, n, P, log2G, eps,
+                          (const double*)eps_rows, target_stride, sign));
 }
 
 void emu_backward(SR_HEAD, void* g, int* perm, int* blocks, void* aux, void* grad, int n_rows,
-                  int n, int log2G, double eps, int sign) {
+                  int n, int log2G, double eps, double* eps_rows, int sign) {
   SR_DISPATCH(emu::launch(softrank_backward<T, double, OP, REG>, grid, block, smem, (const T*)g,
                           (const int*)perm, (const int*)blocks, (const T*)aux, (T*)grad, n_rows,
-                          n, log2G, eps, sign));
+                          n, log2G, eps, (const double*)eps_rows, sign));
 }
 
-void emu_tile_pav(SR_HEAD, void* x, int* perm, int* blocks, double* ws_acc, int* ws_link,
-                  int* ws_flags, int n_rows, int n, int tile, int tiles, int log2G, double eps,
-                  int sign) {
+void emu_tile_pav(SR_HEAD, void* x, void* target, int* perm, int* blocks, double* ws_acc,
+                  int* ws_link, int* ws_flags, int n_rows, int n, int tile, int tiles, int log2G,
+                  double eps, double* eps_rows, int target_stride, int sign) {
   SR_DISPATCH(emu::launch(softrank_tile_pav<T, double, OP, REG>, grid, block, smem, (const T*)x,
-                          (const int*)perm, blocks, ws_acc, ws_link, ws_flags, n_rows, n, tile,
-                          tiles, log2G, eps, sign));
+                          (const T*)target, (const int*)perm, blocks, (S*)ws_acc, ws_link,
+                          ws_flags, n_rows, n, tile, tiles, log2G, eps, (const double*)eps_rows,
+                          target_stride, sign));
 }
 
 void emu_merge_level(SR_HEAD, double* ws_acc, int* ws_link, int* blocks, int* ws_flags,
-                     int n_rows, int n, int span, int per_row, double eps) {
-  SR_DISPATCH(emu::launch(softrank_merge_level<double, OP, REG>, grid, block, smem, ws_acc,
-                          ws_link, blocks, (const int*)ws_flags, n_rows, n, span, per_row, eps));
+                     int n_rows, int n, int span, int per_row, double eps, double* eps_rows) {
+  SR_DISPATCH(emu::launch(softrank_merge_level<double, OP, REG>, grid, block, smem, (S*)ws_acc,
+                          ws_link, blocks, (const int*)ws_flags, n_rows, n, span, per_row, eps,
+                          (const double*)eps_rows));
 }
 
 void emu_tile_max(SR_HEAD, int* blocks, int* ws_tmax, int n_rows, int n, int tile, int tiles,
@@ -67,11 +79,11 @@ void emu_tile_max(SR_HEAD, int* blocks, int* ws_tmax, int n_rows, int n, int til
 
 void emu_tile_expand(SR_HEAD, void* x, void* out, int* perm, int* blocks, double* ws_acc,
                      int* ws_link, int* ws_flags, int* ws_tmax, int n_rows, int n, int tile,
-                     int tiles, int log2G, double eps, int sign) {
+                     int tiles, int log2G, double eps, double* eps_rows, int sign) {
   SR_DISPATCH(emu::launch(softrank_tile_expand<T, double, OP, REG>, grid, block, smem,
-                          (const T*)x, (T*)out, perm, blocks, (const double*)ws_acc,
+                          (const T*)x, (T*)out, perm, blocks, (const S*)ws_acc,
                           (const int*)ws_link, (const int*)ws_flags, (const int*)ws_tmax, n_rows,
-                          n, tile, tiles, log2G, eps, sign));
+                          n, tile, tiles, log2G, eps, (const double*)eps_rows, sign));
 }
 
 void emu_bwd_tile_agg(SR_HEAD, void* g, int* perm, int* blocks, void* aux, double* ws_agg,
@@ -92,19 +104,27 @@ void emu_bwd_tile_tot(SR_HEAD, void* g, int* perm, int* blocks, void* aux, doubl
 
 void emu_bwd_tile_out(SR_HEAD, void* g, int* perm, int* blocks, void* aux, double* ws_tot,
                       void* grad, int n_rows, int n, int tile, int tiles, int log2G, double eps,
-                      int sign) {
+                      double* eps_rows, int sign) {
   SR_DISPATCH(emu::launch(softrank_bwd_tile_out<T, double, OP, REG>, grid, block, smem,
                           (const T*)g, (const int*)perm, (const int*)blocks, (const T*)aux,
                           (const double*)ws_tot, (T*)grad, n_rows, n, tile, tiles, log2G, eps,
-                          sign));
+                          (const double*)eps_rows, sign));
 }
 
-long long emu_forward_smem(int tsize, int n, int P, int bt, int R) {
-  return sr_header_bytes(8, bt, R) + R * sr_forward_group_bytes(tsize, 8, n, P);
+// ssize: the PAV state size (8, or 16 for the project modes)
+long long emu_forward_smem(int tsize, int ssize, int n, int P, int bt, int R) {
+  return sr_header_bytes(8, bt, R) + R * sr_forward_group_bytes(tsize, ssize, n, P);
 }
 long long emu_backward_smem(int tsize, int n, int bt, int R) {
   return sr_header_bytes(8, bt, R) + R * sr_backward_group_bytes(tsize, 8, n);
 }
 long long emu_header_bytes(int bt, int R) { return sr_header_bytes(8, bt, R); }
-long long emu_tile_pav_smem(int tile) { return sr_tile_pav_smem_bytes(8, tile); }
+long long emu_tile_pav_smem(int ssize, int tile) { return sr_tile_pav_smem_bytes(ssize, tile); }
+// sizeof(Pav<op, reg, double>::State), for the test that tuning.py's state sizes agree
+int emu_state_size(int op, int reg) {
+  int f64 = 0;
+  int size = 0;
+  SR_DISPATCH(size = (int)sizeof(S));
+  return size;
+}
 }

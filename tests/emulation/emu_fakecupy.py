@@ -35,8 +35,8 @@ class RawKernel:
         if shared_mem > Device.optin:
             raise RuntimeError(f"{self.name}: {shared_mem} B > device maximum {Device.optin}")
         RawKernel.max_smem = max(RawKernel.max_smem, shared_mem)
-        for a in args:
-            assert isinstance(a, (np.ndarray, np.int32, np.float64)), type(a)
+        for a in args:  # None: a null pointer, as CuPy passes it
+            assert a is None or isinstance(a, (np.ndarray, np.int32, np.float64)), type(a)
         self.emulator.launch(self.name, grid[0], block[0], shared_mem, args)
 
 

@@ -43,10 +43,13 @@ class Emulator:
         for fn in ("emu_forward_smem", "emu_backward_smem", "emu_header_bytes",
                    "emu_tile_pav_smem"):
             getattr(self.lib, fn).restype = ctypes.c_longlong
+        self.lib.emu_state_size.restype = ctypes.c_int
         self.launched = []  # kernel names, for tests that check which family ran
 
     @staticmethod
     def _arg(a):
+        if a is None:  # a null pointer (CuPy passes None as one)
+            return ctypes.c_void_p(None)
         if isinstance(a, np.ndarray):
             return ctypes.c_void_p(a.ctypes.data)
         if isinstance(a, np.int32):
@@ -71,22 +74,35 @@ class Emulator:
             ctypes.c_int(grid), ctypes.c_int(block), ctypes.c_longlong(smem),
             *[self._arg(a) for a in args])
 
-    def forward(self, mode, x, eps, sign, cfg, smem_limit=1 << 20):
-        """Returns (out, perm, blocks, plan); outputs start as garbage, as on a GPU."""
+    @staticmethod
+    def _eps(eps):
+        """A float, or the per-row strengths as a float64 array (the launches' argument)."""
+        if isinstance(eps, float):
+            return eps
+        return np.ascontiguousarray(eps, dtype=np.float64)
+
+    def forward(self, mode, x, eps, sign, cfg, smem_limit=1 << 20, target=None):
+        """Returns (out, perm, blocks, plan); outputs start as garbage, as on a GPU.  ``eps``: a
+        float or one strength per row; ``target``: (1, n) or (rows, n), project modes only."""
         x = np.ascontiguousarray(x)
         rows, n = x.shape
-        plan = tuning.plan_forward(rows, n, x.itemsize, smem_limit, cfg)
+        ssize = _backend.state_size(mode)
+        op, reg = _backend.TEMPLATE_ARGS[mode]
+        assert ssize == self.lib.emu_state_size(op, reg)
+        plan = tuning.plan_forward(rows, n, x.itemsize, smem_limit, cfg, state_size=ssize)
         out = np.full_like(x, 7.0)
         perm = np.full((rows, n), -7, np.int32)
         blocks = np.full((rows, n), -7, np.int32)
         if plan.kind == "smem":
             assert plan.smem_bytes == self.lib.emu_forward_smem(
-                x.itemsize, n, plan.padded_n, plan.block_threads, plan.rows_per_block)
+                x.itemsize, ssize, n, plan.padded_n, plan.block_threads, plan.rows_per_block)
         else:
             assert plan.smem_bytes == self.lib.emu_header_bytes(plan.block_threads, 1)
-            assert plan.tile_smem == self.lib.emu_tile_pav_smem(plan.tile)
-        _backend.forward_launches(POISONED_NUMPY, self.launch, plan, mode, x, eps, sign, out, perm,
-                                  blocks)
+            assert plan.tile_smem == self.lib.emu_tile_pav_smem(ssize, plan.tile)
+        if target is not None:
+            target = np.ascontiguousarray(target, dtype=x.dtype)
+        _backend.forward_launches(POISONED_NUMPY, self.launch, plan, mode, x, self._eps(eps),
+                                  sign, out, perm, blocks, target=target)
         return out, perm, blocks, plan
 
     def backward(self, mode, g, perm, blocks, aux, eps, sign, cfg, smem_limit=1 << 20):
@@ -99,6 +115,6 @@ class Emulator:
                 g.itemsize, n, plan.block_threads, plan.rows_per_block)
         _backend.backward_launches(POISONED_NUMPY, self.launch, plan, mode, g,
                                    np.ascontiguousarray(perm), np.ascontiguousarray(blocks),
-                                   None if aux is None else np.ascontiguousarray(aux), eps, sign,
-                                   grad)
+                                   None if aux is None else np.ascontiguousarray(aux),
+                                   self._eps(eps), sign, grad)
         return grad, plan
