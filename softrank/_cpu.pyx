@@ -505,33 +505,26 @@ cdef int _check_scalars(int mode, double sign) except -1:
     return 0
 
 
-cdef class _Strengths:
-    """The strengths of a call's rows as a span: eps (one float for every row, kept here) or a
-    float64 array of one per row, every value finite and > 0."""
-    cdef double one
-    cdef object array  # keeps the per-row array alive while the span points into it
+cdef Span[double] _strengths(object eps, Py_ssize_t rows, double* one) except *:
+    """The strengths of a call's rows as a span: over *one (eps, a number, for every row) or
+    over eps, a float64 array of one per row (the caller keeps it alive); every value finite
+    and > 0."""
+    cdef Py_ssize_t r
     cdef Span[double] span
-
-    cdef int take(self, object eps, Py_ssize_t rows) except -1:
-        cdef Py_ssize_t r
-        if not cnp.PyArray_Check(eps):
-            self.one = eps
-            if not (self.one > 0.0 and self.one < INFINITY):
-                raise ValueError(f"eps must be a finite number > 0, got {eps}")
-            self.span = Span[double](&self.one, 1)
-            return 0
-        _check_array(eps.reshape(1, -1) if cnp.PyArray_NDIM(<cnp.ndarray>eps) == 1 else eps,
-                     "eps", cnp.NPY_DOUBLE, 1, rows)
-        if cnp.PyArray_NDIM(<cnp.ndarray>eps) != 1:
-            raise ValueError(f"eps must be a float or a 1-D array of {rows} strengths, got shape "
-                             f"{eps.shape}")
-        self.array = eps
-        self.span = Span[double](<double*>cnp.PyArray_DATA(<cnp.ndarray>eps), rows)
-        for r in range(rows):
-            if not (self.span[r] > 0.0 and self.span[r] < INFINITY):
-                raise ValueError(f"eps must be finite and > 0 in every row, got {self.span[r]} "
-                                 f"in row {r}")
-        return 0
+    if not cnp.PyArray_Check(eps):
+        one[0] = eps
+        if not (one[0] > 0.0 and one[0] < INFINITY):
+            raise ValueError(f"eps must be a finite number > 0, got {eps}")
+        return Span[double](one, 1)
+    if not (cnp.PyArray_CheckExact(eps) and cnp.PyArray_NDIM(<cnp.ndarray>eps) == 1):
+        raise ValueError(f"eps must be a float or a 1-D numpy.ndarray of {rows} strengths, got "
+                         f"{type(eps).__name__} of shape {getattr(eps, 'shape', None)}")
+    _check_array(eps.reshape(1, -1), "eps", cnp.NPY_DOUBLE, 1, rows)
+    span = Span[double](<double*>cnp.PyArray_DATA(<cnp.ndarray>eps), rows)
+    for r in range(rows):
+        if not (span[r] > 0.0 and span[r] < INFINITY):
+            raise ValueError(f"eps must be finite and > 0 in every row, got {span[r]} in row {r}")
+    return span
 
 
 cdef Py_ssize_t _check_target(int mode, object target, int typenum, Py_ssize_t rows,
@@ -574,15 +567,15 @@ def forward(int mode, x, eps, double sign, target=None):
     _check_array(x, "x", typenum, -1, 0)
     cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>x, 0), n = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
     _check_scalars(mode, sign)
-    cdef _Strengths strengths = _Strengths()
-    strengths.take(eps, rows)
+    cdef double one_eps
+    cdef Span[double] strengths = _strengths(eps, rows, &one_eps)
     cdef Py_ssize_t target_size = _check_target(mode, target, typenum, rows, n)
     cdef cnp.ndarray out = _empty(rows, n, typenum)
     cdef cnp.ndarray perm = _empty(rows, n, cnp.NPY_INT32)
     cdef cnp.ndarray blocks = _empty(rows, n, cnp.NPY_INT32)
     if rows > 0 and n > 0:
         _solve_forward(mode, typenum, _data(x), _data(out), <int32_t*>_data(perm),
-                       <int32_t*>_data(blocks), rows, n, strengths.span, sign,
+                       <int32_t*>_data(blocks), rows, n, strengths, sign,
                        NULL if target is None else _data(target), target_size)
     return out, perm, blocks
 
@@ -594,12 +587,12 @@ def forward_values(int mode, x, eps, double sign, target=None):
     _check_array(x, "x", typenum, -1, 0)
     cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>x, 0), n = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
     _check_scalars(mode, sign)
-    cdef _Strengths strengths = _Strengths()
-    strengths.take(eps, rows)
+    cdef double one_eps
+    cdef Span[double] strengths = _strengths(eps, rows, &one_eps)
     cdef Py_ssize_t target_size = _check_target(mode, target, typenum, rows, n)
     cdef cnp.ndarray out = _empty(rows, n, typenum)
     if rows > 0 and n > 0:
-        _solve_forward(mode, typenum, _data(x), _data(out), NULL, NULL, rows, n, strengths.span,
+        _solve_forward(mode, typenum, _data(x), _data(out), NULL, NULL, rows, n, strengths,
                        sign, NULL if target is None else _data(target), target_size)
     return out
 
@@ -615,8 +608,8 @@ def backward(int mode, g, perm, blocks, aux, eps, double sign):
     _check_array(perm, "perm", cnp.NPY_INT32, rows, n)
     _check_array(blocks, "blocks", cnp.NPY_INT32, rows, n)
     _check_scalars(mode, sign)
-    cdef _Strengths strengths = _Strengths()
-    strengths.take(eps, rows)
+    cdef double one_eps
+    cdef Span[double] strengths = _strengths(eps, rows, &one_eps)
     if mode & 1:
         if aux is None:
             raise ValueError("aux is required for the kl regularization (the forward's output "
@@ -628,7 +621,7 @@ def backward(int mode, g, perm, blocks, aux, eps, double sign):
     if rows > 0 and n > 0:
         _solve_backward(mode, typenum, _data(g), <int32_t*>_data(perm), <int32_t*>_data(blocks),
                         NULL if aux is None else _data(aux), _data(grad), rows, n,
-                        strengths.span, sign)
+                        strengths, sign)
     return grad
 
 
