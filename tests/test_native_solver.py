@@ -632,3 +632,53 @@ def test_sort_kl_block_terms_follow_the_strength(policy):
                 sizes.update(np.diff(np.append(starts, n)).tolist())
             np.testing.assert_allclose(out, ref.soft_sort(x, "kl", eps), rtol=1e-12, atol=1e-12)
     assert any(1 < c < 64 for c in sizes) and max(sizes) >= 64, sorted(sizes)
+
+
+# ----------------------------------------------------------------------------- project modes
+
+
+def test_project_modes_check_their_target_and_per_row_strengths():
+    x = _rows(3, 5)
+    target = np.arange(5.0, 0.0, -1.0).reshape(1, 5)
+    for bad, message in [
+        (None, "target is required for the project modes"),
+        (target.astype(np.float32), "target must be float64"),
+        (np.ones((2, 5)), r"target must have shape \(1, 5\) or \(3, 5\)"),
+        (np.ones((1, 4)), "target must have shape"),
+        (np.asfortranarray(np.ones((3, 5))), "target must be a C-contiguous"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=message):
+            _cpu.forward(4, x, 1.0, 1.0, bad)
+    with pytest.raises(ValueError, match="target must be None for the rank and sort modes"):
+        _cpu.forward(0, x, 1.0, 1.0, target)
+    for bad, message in [
+        (np.array([1.0, 2.0]), "eps must have shape"),
+        (np.array([1.0, -2.0, 1.0]), "eps must be finite and > 0 in every row, got -2.0 in row 1"),
+        (np.array([1.0, np.nan, 1.0]), "eps must be finite and > 0 in every row"),
+        (np.ones((3, 1)), "eps must be a float or a 1-D"),
+        (np.ones(3, np.float32), "eps must be float64"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=message):
+            _cpu.forward(0, x, bad, 1.0)
+        with pytest.raises((ValueError, TypeError), match=message):
+            out, perm, blocks = _cpu.forward(0, x, 1.0, 1.0)
+            _cpu.backward(0, x, perm, blocks, None, bad, 1.0)
+
+
+@pytest.mark.parametrize("mode", range(6))
+def test_per_row_strengths_equal_one_call_per_row(mode):
+    x = _rows(4, 300)
+    eps = np.array([0.01, 0.3, 1.0, 50.0])
+    target = np.sort(np.random.default_rng(3).uniform(0.5, 2, 300))[::-1].copy()[None]
+    target = target if mode >= 4 else None
+    out, perm, blocks = _cpu.forward(mode, x, eps, 1.0, target)
+    g = _rows(4, 300, seed=5)
+    aux = out if mode in (1, 5) else (x if mode == 3 else None)
+    grad = _cpu.backward(mode, g, perm, blocks, aux, eps, 1.0)
+    for r in range(4):
+        o, p, b = _cpu.forward(mode, x[r:r + 1], float(eps[r]), 1.0, target)
+        np.testing.assert_array_equal(out[r:r + 1], o)
+        np.testing.assert_array_equal(blocks[r:r + 1], b)
+        a = o if mode in (1, 5) else (x[r:r + 1] if mode == 3 else None)
+        np.testing.assert_array_equal(grad[r:r + 1],
+                                      _cpu.backward(mode, g[r:r + 1], p, b, a, float(eps[r]), 1.0))
