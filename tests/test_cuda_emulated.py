@@ -349,11 +349,23 @@ def test_plans_cover_every_family():
     assert tuning.plan_backward(1, 10**6, 4, 227 * 1024).kind == "tiled"
     p = tuning.plan_forward(1, 10**6, 4, 48 * 1024)  # tile shrinks to fit shared memory
     assert p.tile_smem <= 48 * 1024 and p.tile == 2048
+    # 40 KiB: 2048 positions of 16 bytes fit, of the project modes' 24 bytes do not
+    assert tuning.plan_forward(1, 10**6, 4, 40 * 1024).tile == 2048
+    p = tuning.plan_forward(1, 10**6, 4, 40 * 1024, state_size=tuning.PROJECT_STATE_SIZE)
+    assert p.tile_smem <= 40 * 1024 and p.tile == 1024
+    # rows that fit with an 8-byte state but not with the project modes' 16 bytes
+    assert tuning.plan_forward(64, 7000, 4, 227 * 1024).kind == "smem"
+    assert tuning.plan_forward(64, 7000, 4, 227 * 1024,
+                               state_size=tuning.PROJECT_STATE_SIZE).kind == "tiled"
     for n in (1, 2, 31, 32, 33, 255, 256, 257, 8191, 8192, 8193):
         for itemsize in (4, 8):
             p = tuning.plan_forward(3, n, itemsize, big)
             assert p.block_threads == p.group * p.rows_per_block <= 1024
             assert p.group <= 1024 and (p.group & (p.group - 1)) == 0
+            # the project modes: a 16-byte state and softrank_forward's 512-thread bound
+            q = tuning.plan_forward(3, n, itemsize, big, state_size=tuning.PROJECT_STATE_SIZE)
+            assert q.block_threads == q.group * q.rows_per_block
+            assert q.block_threads <= tuning.PROJECT_FORWARD_MAX_THREADS
             p = tuning.plan_backward(3, n, itemsize, big)
             assert p.block_threads == p.group * p.rows_per_block <= tuning.BACKWARD_MAX_THREADS
 
@@ -365,11 +377,13 @@ import emu_harness as harness
 emu = harness.Emulator({lib!r})
 rng = np.random.default_rng(0)
 for cfg in {configs!r}:
-    for mode in ({rank_kl}, {sort_l2}):
+    for mode in ({rank_kl}, {sort_l2}, {project_kl}):
         x = rng.normal(size=(3, 24))
-        out, perm, blocks, _ = emu.forward(mode, x, 1.0, 1, cfg)
+        target = np.arange(24.0, 0.0, -1.0)[None, :] if mode == {project_kl} else None
+        eps = np.array([0.5, 1.0, 2.0]) if mode == {project_kl} else 1.0
+        out, perm, blocks, _ = emu.forward(mode, x, eps, 1, cfg, target=target)
         emu.backward(mode, rng.normal(size=x.shape), perm, blocks,
-                     out if mode == {rank_kl} else None, 1.0, 1, cfg)
+                     None if mode == {sort_l2} else out, eps, 1, cfg)
 print("ok")
 """
 
@@ -382,7 +396,8 @@ def run_under_tsan(tmp_path, lib, configs):
     script = tmp_path / "run_tsan.py"
     script.write_text(TSAN_SCRIPT.format(emulation=str(HERE / "emulation"),
                                          root=str(HERE.parent), lib=str(lib), configs=configs,
-                                         rank_kl=RANK_KL, sort_l2=SORT_L2))
+                                         rank_kl=RANK_KL, sort_l2=SORT_L2,
+                                         project_kl=PROJECT_KL))
     env = dict(os.environ, LD_PRELOAD=libtsan, TSAN_OPTIONS="halt_on_error=1 exitcode=66")
     # sys.executable is the real interpreter (a pyenv shim is a shell script that TSan crashes)
     return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
@@ -445,6 +460,144 @@ def test_matches_the_shared_reference(emu, family, mode, rng):
                                        cfg)
                 np.testing.assert_allclose(grad, ref.numerical_vjp(reference, x, v), rtol=1e-5,
                                            atol=1e-5 * scale / eps)
+
+
+# --------------------------------------------------------------------------- project modes,
+# per-row strengths
+
+
+def _strength_rows(rng, rows):
+    """Strengths that differ by orders of magnitude between rows."""
+    return np.exp(rng.uniform(np.log(0.05), np.log(20.0), size=rows))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@PROJECT_MODES
+def test_project_modes_match_the_reference(emu, family, mode, rng):
+    """project/l2 = P(z, t) and project/kl = exp(P_E(z, log t)), z = sign * x / eps, from
+    tests/_reference.py (written from the paper): every target kind, shared (1, n) and per-row
+    targets, a strength per row or one for all; values by value, perm as the stable sort,
+    gradients by central differences of the reference."""
+    cfg = FAMILIES[family][0]
+    for kind in ("random", "ties", "topk"):
+        for shared in (True, False):
+            for n in (1, 2, 7, 33):
+                for per_row_eps, sign in ((False, 1), (True, -1)):
+                    rows = 3
+                    x = rng.normal(size=(rows, n)) * 2.0
+                    target = make_target(mode, rng, rows, n, kind, shared)
+                    eps = _strength_rows(rng, rows) if per_row_eps else 0.7
+                    expected = reference_project(mode, x, eps, sign, target)
+                    out, perm, blocks, _ = emu.forward(mode, x, eps, sign, cfg, target=target)
+                    scale = max(1.0, float(np.abs(expected).max()))
+                    np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-9 * scale)
+                    np.testing.assert_array_equal(
+                        perm, np.argsort(-(sign * x), axis=1, kind="stable"))
+                    assert (blocks[:, 0] == 0).all() and (blocks <= np.arange(n)).all()
+                    if n > 7 and kind != "random":
+                        continue  # gradients: the small rows suffice (central differences)
+                    v = rng.normal(size=x.shape)
+                    grad, _ = emu.backward(mode, v, perm, blocks, aux_for(mode, x, out), eps,
+                                           sign, cfg)
+                    numerical = ref.numerical_vjp(
+                        lambda values: reference_project(mode, values, eps, sign, target), x, v)
+                    np.testing.assert_allclose(grad, numerical, rtol=1e-5,
+                                               atol=1e-5 * scale / float(np.min(eps)))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@PROJECT_MODES
+def test_project_modes_float32(emu, family, mode, rng):
+    """float32 rows and targets (float64 accumulators): the reference's values to float32
+    tolerance, and forward_values-free backward against the float64 call."""
+    cfg = FAMILIES[family][0]
+    for n in (5, 40):
+        x = rng.normal(size=(4, n))
+        target = make_target(mode, rng, 4, n)
+        eps = _strength_rows(rng, 4)
+        x32, t32 = x.astype(np.float32), target.astype(np.float32)
+        out, perm, blocks, _ = emu.forward(mode, x32, eps, 1, cfg, target=t32)
+        assert out.dtype == np.float32
+        assert_close(out, reference_project(mode, x32, eps, 1, t32), np.float32)
+        g = rng.normal(size=x.shape)
+        grad32, _ = emu.backward(mode, g.astype(np.float32), perm, blocks,
+                                 aux_for(mode, x32, out), eps, 1, cfg)
+        grad64, _ = emu.backward(mode, g, perm, blocks,
+                                 aux_for(mode, x, out.astype(np.float64)), eps, 1, cfg)
+        r_mag = float(np.abs(out).max()) if is_kl(mode) else 1.0
+        assert_close(grad32, grad64, np.float32, float(np.abs(g).max()) * r_mag / eps.min())
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("reg", ["l2", "kl"])
+def test_project_onto_rho_is_rank(emu, family, reg, rng):
+    """project with t = (n, ..., 1) is soft_rank (docs/CONTRACT.md): the same values, the same
+    partition on tie-free rows, and the same gradients (project/kl's T_B = sum of outputs
+    against rank/kl's closed-form R_B)."""
+    cfg = FAMILIES[family][0]
+    rank, project = MODES["rank", reg], MODES["project", reg]
+    for n in (1, 3, 16, 45):
+        rho = np.arange(n, 0, -1, dtype=float)[None, :]
+        for shared in (True, False):
+            x = rng.normal(size=(5, n))
+            eps = _strength_rows(rng, 5)
+            target = rho if shared else np.repeat(rho, 5, axis=0)
+            r_out, r_perm, r_blocks, _ = emu.forward(rank, x, eps, -1, cfg)
+            out, perm, blocks, _ = emu.forward(project, x, eps, -1, cfg, target=target)
+            assert_close(out, r_out, np.float64)
+            np.testing.assert_array_equal(perm, r_perm)
+            np.testing.assert_array_equal(blocks, r_blocks)
+            g = rng.normal(size=x.shape)
+            r_grad, _ = emu.backward(rank, g, perm, blocks, aux_for(rank, x, out), eps, -1, cfg)
+            grad, _ = emu.backward(project, g, perm, blocks, aux_for(project, x, out), eps, -1,
+                                   cfg)
+            assert_close(grad, r_grad, np.float64, float(np.abs(g).max()) * n / eps.min())
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@ALL_MODES
+def test_per_row_strengths_equal_one_call_per_row(emu, family, mode, rng):
+    """A call with one strength per row == one call per row with that row's scalar strength,
+    bit for bit (forward and backward), over strengths from 1e-3 to 1e3; and the reference's
+    values for each row."""
+    cfg = FAMILIES[family][0]
+    for dtype in (np.float64, np.float32):
+        for n in (1, 6, 37):
+            rows = 4
+            x = rng.normal(size=(rows, n)).astype(dtype)
+            eps = np.array([1e-3, 0.3, 1.0, 1e3])
+            target = make_target(mode, rng, 1, n, dtype=dtype) if has_target(mode) else None
+            out, perm, blocks, _ = emu.forward(mode, x, eps, 1, cfg, target=target)
+            g = rng.normal(size=x.shape).astype(dtype)
+            aux = aux_for(mode, x, out)
+            grad, _ = emu.backward(mode, g, perm, blocks, aux, eps, 1, cfg)
+            for r in range(rows):
+                row = slice(r, r + 1)
+                o, p, b, _ = emu.forward(mode, x[row], float(eps[r]), 1, cfg, target=target)
+                np.testing.assert_array_equal(out[row], o)
+                np.testing.assert_array_equal(perm[row], p)
+                np.testing.assert_array_equal(blocks[row], b)
+                gr, _ = emu.backward(mode, g[row], p, b, None if aux is None else aux[row],
+                                     float(eps[r]), 1, cfg)
+                np.testing.assert_array_equal(grad[row], gr)
+            if dtype == np.float64:
+                expected = reference_forward(mode, x, eps, 1, target)
+                assert_close(out, expected, dtype)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("kind", ["random", "ties", "topk"])
+@PROJECT_MODES
+def test_project_modes_match_the_cpu(emu, family, kind, mode, rng):
+    """The CPU back end's project modes (skipped until it has them): values, perm and blocks
+    exactly, and the backward, for shared and per-row targets, per-row strengths."""
+    for dtype in (np.float64, np.float32):
+        for n in (4, 33, 90):
+            for shared in (True, False):
+                x = rng.normal(size=(3, n)).astype(dtype)
+                target = make_target(mode, rng, 3, n, kind, shared, dtype=dtype)
+                check(emu, family, mode, x, _strength_rows(rng, 3), 1, target=target)
+                check(emu, family, mode, x, 0.5, -1, target=target)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -729,6 +882,36 @@ def test_torch_bridge_with_a_fake_cupy(emu, fake_cupy, monkeypatch, rng):
                         torch.zeros(2, 5, dtype=torch.int32), None, 1.0, 1)
     with pytest.raises(ValueError, match="aux must be the forward's out for rank/kl"):
         bridge.backward(RANK_KL, torch.zeros(2, 5), perm, blocks, None, 1.0, 1)
+    # targets and per-row strengths
+    x = torch.zeros(2, 5, dtype=torch.float64)
+    t = torch.arange(5.0, 0.0, -1.0, dtype=torch.float64)[None, :]
+    i32 = torch.zeros(2, 5, dtype=torch.int32)
+    for exc, call, message in [
+            (ValueError, lambda: bridge.forward(PROJECT_L2, x, 1.0, 1),
+             "target is required for project/l2"),
+            (ValueError, lambda: bridge.forward_values(SORT_L2, x, 1.0, 1, t),
+             "target must be None for sort/l2"),
+            (TypeError, lambda: bridge.forward(PROJECT_KL, x, 1.0, 1, t.numpy()),
+             "target must be a torch tensor, got ndarray"),
+            (ValueError, lambda: bridge.forward(PROJECT_KL, x, 1.0, 1, t.float()),
+             r"target must be a C-contiguous \(1, 5\) or \(2, 5\) array of float64, got float32"),
+            (ValueError, lambda: bridge.forward(PROJECT_KL, x, 1.0, 1, t.expand(2, 5)),
+             r"target must be .* \(C-contiguous: False\)"),
+            (ValueError, lambda: bridge.forward(RANK_L2, x, torch.ones(2), 1),
+             r"eps must be .* array of float64, got float32 \(2,\)"),
+            (ValueError, lambda: bridge.forward(RANK_L2, x, torch.ones(3, dtype=torch.float64), 1),
+             r"eps must be .* got float64 \(3,\)"),
+            (ValueError, lambda: bridge.forward(RANK_L2, x, torch.tensor([1.0, 0.0],
+                                                                         dtype=torch.float64), 1),
+             "eps must be finite and > 0 in every row"),
+            (ValueError, lambda: bridge.backward(RANK_L2, x, i32, i32, None,
+                                                 torch.tensor([np.nan, 1.0],
+                                                              dtype=torch.float64), 1),
+             "eps must be finite and > 0 in every row"),
+            (ValueError, lambda: bridge.forward(RANK_L2, x, -1.0, 1), "eps must be finite"),
+            (TypeError, lambda: bridge.forward(RANK_L2, x, None, 1), "eps must be a float")]:
+        with pytest.raises(exc, match=message):
+            call()
     assert len(emu.launched) == before
 
 

@@ -5,7 +5,9 @@
 * the public API on CuPy arrays and torch CUDA tensors == the same call on CPU (dim, descending,
   fp16/bf16, every kernel family), autograd included;
 * GPU-only: zero copy through DLPack, launches on torch's current stream (race test after a slow
-  producer on a side stream), device index > 0 when two GPUs exist, 64-bit offsets.
+  producer on a side stream), device index > 0 when two GPUs exist, 64-bit offsets;
+* the project modes (shared and per-row targets) and per-row strengths on every family, CuPy
+  arrays and torch tensors, against the CPU back end and against one call per row.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from softrank._contract import MODE_NAMES, RANK_KL, RANK_L2, SORT_L2, is_kl
+from softrank._contract import (
+    MODE_NAMES, PROJECT_KL, PROJECT_L2, RANK_L2, SORT_L2, aux_of, has_target, is_kl)
 from softrank.cuda import tuning
 
 
@@ -60,34 +63,57 @@ def tuned():
 
 
 def aux_for(mode, x, out):
-    """The backward's aux (docs/CONTRACT.md): out for rank/kl, x for sort/kl, None for l2."""
-    return out if mode == RANK_KL else (x if is_kl(mode) else None)
+    """The backward's aux (docs/CONTRACT.md): out for rank/kl and project/kl, x for sort/kl,
+    None for l2."""
+    return aux_of(mode, x, out)
 
 
 def is_rank(mode):
-    return MODE_NAMES[mode][0] == "rank"
+    """Outputs in the input's positions, gradients ~ 1/eps: rank and project."""
+    return MODE_NAMES[mode][0] != "sort"
 
 
-def cpu_solve(mode, x, eps, sign, g):
+def make_target(mode, rng, rows, n, dtype=np.float64, kind="random"):
+    """A target row per row (or one for all with rows == 1), sorted decreasingly; > 0 for kl."""
+    if kind == "topk":
+        k = rng.integers(0, n + 1, size=(rows, 1))
+        t = (np.arange(n)[None, :] < k) + (1.0 if is_kl(mode) else 0.0)
+    elif is_kl(mode):
+        t = rng.uniform(0.5, n + 0.5, size=(rows, n))
+    else:
+        t = rng.normal(size=(rows, n)) * n
+    return np.ascontiguousarray(-np.sort(-t, axis=1)).astype(dtype)
+
+
+def default_target(mode, x, rng):
+    """None for rank and sort; a target shared by every row for the project modes."""
+    return make_target(mode, rng, 1, x.shape[1], x.dtype) if has_target(mode) else None
+
+
+def cpu_solve(mode, x, eps, sign, g, target=None):
     from softrank import _cpu_backend as cpu
 
-    out, perm, blocks = cpu.forward(mode, x, eps, sign)
+    extra = {} if target is None else {"target": target}
+    out, perm, blocks = cpu.forward(mode, x, eps, sign, **extra)
     grad = cpu.backward(mode, g, perm, blocks, aux_for(mode, x, out), eps, sign)
     return out, perm, blocks, grad
 
 
-def gpu_solve(mode, x, eps, sign, g):
-    """softrank/cuda/_backend.py on CuPy arrays; also checks that forward_values == forward."""
+def gpu_solve(mode, x, eps, sign, g, target=None):
+    """softrank/cuda/_backend.py on CuPy arrays; also checks that forward_values == forward.
+    ``eps``: a float or a NumPy array of per-row strengths (passed as a CuPy array)."""
     import cupy
 
     from softrank.cuda import _backend
 
     xc = cupy.asarray(x)
-    out, perm, blocks = _backend.forward(mode, xc, eps, sign)
+    tc = None if target is None else cupy.asarray(target)
+    ec = eps if isinstance(eps, float) else cupy.asarray(eps)
+    out, perm, blocks = _backend.forward(mode, xc, ec, sign, tc)
     assert isinstance(out, cupy.ndarray) and perm.dtype == blocks.dtype == np.int32
-    np.testing.assert_array_equal(cupy.asnumpy(_backend.forward_values(mode, xc, eps, sign)),
+    np.testing.assert_array_equal(cupy.asnumpy(_backend.forward_values(mode, xc, ec, sign, tc)),
                                   cupy.asnumpy(out))
-    grad = _backend.backward(mode, cupy.asarray(g), perm, blocks, aux_for(mode, xc, out), eps,
+    grad = _backend.backward(mode, cupy.asarray(g), perm, blocks, aux_for(mode, xc, out), ec,
                              sign)
     return tuple(cupy.asnumpy(a) for a in (out, perm, blocks, grad))
 
@@ -110,8 +136,9 @@ def test_backend_matches_cpu(tuned, family, dtype, mode, rng):
         for eps, sign in [(0.1, 1), (1.0, -1), (10.0, 1)]:
             x = rng.normal(size=(rows, n)).astype(dtype)
             g = rng.normal(size=(rows, n)).astype(dtype)
-            ref = cpu_solve(mode, x, eps, sign, g)
-            got = gpu_solve(mode, x, eps, sign, g)
+            target = default_target(mode, x, rng)
+            ref = cpu_solve(mode, x, eps, sign, g, target)
+            got = gpu_solve(mode, x, eps, sign, g, target)
             assert_close(got[0], ref[0], dtype)
             np.testing.assert_array_equal(got[1], ref[1])
             np.testing.assert_array_equal(got[2], ref[2])
@@ -128,8 +155,11 @@ def test_nan_rows_and_ties(tuned, family, rng):
     x[5] = 0.5
     for mode in sorted(MODE_NAMES):
         g = rng.normal(size=x.shape)
-        ref = cpu_solve(mode, x, 1.0, 1, g)
-        got = gpu_solve(mode, x, 1.0, 1, g)
+        # project modes: integer targets keep the pooled values exact
+        target = (np.arange(300, 0, -1, dtype=float)[None, :] // 7 + 1 if has_target(mode)
+                  else None)
+        ref = cpu_solve(mode, x, 1.0, 1, g, target)
+        got = gpu_solve(mode, x, 1.0, 1, g, target)
         assert_close(got[0], ref[0], np.float64)
         np.testing.assert_array_equal(got[1], ref[1])
         np.testing.assert_array_equal(got[2], ref[2])  # integer ties, eps = 1: exact pooled values
@@ -140,8 +170,9 @@ def test_long_row(rng):
     x = rng.normal(size=(1, 10**6))
     g = rng.normal(size=x.shape)
     for mode in sorted(MODE_NAMES):
-        ref = cpu_solve(mode, x, 1.0, 1, g)
-        got = gpu_solve(mode, x, 1.0, 1, g)
+        target = default_target(mode, x, rng)
+        ref = cpu_solve(mode, x, 1.0, 1, g, target)
+        got = gpu_solve(mode, x, 1.0, 1, g, target)
         assert_close(got[0], ref[0], np.float64)
         np.testing.assert_array_equal(got[1], ref[1])
 
@@ -232,6 +263,148 @@ def test_torch_gradcheck_cuda():
     for fn in (softrank.soft_rank, softrank.soft_sort):
         for reg in ("l2", "kl"):
             assert torch.autograd.gradcheck(lambda t: fn(t, reg, 0.7), (x,))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("mode", [PROJECT_L2, PROJECT_KL], ids=["project/l2", "project/kl"])
+def test_project_modes_match_cpu(tuned, family, dtype, mode, rng):
+    """project/l2 and project/kl on CuPy arrays == the CPU back end: shared (1, n) and per-row
+    targets, (1, ..., 1, 0, ..., 0) targets, per-row strengths, sizes around the thresholds
+    (the project modes' 16-byte state moves the smem/tiled boundary)."""
+    tuned(**FAMILIES[family])
+    for rows, n in [(3, 1), (5, 2), (7, 33), (67, 100), (3, 257), (2, 1000), (2, 4097),
+                    (2, 8193), (1, 20000)]:
+        for kind, shared, per_row_eps in [("random", True, False), ("random", False, True),
+                                          ("topk", False, False)]:
+            x = rng.normal(size=(rows, n)).astype(dtype)
+            g = rng.normal(size=(rows, n)).astype(dtype)
+            target = make_target(mode, rng, 1 if shared else rows, n, dtype, kind)
+            eps = np.exp(rng.uniform(-3, 3, size=rows)) if per_row_eps else 0.5
+            ref = cpu_solve(mode, x, eps, 1, g, target)
+            got = gpu_solve(mode, x, eps, 1, g, target)
+            assert_close(got[0], ref[0], dtype)
+            np.testing.assert_array_equal(got[1], ref[1])
+            np.testing.assert_array_equal(got[2], ref[2])
+            scale = float(np.abs(g).max() * np.abs(ref[0]).max() / np.min(eps))
+            assert_close(got[3], ref[3], dtype, scale)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@ALL_MODES
+def test_per_row_strengths_equal_one_call_per_row(tuned, family, mode, rng):
+    """A per-row strength array (CuPy, and NumPy copied to the device) == one call per row with
+    a scalar strength; and == the CPU back end's per-row call."""
+    import cupy
+
+    from softrank.cuda import _backend
+
+    tuned(**FAMILIES[family])
+    for rows, n in [(4, 7), (4, 300), (3, 5000)]:
+        x = rng.normal(size=(rows, n))
+        g = rng.normal(size=(rows, n))
+        eps = np.array([1e-3, 0.3, 1.0, 1e3])[:rows]
+        target = default_target(mode, x, rng)
+        got = gpu_solve(mode, x, eps, -1, g, target)
+        tc = None if target is None else cupy.asarray(target)
+        host = _backend.forward(mode, cupy.asarray(x), eps, -1, tc)  # NumPy strengths
+        for a, b in zip(host, got[:3]):
+            np.testing.assert_array_equal(cupy.asnumpy(a), b)
+        for r in range(rows):
+            one = gpu_solve(mode, x[r:r + 1], float(eps[r]), -1, g[r:r + 1], target)
+            for a, b in zip(got, one):
+                np.testing.assert_array_equal(a[r:r + 1], b)
+        ref = cpu_solve(mode, x, eps, -1, g, target)
+        assert_close(got[0], ref[0], np.float64)
+        np.testing.assert_array_equal(got[2], ref[2])
+
+
+def test_backend_checks_targets_and_strengths():
+    import cupy
+
+    from softrank.cuda import _backend
+
+    x = cupy.zeros((2, 5))
+    t = cupy.arange(5.0, 0.0, -1.0)[None, :]
+    with pytest.raises(ValueError, match="target is required for project/l2"):
+        _backend.forward(PROJECT_L2, x, 1.0, 1)
+    with pytest.raises(TypeError, match="target must be a CuPy array"):
+        _backend.forward(PROJECT_L2, x, 1.0, 1, cupy.asnumpy(t))
+    with pytest.raises(ValueError, match="target must be a C-contiguous"):
+        _backend.forward(PROJECT_KL, x, 1.0, 1, t.astype(cupy.float32))
+    with pytest.raises(ValueError, match="eps must be finite and > 0 in every row"):
+        _backend.forward(RANK_L2, x, cupy.asarray([1.0, 0.0]), 1)
+    with pytest.raises(ValueError, match="eps must be a float or a C-contiguous"):
+        _backend.forward(RANK_L2, x, cupy.ones(2, cupy.float32), 1)
+    if GPUS > 1:
+        with cupy.cuda.Device(1):
+            other = cupy.ones(2)
+            t1 = cupy.asarray(t)
+        with pytest.raises(ValueError, match="eps must be on x's device"):
+            _backend.forward(RANK_L2, x, other, 1)
+        with pytest.raises(ValueError, match="target must be on x's device"):
+            _backend.forward(PROJECT_L2, x, 1.0, 1, t1)
+
+
+@needs_torch
+@pytest.mark.parametrize("family", ["default", "tiled", "small_tiles"])
+def test_torch_bridge_project_and_strength_tensors(tuned, family, rng):
+    """softrank/cuda/_torch_bridge.py with targets and per-row strength tensors (on the device
+    and on the CPU) == the CPU back end."""
+    import torch
+
+    from softrank.cuda import _torch_bridge as bridge
+
+    tuned(**FAMILIES[family])
+    for mode in sorted(MODE_NAMES):
+        for dtype in (np.float64, np.float32):
+            x = rng.normal(size=(3, 700)).astype(dtype)
+            g = rng.normal(size=x.shape).astype(dtype)
+            target = (make_target(mode, rng, 3, 700, dtype) if has_target(mode) else None)
+            eps = np.array([0.2, 1.0, 5.0])
+            ref = cpu_solve(mode, x, eps, 1, g, target)
+            tt = None if target is None else torch.from_numpy(target).cuda()
+            for eps_t in (torch.from_numpy(eps).cuda(), torch.from_numpy(eps)):
+                xt = torch.from_numpy(x).cuda()
+                out, perm, blocks = bridge.forward(mode, xt, eps_t, 1, tt)
+                torch.testing.assert_close(bridge.forward_values(mode, xt, eps_t, 1, tt), out,
+                                           rtol=0, atol=0)
+                grad = bridge.backward(mode, torch.from_numpy(g).cuda(), perm, blocks,
+                                       aux_for(mode, xt, out), eps_t, 1)
+                assert_close(out.cpu().numpy(), ref[0], dtype)
+                np.testing.assert_array_equal(perm.cpu().numpy(), ref[1])
+                np.testing.assert_array_equal(blocks.cpu().numpy(), ref[2])
+                scale = (float(np.abs(g).max() * np.abs(ref[0]).max() / eps.min())
+                         if is_rank(mode) else 1.0)
+                assert_close(grad.cpu().numpy(), ref[3], dtype, scale)
+
+
+@needs_torch
+def test_torch_public_project_ops_match_cpu(rng):
+    """project_permutahedron, soft_topk and soft_quantile on torch CUDA tensors (per-slice
+    strengths included) == the same calls on CPU, values and gradients."""
+    import torch
+
+    import softrank
+
+    x = torch.from_numpy(rng.normal(size=(4, 60)))
+    w = torch.from_numpy(rng.uniform(0.5, 3.0, size=60))
+    strengths = torch.tensor([[0.3], [1.0], [2.0], [0.7]], dtype=torch.float64)
+    calls = [lambda v, s: softrank.project_permutahedron(v, w.to(v.device), "l2", s),
+             lambda v, s: softrank.project_permutahedron(v, w.to(v.device), "kl", s),
+             lambda v, s: softrank.soft_topk(v, 7, "l2", s),
+             lambda v, s: softrank.soft_quantile(v, 0.3, "l2", s)]
+    for call in calls:
+        for strength in (0.5, strengths):
+            res = []
+            for device in ("cpu", "cuda"):
+                xd = x.to(device, copy=True).requires_grad_()
+                s = strength.to(device) if isinstance(strength, torch.Tensor) else strength
+                out = call(xd, s)
+                out.backward(torch.ones_like(out))
+                res.append((out.detach().cpu(), xd.grad.cpu()))
+            torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(res[1][1], res[0][1], rtol=1e-7, atol=1e-7)
 
 
 @needs_torch
