@@ -32,7 +32,7 @@ def main():
     x = torch.randn(*shape, requires_grad=True)
     cases = {"floor": lambda: _Identity.apply(x).sum().backward()}
     for op, reg in (("rank", "l2"), ("sort", "kl")):
-        spec = (C.mode_of(op, reg), 1.0, C.sign_for(op, False))
+        spec = (C.mode_of(op, reg), 1.0, C.sign_for(op, False), None)
         cases[f"{op}/{reg} EagerSoftOp"] = (
             lambda spec=spec: _torch.EagerSoftOp.apply(x, spec).sum().backward())
         cases[f"{op}/{reg} SoftOp"] = (

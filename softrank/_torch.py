@@ -61,10 +61,11 @@ class EagerSoftOp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, spec):
-        out, perm, blocks = backend.forward(*spec[:1], x, *spec[1:])
+        mode, eps, sign, target = spec
+        out, perm, blocks = backend.forward(mode, x, eps, sign, target)
         ctx.spec = spec
         ctx.partition = (perm, blocks)  # reached by nothing but this backward
-        aux = C.aux_of(spec[0], x, out)
+        aux = C.aux_of(mode, x, out)
         if aux is not None:
             ctx.save_for_backward(aux)
         return out

@@ -380,3 +380,20 @@ def test_a_nan_row_does_not_disturb_the_others():
     out = softrank.project_permutahedron(x, np.arange(6.0) + 1, "kl", [0.5, 1.0, 2.0])
     assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all()
     np.testing.assert_allclose(out[0], softrank.soft_rank(x[0], "kl", 0.5), rtol=1e-13)
+
+
+def test_compile_with_learnable_strengths_and_targets():
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(6, dtype=torch.float64) + 0.5).requires_grad_()
+    eps = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, eps):
+        return ((softrank.project_permutahedron(x, w, "kl", eps) ** 2).sum()
+                + (softrank.soft_sort(x, "kl", eps) ** 2).sum()
+                + (softrank.soft_rank(x, "l2", eps) ** 2).sum())
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    eager = torch.autograd.grad(f(x, w, eps), (x, w, eps))
+    for a, b in zip(eager, torch.autograd.grad(compiled(x, w, eps), (x, w, eps))):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
