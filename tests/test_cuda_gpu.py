@@ -379,6 +379,31 @@ def test_torch_bridge_project_and_strength_tensors(tuned, family, rng):
                 assert_close(grad.cpu().numpy(), ref[3], dtype, scale)
 
 
+def test_cupy_public_project_ops(rng):
+    """project_permutahedron, soft_topk, soft_quantile on CuPy arrays == on NumPy, with one
+    strength and with per-slice strengths."""
+    import cupy
+
+    import softrank
+
+    x = rng.normal(size=(5, 80))
+    w = rng.uniform(0.5, 3.0, size=80)
+    strengths = rng.uniform(0.2, 2.0, size=(5, 1))
+    for strength in (0.4, strengths):
+        s_gpu = strength if isinstance(strength, float) else cupy.asarray(strength)
+        for reg in ("l2", "kl"):
+            got = softrank.project_permutahedron(cupy.asarray(x), cupy.asarray(w), reg, s_gpu)
+            ref = softrank.project_permutahedron(x, w, reg, strength)
+            np.testing.assert_allclose(cupy.asnumpy(got), ref, rtol=1e-10, atol=1e-10)
+        got = softrank.soft_topk(cupy.asarray(x), 9, "l2", s_gpu)
+        np.testing.assert_allclose(cupy.asnumpy(got), softrank.soft_topk(x, 9, "l2", strength),
+                                   rtol=1e-10, atol=1e-10)
+        got = softrank.soft_quantile(cupy.asarray(x), 0.75, "l2", s_gpu)
+        np.testing.assert_allclose(cupy.asnumpy(got),
+                                   softrank.soft_quantile(x, 0.75, "l2", strength),
+                                   rtol=1e-10, atol=1e-10)
+
+
 @needs_torch
 def test_torch_public_project_ops_match_cpu(rng):
     """project_permutahedron, soft_topk and soft_quantile on torch CUDA tensors (per-slice

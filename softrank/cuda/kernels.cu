@@ -1,10 +1,14 @@
-// softrank/cuda/kernels.cu -- batched soft rank / soft sort on the GPU (forward and VJP).
+// softrank/cuda/kernels.cu -- batched soft rank / soft sort / projection onto the permutahedron
+// of a target on the GPU (forward and VJP).
 //
 // Problem (docs/CONTRACT.md, Blondel et al. 2020, arXiv:2002.08871): for each row, z = sign * x,
 // s = z sorted decreasing (ties by index), then the DECREASING isotonic regression of the
 // operand of (op, regularization) by pool-adjacent-violators; outputs, `perm` (int32) and
 // `blocks` (int32 block start per sorted position).  A row with NaN/inf gets out = NaN,
 // perm = identity and blocks = (-1, 0, 0, ...), exactly as the CPU back end.
+// OP = OP_RANK, OP_SORT or OP_PROJECT (rank with the caller's target row t, sorted
+// decreasingly, in place of rho; `target` with a row stride of 0 (one shared row) or n).
+// Strengths: `eps_d` for every row, or `eps_rows[row]` when eps_rows is not null.
 //
 // Parallel PAV (docs/CUDA.md): a group of G threads (G a power of two) owns one row.
 // Thread t runs sequential PAV on the contiguous chunk [t*c, (t+1)*c) of sorted positions, then
