@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Dict, Literal, SupportsFloat, Tuple, overload
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Literal, Sequence, SupportsFloat, Tuple,
+                    Union, overload)
 
 from . import _array, _quantile
 from . import _contract
@@ -24,6 +25,10 @@ if TYPE_CHECKING:  # for type checkers only: importing softrank imports neither 
     #: NumPy results: floating arrays (integer and bool inputs become float64).
     _FloatArray = npt.NDArray[numpy.floating[Any]]
     _Regularization = Literal["l2", "kl"]
+    #: One strength for all, or one per slice (arrays, tensors; a learnable tensor).
+    _Strength = Union[SupportsFloat, Sequence[SupportsFloat], numpy.ndarray[Any, Any],
+                      torch.Tensor]
+    _Quantiles = Union[float, Sequence[float], numpy.ndarray[Any, Any], torch.Tensor]
 
 
 def _is_torch_tensor(values: object) -> bool:
@@ -89,17 +94,17 @@ if TYPE_CHECKING:
 
         @overload
         def __call__(self, values: torch.Tensor, regularization: _Regularization = "l2",
-                     regularization_strength: SupportsFloat = 1.0, *, dim: int = -1,
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
                      descending: bool = False) -> torch.Tensor: ...
 
         @overload
         def __call__(self, values: _CudaArrayT, regularization: _Regularization = "l2",
-                     regularization_strength: SupportsFloat = 1.0, *, dim: int = -1,
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
                      descending: bool = False) -> _CudaArrayT: ...
 
         @overload
         def __call__(self, values: npt.ArrayLike, regularization: _Regularization = "l2",
-                     regularization_strength: SupportsFloat = 1.0, *, dim: int = -1,
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
                      descending: bool = False) -> _FloatArray: ...
 
     class _SoftOpVjp(Protocol):
@@ -107,27 +112,139 @@ if TYPE_CHECKING:
 
         @overload
         def __call__(self, values: torch.Tensor, regularization: _Regularization = "l2",
-                     regularization_strength: SupportsFloat = 1.0, *, dim: int = -1,
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
                      descending: bool = False,
                      ) -> Tuple[torch.Tensor, Callable[[torch.Tensor | npt.ArrayLike],
                                                        torch.Tensor]]: ...
 
         @overload
         def __call__(self, values: _CudaArrayT, regularization: _Regularization = "l2",
-                     regularization_strength: SupportsFloat = 1.0, *, dim: int = -1,
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
                      descending: bool = False,
                      ) -> Tuple[_CudaArrayT, Callable[[_CudaArrayT], _CudaArrayT]]: ...
 
         @overload
         def __call__(self, values: npt.ArrayLike, regularization: _Regularization = "l2",
-                     regularization_strength: SupportsFloat = 1.0, *, dim: int = -1,
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
                      descending: bool = False,
+                     ) -> Tuple[_FloatArray, Callable[[npt.ArrayLike], _FloatArray]]: ...
+
+
+    class _ProjectOp(Protocol):
+        """project_permutahedron: the output has the input's type."""
+
+        @overload
+        def __call__(self, values: torch.Tensor, w: torch.Tensor | npt.ArrayLike,
+                     regularization: _Regularization = "l2",
+                     regularization_strength: _Strength = 1.0, *,
+                     dim: int = -1) -> torch.Tensor: ...
+
+        @overload
+        def __call__(self, values: _CudaArrayT, w: Any, regularization: _Regularization = "l2",
+                     regularization_strength: _Strength = 1.0, *,
+                     dim: int = -1) -> _CudaArrayT: ...
+
+        @overload
+        def __call__(self, values: npt.ArrayLike, w: npt.ArrayLike,
+                     regularization: _Regularization = "l2",
+                     regularization_strength: _Strength = 1.0, *,
+                     dim: int = -1) -> _FloatArray: ...
+
+    class _TopKOp(Protocol):
+        """soft_topk: the output has the input's type."""
+
+        @overload
+        def __call__(self, values: torch.Tensor, k: int, regularization: Literal["l2"] = "l2",
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
+                     largest: bool = True) -> torch.Tensor: ...
+
+        @overload
+        def __call__(self, values: _CudaArrayT, k: int, regularization: Literal["l2"] = "l2",
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
+                     largest: bool = True) -> _CudaArrayT: ...
+
+        @overload
+        def __call__(self, values: npt.ArrayLike, k: int, regularization: Literal["l2"] = "l2",
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
+                     largest: bool = True) -> _FloatArray: ...
+
+    class _TopKVjp(Protocol):
+        """soft_topk_vjp: (output, pullback), typed as the input."""
+
+        @overload
+        def __call__(self, values: torch.Tensor, k: int, regularization: Literal["l2"] = "l2",
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
+                     largest: bool = True,
+                     ) -> Tuple[torch.Tensor, Callable[[torch.Tensor | npt.ArrayLike],
+                                                       torch.Tensor]]: ...
+
+        @overload
+        def __call__(self, values: _CudaArrayT, k: int, regularization: Literal["l2"] = "l2",
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
+                     largest: bool = True,
+                     ) -> Tuple[_CudaArrayT, Callable[[_CudaArrayT], _CudaArrayT]]: ...
+
+        @overload
+        def __call__(self, values: npt.ArrayLike, k: int, regularization: Literal["l2"] = "l2",
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
+                     largest: bool = True,
+                     ) -> Tuple[_FloatArray, Callable[[npt.ArrayLike], _FloatArray]]: ...
+
+    class _QuantileOp(Protocol):
+        """soft_quantile: the output has the input's type."""
+
+        @overload
+        def __call__(self, values: torch.Tensor, q: _Quantiles,
+                     regularization: _Regularization = "l2",
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
+                     keepdim: bool = False) -> torch.Tensor: ...
+
+        @overload
+        def __call__(self, values: _CudaArrayT, q: _Quantiles,
+                     regularization: _Regularization = "l2",
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
+                     keepdim: bool = False) -> _CudaArrayT: ...
+
+        @overload
+        def __call__(self, values: npt.ArrayLike, q: _Quantiles,
+                     regularization: _Regularization = "l2",
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
+                     keepdim: bool = False) -> _FloatArray: ...
+
+    class _QuantileVjp(Protocol):
+        """soft_quantile_vjp: (output, pullback), typed as the input."""
+
+        @overload
+        def __call__(self, values: torch.Tensor, q: _Quantiles,
+                     regularization: _Regularization = "l2",
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
+                     keepdim: bool = False,
+                     ) -> Tuple[torch.Tensor, Callable[[torch.Tensor | npt.ArrayLike],
+                                                       torch.Tensor]]: ...
+
+        @overload
+        def __call__(self, values: _CudaArrayT, q: _Quantiles,
+                     regularization: _Regularization = "l2",
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
+                     keepdim: bool = False,
+                     ) -> Tuple[_CudaArrayT, Callable[[_CudaArrayT], _CudaArrayT]]: ...
+
+        @overload
+        def __call__(self, values: npt.ArrayLike, q: _Quantiles,
+                     regularization: _Regularization = "l2",
+                     regularization_strength: _Strength = 1.0, *, dim: int = -1,
+                     keepdim: bool = False,
                      ) -> Tuple[_FloatArray, Callable[[npt.ArrayLike], _FloatArray]]: ...
 
     soft_rank: _SoftOp
     soft_sort: _SoftOp
     soft_rank_vjp: _SoftOpVjp
     soft_sort_vjp: _SoftOpVjp
+    project_permutahedron: _ProjectOp
+    soft_topk: _TopKOp
+    soft_topk_vjp: _TopKVjp
+    soft_quantile: _QuantileOp
+    soft_quantile_vjp: _QuantileVjp
 else:
     def soft_rank(values, regularization="l2", regularization_strength=1.0, *, dim=-1,
                   descending=False):
@@ -148,6 +265,56 @@ else:
                       descending=False):
         return _front_end(values).soft_op_vjp("sort", values, regularization,
                                               regularization_strength, dim, descending)
+
+    def project_permutahedron(values, w, regularization="l2", regularization_strength=1.0, *,
+                              dim=-1):
+        return _front_end(values).soft_op("project", values, regularization,
+                                          regularization_strength, dim, False, _target(w))
+
+
+    def soft_topk(values, k, regularization="l2", regularization_strength=1.0, *, dim=-1,
+                  largest=True):
+        _contract.check_topk_regularization(regularization)
+        return _front_end(values).soft_op("project", values, regularization,
+                                          regularization_strength, dim,
+                                          not _contract.check_bool(largest, "largest"),
+                                          _contract.TopK(k))
+
+
+    def soft_topk_vjp(values, k, regularization="l2", regularization_strength=1.0, *, dim=-1,
+                      largest=True):
+        _contract.check_topk_regularization(regularization)
+        return _front_end(values).soft_op_vjp("project", values, regularization,
+                                              regularization_strength, dim,
+                                              not _contract.check_bool(largest, "largest"),
+                                              _contract.TopK(k))
+
+
+    def soft_quantile(values, q, regularization="l2", regularization_strength=1.0, *, dim=-1,
+                      keepdim=False):
+        quantiles, scalar = _quantile.quantile_arguments(q)
+        keepdim = _contract.check_bool(keepdim, "keepdim")
+        out = soft_sort(values, regularization, regularization_strength, dim=dim)
+        return _quantile.interpolate(out, quantiles, scalar, dim, keepdim)
+
+
+    def soft_quantile_vjp(values, q, regularization="l2", regularization_strength=1.0, *, dim=-1,
+                          keepdim=False):
+        quantiles, scalar = _quantile.quantile_arguments(q)
+        keepdim = _contract.check_bool(keepdim, "keepdim")
+        if _is_torch_tensor(values):  # autograd differentiates the interpolation
+            from . import _torch
+
+            return _torch.vjp_of(lambda x: soft_quantile(x, q, regularization,
+                                                         regularization_strength, dim=dim,
+                                                         keepdim=keepdim), values)
+        out, pullback = soft_sort_vjp(values, regularization, regularization_strength, dim=dim)
+        result = _quantile.interpolate(out, quantiles, scalar, dim, keepdim)
+
+        def quantile_pullback(cotangent):
+            return pullback(_quantile.transpose(out, cotangent, quantiles, scalar, dim, keepdim))
+
+        return result, quantile_pullback
 
 
 _RANK_PARAMETERS = _COMMON_PARAMETERS.format(
@@ -227,57 +394,6 @@ soft_sort_vjp.__doc__ = ("""Soft sorted values and their vector-Jacobian product
     >>> pullback(np.array([0.0, 0.0, 1.0])).round(4).tolist()
     [0.3333, 0.3333, 0.3333]
 """)
-
-
-def project_permutahedron(values, w, regularization="l2", regularization_strength=1.0, *,
-                          dim=-1):
-    return _front_end(values).soft_op("project", values, regularization,
-                                      regularization_strength, dim, False, _target(w))
-
-
-def soft_topk(values, k, regularization="l2", regularization_strength=1.0, *, dim=-1,
-              largest=True):
-    _contract.check_topk_regularization(regularization)
-    return _front_end(values).soft_op("project", values, regularization,
-                                      regularization_strength, dim,
-                                      not _contract.check_bool(largest, "largest"),
-                                      _contract.TopK(k))
-
-
-def soft_topk_vjp(values, k, regularization="l2", regularization_strength=1.0, *, dim=-1,
-                  largest=True):
-    _contract.check_topk_regularization(regularization)
-    return _front_end(values).soft_op_vjp("project", values, regularization,
-                                          regularization_strength, dim,
-                                          not _contract.check_bool(largest, "largest"),
-                                          _contract.TopK(k))
-
-
-def soft_quantile(values, q, regularization="l2", regularization_strength=1.0, *, dim=-1,
-                  keepdim=False):
-    quantiles, scalar = _quantile.quantile_arguments(q)
-    keepdim = _contract.check_bool(keepdim, "keepdim")
-    out = soft_sort(values, regularization, regularization_strength, dim=dim)
-    return _quantile.interpolate(out, quantiles, scalar, dim, keepdim)
-
-
-def soft_quantile_vjp(values, q, regularization="l2", regularization_strength=1.0, *, dim=-1,
-                      keepdim=False):
-    quantiles, scalar = _quantile.quantile_arguments(q)
-    keepdim = _contract.check_bool(keepdim, "keepdim")
-    if _is_torch_tensor(values):  # autograd differentiates the interpolation
-        from . import _torch
-
-        return _torch.vjp_of(lambda x: soft_quantile(x, q, regularization,
-                                                     regularization_strength, dim=dim,
-                                                     keepdim=keepdim), values)
-    out, pullback = soft_sort_vjp(values, regularization, regularization_strength, dim=dim)
-    result = _quantile.interpolate(out, quantiles, scalar, dim, keepdim)
-
-    def quantile_pullback(cotangent):
-        return pullback(_quantile.transpose(out, cotangent, quantiles, scalar, dim, keepdim))
-
-    return result, quantile_pullback
 
 
 def _target(w):

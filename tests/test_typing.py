@@ -54,6 +54,17 @@ def main() -> None:
     loss: torch.Tensor = loss_fn.forward(t, t)
     module: torch.nn.Module = loss_fn
 
+    k_t: torch.Tensor = softrank.soft_topk(t, 2, regularization_strength=torch.ones(2))
+    k_a: np.ndarray = softrank.soft_topk(a, 2, largest=False)
+    q_t: torch.Tensor = softrank.soft_quantile(t, [0.25, 0.75], "kl", keepdim=True)
+    q_a: np.ndarray = softrank.soft_quantile(a, 0.5, regularization_strength=[0.5, 1.0])
+    p_t: torch.Tensor = softrank.project_permutahedron(t, torch.arange(5.0), "l2", 0.5)
+    p_a: np.ndarray = softrank.project_permutahedron(a, [1.0, 2.0, 3.0, 4.0, 5.0], dim=-1)
+    out_k, pullback_k = softrank.soft_topk_vjp(a, 1)
+    g_k: np.ndarray = pullback_k(np.ones_like(out_k))
+    out_q, pullback_q = softrank.soft_quantile_vjp(t, 0.5)
+    g_q: torch.Tensor = pullback_q(torch.ones_like(out_q))
+
     reveal_type(softrank.soft_rank(t))  # REVEAL tensor
     reveal_type(softrank.soft_sort(a))  # REVEAL array
     reveal_type(softrank.soft_rank([1, 2]))  # REVEAL array
@@ -89,6 +100,10 @@ def main() -> None:
     softrank.SpearmanLoss(reduction="avg")  # BAD: not a reduction
     softrank.SpearmanLoss(0)  # BAD: the options are keyword-only
     softrank.soft_ranks(a)  # BAD: no such function
+    softrank.soft_topk(a, 2, "kl")  # BAD: top-k is l2 only
+    softrank.soft_topk(a, 2.5)  # BAD: k is an int
+    softrank.soft_quantile(a, "0.5")  # BAD: q is a number or numbers
+    km: torch.Tensor = softrank.soft_topk(a, 1)  # BAD: arrays give arrays
 '''
 
 
