@@ -9,38 +9,65 @@ tensors (float32/float64; ``perm`` and ``blocks`` int32), all on one device::
 
 ``eps`` is a Python float or a float64 tensor of shape ``(rows,)`` (one strength per row) on x's
 device or on the CPU (copied to x's device); its values are checked (for a CUDA tensor, by one
-flag read back to the host).  ``target`` (the project modes only) is a tensor of x's dtype and
-shape ``(1, n)`` or ``(rows, n)`` on x's device (docs/CONTRACT.md).
+flag read back to the host; not during CUDA graph capture, see below).  ``target`` (the project
+modes only) is a tensor of x's dtype and shape ``(1, n)`` or ``(rows, n)`` on x's device
+(docs/CONTRACT.md).
 
-Outputs are allocated with ``torch.empty`` on the tensors' device, so the memory belongs to torch's
-caching allocator on the stream that uses it; the kernels write into zero-copy CuPy views of them.
-For the duration of a launch, ``cupy.cuda.Device(idx)`` and an ``ExternalStream`` wrapping
-``torch.cuda.current_stream(idx)`` are CuPy's current device and stream, so every kernel runs on
-torch's current stream: ordered after whatever produced the inputs and before whatever consumes
-the outputs, with no ``synchronize()`` and no cross-stream event.
+Outputs, and the tiled family's workspaces, are allocated by torch on the tensors' device, so the
+memory belongs to torch's caching allocator on the stream that uses it.  For the duration of the
+launches, ``cupy.cuda.Device(idx)`` and an ``ExternalStream`` wrapping torch's current stream are
+CuPy's current device and stream, so every kernel runs on torch's current stream: ordered after
+whatever produced the inputs and before whatever consumes the outputs, with no ``synchronize()``
+and no cross-stream event.
 
-The views come from DLPack capsules (``torch.utils.dlpack.to_dlpack`` handed to
-``cupy.from_dlpack``) rather than ``Tensor.__dlpack__``: the latter's stream handshake and device
-checks order two streams, and here producer and consumer are the same stream, so they would only
-add host time to every call (docs/PERFORMANCE.md has the measurement).
+The kernels get the tensors' data pointers (``_backend.DeviceArray``), not CuPy views: a view
+(DLPack) per tensor per call is host time, and the launches need nothing of a CuPy array but its
+pointer.  The arguments' layouts are checked once per layout (dtype, shape, contiguity, mode) and
+remembered; devices and strengths are checked on every call.
 
 The tiled family needs ``perm`` before its kernels run.  For tensors it comes from ``torch.sort``
 along the rows (one segmented sort for all rows, where ``_backend.presort`` on the CuPy path
 sorts with 1-D CuPy sorts; docs/PERFORMANCE.md), with the same key and tie order.
+
+**CUDA graphs.**  A call can be captured by ``torch.cuda.graph`` or
+``torch.compile(mode="reduce-overhead")``: it launches on the capturing stream (torch's current
+one), allocates only through torch (the graph's private pool during capture) and reads nothing
+back to the host, provided the kernels were compiled by an earlier call outside capture (the
+warm-up that torch asks for anyway).  The one check that needs a read-back, the values of a CUDA
+tensor of per-row strengths, is skipped while the current stream is capturing: a strength that
+is not finite and > 0 then gives its row meaningless values instead of a ValueError.  A CPU tensor
+of strengths cannot be copied to the device during capture (a synchronous copy) and is refused.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import math
 import warnings
 
+import numpy as np
 import torch
-from torch.utils.dlpack import to_dlpack
 
-from . import _backend
+from . import _backend, tuning
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.int32: "int32"}
+_NP_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
+              torch.int32: np.dtype(np.int32)}
+_TORCH_DTYPES = {v: k for k, v in _NP_DTYPES.items()}
+# torch's raw current-stream query (what torch.compile's generated code calls): an int, without
+# the Stream object that torch.cuda.current_stream builds
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+# Layouts (mode, dtypes, shapes, contiguity) that passed _backend's checks; a key holds every
+# property those checks read, so a hit means the same checks would pass again.
+_checked: dict = {}
+_CHECKED_SIZE = 4096
+
+
+def _remember(key):
+    if len(_checked) >= _CHECKED_SIZE:
+        _checked.clear()
+    _checked[key] = True
 
 
 def _layout(t):
@@ -72,18 +99,61 @@ def _check_target(mode, target, x):
     _backend.check_target(mode, None if target is None else _layout(target), _layout(x))
 
 
+def _check_forward(mode, x, target):
+    """Every check of a forward's x and target (layouts memoised, devices every time)."""
+    if target is None:
+        _check_device((("x", x),))
+        key = (mode, x.dtype, x.shape, x.is_contiguous())
+    elif isinstance(target, torch.Tensor):
+        _check_device((("x", x), ("target", target)))
+        key = (mode, x.dtype, x.shape, x.is_contiguous(), target.dtype, target.shape,
+               target.is_contiguous())
+    else:
+        key = None
+    if key not in _checked:
+        _check(mode, [("x", x)])
+        _check_target(mode, target, x)
+        _remember(key)
+
+
+def _check_backward(mode, g, perm, blocks, aux):
+    """Every check of a backward's tensors (layouts memoised, devices every time)."""
+    if aux is None:
+        _check_device((("g", g), ("perm", perm), ("blocks", blocks)))
+        key = (mode, g.dtype, g.shape, g.is_contiguous(), perm.dtype, perm.shape,
+               perm.is_contiguous(), blocks.dtype, blocks.shape, blocks.is_contiguous())
+    else:
+        _check_device((("g", g), ("aux", aux), ("perm", perm), ("blocks", blocks)))
+        key = (mode, g.dtype, g.shape, g.is_contiguous(), perm.dtype, perm.shape,
+               perm.is_contiguous(), blocks.dtype, blocks.shape, blocks.is_contiguous(),
+               aux.dtype, aux.shape, aux.is_contiguous())
+    if key not in _checked:
+        _backend.check_aux(mode, aux)
+        _check(mode, [("g", g)] + ([] if aux is None else [("aux", aux)]),
+               [("perm", perm), ("blocks", blocks)])
+        _remember(key)
+
+
 def _device_eps(eps, x):
-    """``eps`` checked: a Python float, or a float64 tensor of the strengths on x's device."""
+    """``eps`` checked: a Python float, or a float64 tensor of the strengths on x's device.
+
+    The values of a CUDA tensor are checked by reading one flag back (a host synchronisation),
+    except while the current stream is capturing a CUDA graph, where a read-back is an error."""
     if not isinstance(eps, torch.Tensor):
         return _backend.check_eps_scalar(eps)
     _backend.check_eps_layout(_layout(eps), x.shape[0])
+    capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
     if eps.device != x.device:
         if eps.is_cuda:
             raise ValueError(f"eps must be on x's device ({x.device}) or the CPU, got "
                              f"{eps.device}")
         _backend.check_eps_values(bool(torch.all((eps > 0) & (eps < torch.inf))))
+        if capturing:
+            raise ValueError("eps must be on x's device during CUDA graph capture: copying a "
+                             "CPU tensor there synchronises with the host")
         return eps.to(x.device)
-    _backend.check_eps_values(bool(torch.all((eps > 0) & (eps < torch.inf))))
+    if not capturing:
+        _backend.check_eps_values(bool(torch.all((eps > 0) & (eps < torch.inf))))
     return eps
 
 
@@ -97,19 +167,74 @@ def _stream(cupy, ptr: int, idx: int):
         return cupy.cuda.ExternalStream(ptr, idx)
 
 
-@contextlib.contextmanager
-def torch_stream_context(device):
-    """The device and torch's current stream on it as CuPy's current ones; yields cupy."""
-    cupy = _backend.require_cupy()
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    stream = torch.cuda.current_stream(idx)
-    with cupy.cuda.Device(idx), _stream(cupy, stream.cuda_stream, idx):
-        yield cupy
+@functools.lru_cache(maxsize=64)
+def _cupy_device(cupy, idx: int):
+    return cupy.cuda.Device(idx)
+
+
+class torch_stream_context:
+    """``with torch_stream_context(device) as cupy``: the device and torch's current stream on
+    it are CuPy's current ones (a class, not a generator: it runs on every call)."""
+
+    __slots__ = ("device", "_entered")
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        cupy = _backend.require_cupy()
+        idx = self.device.index
+        if idx is None:
+            idx = torch.cuda.current_device()
+        ptr = (_raw_stream(idx) if _raw_stream is not None
+               else torch.cuda.current_stream(idx).cuda_stream)
+        device, stream = _cupy_device(cupy, idx), _stream(cupy, ptr, idx)
+        device.__enter__()
+        try:
+            stream.__enter__()
+        except BaseException:
+            device.__exit__(None, None, None)
+            raise
+        self._entered = (device, stream)
+        return cupy
+
+    def __exit__(self, *exc):
+        device, stream = self._entered
+        try:
+            stream.__exit__(*exc)
+        finally:
+            device.__exit__(*exc)
+        return False
 
 
 def _views(cupy, *tensors):
-    """Zero-copy CuPy views of the tensors (None stays None)."""
-    return [None if t is None else cupy.from_dlpack(to_dlpack(t.detach())) for t in tensors]
+    """The tensors as the kernels take them: ``_backend.DeviceArray`` pointers, no copy (None
+    stays None)."""
+    return [None if t is None else
+            _backend.DeviceArray(t.data_ptr(), t.shape, _NP_DTYPES[t.dtype], t.element_size(), t)
+            for t in tensors]
+
+
+class _TorchWorkspaces:
+    """The array module of the launch sequences' workspaces (``xp.empty``/``xp.zeros``) on the
+    torch path: memory from torch's caching allocator on the tensors' device and current stream,
+    so that a CUDA graph capture sees no allocation of CuPy's own, and freed (for reuse on the
+    same stream) when the launches are enqueued."""
+
+    def __init__(self, cupy, device):
+        self.cupy, self.device = cupy, device
+
+    def empty(self, shape, dtype=np.float64):
+        t = torch.empty(shape, dtype=_TORCH_DTYPES[np.dtype(dtype)], device=self.device)
+        return _views(self.cupy, t)[0]
+
+    def zeros(self, shape, dtype=np.float64):
+        t = torch.zeros(shape, dtype=_TORCH_DTYPES[np.dtype(dtype)], device=self.device)
+        return _views(self.cupy, t)[0]
+
+    def __getattr__(self, name):
+        raise AttributeError(f"the torch path's workspaces provide empty and zeros only, not "
+                             f"{name!r} (every allocation must come from torch's allocator)")
 
 
 def torch_presort(x, sign: int, perm):
@@ -122,26 +247,35 @@ def torch_presort(x, sign: int, perm):
     perm.copy_(torch.sort(key, dim=-1, stable=True).indices)
 
 
-def _empty(x, dtype):
-    return torch.empty(x.shape, dtype=dtype, device=x.device)
+def _device_id(cupy, device):
+    idx = device.index
+    return cupy.cuda.Device().id if idx is None else idx
 
 
 def forward(mode, x, eps, sign, target=None):
     """Solve every row of ``x`` (rows, n); returns new ``(out, perm, blocks)`` tensors."""
-    _check(mode, [("x", x)])
-    _check_target(mode, target, x)
-    eps = _device_eps(eps, x)
-    out, perm, blocks = _empty(x, x.dtype), _empty(x, torch.int32), _empty(x, torch.int32)
+    _check_forward(mode, x, target)
+    if not (type(eps) is float and 0.0 < eps < math.inf):
+        eps = _device_eps(eps, x)
+    out = torch.empty_like(x)
+    perm = torch.empty_like(x, dtype=torch.int32)
+    blocks = torch.empty_like(x, dtype=torch.int32)
     if x.numel() == 0:
         return out, perm, blocks
+    rows, n = x.shape
     with torch_stream_context(x.device) as cupy:
-        presorted = _backend.needs_presort(x.shape, x.element_size(), mode)
-        if presorted:
+        device_id = _device_id(cupy, x.device)
+        plan = tuning.plan_forward(rows, n, x.element_size(), _backend._smem_limit(device_id),
+                                   state_size=_backend.state_size(mode))
+        tiled = plan.kind == "tiled"
+        if tiled:
             torch_presort(x, sign, perm)
         xv, ov, pv, bv, tv = _views(cupy, x, out, perm, blocks, target)
-        if not isinstance(eps, float):
+        if eps.__class__ is not float:
             (eps,) = _views(cupy, eps)
-        _backend.forward_into(mode, xv, eps, sign, ov, pv, bv, presorted=presorted, target=tv)
+        _backend.forward_launches(_TorchWorkspaces(cupy, x.device) if tiled else None,
+                                  _backend.pointer_launcher(device_id, xv.dtype, mode), plan,
+                                  mode, xv, eps, sign, ov, pv, bv, presorted=tiled, target=tv)
     return out, perm, blocks
 
 
@@ -154,16 +288,21 @@ def forward_values(mode, x, eps, sign, target=None):
 def backward(mode, g, perm, blocks, aux, eps, sign):
     """Gradient w.r.t. x for the cotangent ``g``; ``aux`` is ``out`` (rank/kl, project/kl), ``x``
     (sort/kl) or None (l2).  Returns a new ``grad`` tensor."""
-    _backend.check_aux(mode, aux)
-    _check(mode, [("g", g)] + ([] if aux is None else [("aux", aux)]),
-           [("perm", perm), ("blocks", blocks)])
-    eps = _device_eps(eps, g)
-    grad = _empty(g, g.dtype)
+    _check_backward(mode, g, perm, blocks, aux)
+    if not (type(eps) is float and 0.0 < eps < math.inf):
+        eps = _device_eps(eps, g)
+    grad = torch.empty_like(g)
     if g.numel() == 0:
         return grad
+    rows, n = g.shape
     with torch_stream_context(g.device) as cupy:
+        device_id = _device_id(cupy, g.device)
+        plan = tuning.plan_backward(rows, n, g.element_size(), _backend._smem_limit(device_id))
         gv, pv, bv, av, rv = _views(cupy, g, perm, blocks, aux, grad)
-        if not isinstance(eps, float):
+        if eps.__class__ is not float:
             (eps,) = _views(cupy, eps)
-        _backend.backward_into(mode, gv, pv, bv, av, eps, sign, rv)
+        _backend.backward_launches(_TorchWorkspaces(cupy, g.device) if plan.kind == "tiled"
+                                   else None,
+                                   _backend.pointer_launcher(device_id, gv.dtype, mode), plan,
+                                   mode, gv, pv, bv, av, eps, sign, rv)
     return grad
