@@ -516,3 +516,107 @@ def test_64bit_offsets():
         ref = cpu_solve(SORT_L2, xr, 1.0, -1, np.zeros_like(xr))
         assert_close(cupy.asnumpy(out[r:r + 1]), ref[0], np.float32)
         np.testing.assert_array_equal(cupy.asnumpy(blocks[r:r + 1]), ref[2])
+
+
+# --------------------------------------------------------------------------- CUDA graphs
+
+
+def _graph_op(op, reg):
+    import softrank
+
+    if op == "topk":
+        return lambda t: softrank.soft_topk(t, 5, "l2", 0.7)
+    fn = softrank.soft_rank if op == "rank" else softrank.soft_sort
+    return lambda t: fn(t, reg, 0.7)
+
+
+GRAPH_OPS = pytest.mark.parametrize("op, reg", [("rank", "l2"), ("rank", "kl"), ("sort", "l2"),
+                                                ("sort", "kl"), ("topk", "l2")])
+
+
+@needs_torch
+@pytest.mark.parametrize("family", ["default", "tiled", "small_tiles"])
+@GRAPH_OPS
+def test_cuda_graph_capture_replays_forward_and_backward(tuned, family, op, reg):
+    """soft_rank/soft_sort/soft_topk forward + backward captured in one torch.cuda.graph (the
+    tiled families' workspaces included), replayed on new inputs == eager calls."""
+    import torch
+
+    tuned(**FAMILIES[family])
+    f = _graph_op(op, reg)
+    torch.manual_seed(0)
+    x = torch.randn(6, 300, device="cuda", requires_grad=True)
+    g = torch.randn(6, 300, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside capture: compiles the kernels
+        for _ in range(2):
+            x.grad = None
+            f(x).backward(g)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    x.grad = None
+    with torch.cuda.graph(graph):
+        out = f(x)
+        out.backward(g)
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        x_new, g_new = torch.randn_like(x), torch.randn_like(g)
+        with torch.no_grad():
+            x.copy_(x_new)
+        g.copy_(g_new)
+        graph.replay()
+        xe = x_new.clone().requires_grad_()
+        expected = f(xe)
+        expected.backward(g_new)
+        torch.cuda.synchronize()
+        torch.testing.assert_close(out, expected.detach(), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(x.grad, xe.grad, rtol=1e-6, atol=1e-6)
+
+
+@needs_torch
+def test_cuda_graph_capture_with_per_row_strengths():
+    """Per-row strengths on x's device are captured without their value check (a read-back);
+    a CPU strength tensor is refused during capture (its copy would synchronise)."""
+    import torch
+
+    from softrank.cuda import _torch_bridge as bridge
+
+    x = torch.randn(4, 200, device="cuda")
+    eps = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64, device="cuda")
+    expected = bridge.forward(RANK_L2, x, eps, 1)[0]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = bridge.forward(RANK_L2, x, eps, 1)[0]
+    graph.replay()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="eps must be on x's device during CUDA graph capture"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            bridge.forward(RANK_L2, x, eps.cpu(), 1)
+
+
+@needs_torch
+@GRAPH_OPS
+def test_compile_reduce_overhead_cuda(op, reg):
+    """torch.compile(mode="reduce-overhead"): CUDA graphs through the custom ops, no skip."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    f = _graph_op(op, reg)
+
+    def loss(t):
+        return (f(t * 2) ** 2).sum()
+
+    compiled = torch.compile(loss, mode="reduce-overhead", fullgraph=True)
+    for seed in range(4):  # warm-up, recording, then replays
+        torch.manual_seed(seed)
+        x = torch.randn(5, 700, device="cuda", requires_grad=True)
+        value = compiled(x)
+        (g_compiled,) = torch.autograd.grad(value, x)
+        expected = loss(x)
+        (g_eager,) = torch.autograd.grad(expected, x)
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(g_compiled, g_eager, rtol=1e-5, atol=1e-5)
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
