@@ -216,8 +216,11 @@ def main(argv=None):
             base_backend, base_bridge = load_baseline(args.baseline)
             prepare(base_backend, base_bridge, fake)
             versions["baseline"] = base_bridge
-    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True).stdout.strip()
+    try:  # the device machine gets the working tree without .git
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True).stdout.strip() or "?"
+    except OSError:
+        head = "?"
     print(f"host us per call ({'CUDA tensors' if args.gpu else 'CPU stand-in'}; HEAD {head}, "
           f"working tree = current{', baseline = ' + args.baseline if args.baseline else ''}); "
           f"median of {args.rounds} rounds x {args.number} calls, interleaved")

@@ -11,8 +11,9 @@ call of ``torch.sort(x, dim=-1)`` (``sort``, the reference of the targets) and o
 * ``api``     : ``softrank.soft_rank/soft_sort`` on a torch CUDA tensor without grad (events);
 * ``api host``: the CPU time of that API call;
 * ``api f+b`` : forward + backward on a leaf that requires grad (events);
-* ``legacy``  : ``api`` and ``api f+b`` with the interop of softrank 0.1 (``Tensor.__dlpack__``
-                views, CuPy presort), in the same process;
+* ``views``   : ``api`` and ``api f+b`` with the bridge's views as they were before the pointer
+                arguments (a CuPy view per tensor per call, ``cupy.from_dlpack``), in the same
+                process;
 
 then, for the tiled shapes, the GPU time of each launch of one forward (presort, tile PAV, each
 merge level, tile expand), and a cProfile of the API call on the smallest-work shape.
@@ -85,17 +86,19 @@ def per_launch(cupy, _backend, tuning, mode, x):
 
 @contextlib.contextmanager
 def legacy_interop():
-    """_torch_bridge.py as it was before the DLPack-capsule views and the torch.sort presort."""
-    from softrank.cuda import _backend, _torch_bridge
+    """_torch_bridge.py's tensors as CuPy views made per call (DLPack), as before the pointer
+    arguments (_backend.DeviceArray); the launcher passes CuPy arrays through unchanged."""
+    from torch.utils.dlpack import to_dlpack
 
-    saved = _torch_bridge._views, _backend.needs_presort
-    _torch_bridge._views = lambda cupy, *ts: [None if t is None else cupy.from_dlpack(t.detach())
-                                         for t in ts]
-    _backend.needs_presort = lambda *args: False
+    from softrank.cuda import _torch_bridge
+
+    saved = _torch_bridge._views
+    _torch_bridge._views = lambda cupy, *ts: [
+        None if t is None else cupy.from_dlpack(to_dlpack(t.detach())) for t in ts]
     try:
         yield
     finally:
-        _torch_bridge._views, _backend.needs_presort = saved
+        _torch_bridge._views = saved
 
 
 def main():
@@ -108,10 +111,10 @@ def main():
 
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
           f"cupy {cupy.__version__}")
-    print("legacy = the interop before this change (Tensor.__dlpack__ views, CuPy presort), "
-          "timed in the same process")
+    print("views = the bridge with a CuPy view per tensor per call (as before the pointer "
+          "arguments), timed in the same process")
     print(f"{'op':8} {'batch':>6} {'n':>8} {'family':>6} {'sort':>8} {'host':>8} {'kernels':>8} "
-          f"{'api':>8} {'legacy':>8} {'api host':>8} {'api f+b':>8} {'legacy':>8}")
+          f"{'api':>8} {'views':>8} {'api host':>8} {'api f+b':>8} {'views':>8}")
     for op, reg in PAIRS:
         fn = softrank.soft_rank if op == "rank" else softrank.soft_sort
         for batch, n in SHAPES:
