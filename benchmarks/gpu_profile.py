@@ -22,7 +22,6 @@ Usage: python benchmarks/gpu_profile.py
 
 from __future__ import annotations
 
-import contextlib
 import cProfile
 import io
 import pstats
@@ -84,23 +83,6 @@ def per_launch(cupy, _backend, tuning, mode, x):
     return plan, rows_out
 
 
-@contextlib.contextmanager
-def legacy_interop():
-    """_torch_bridge.py's tensors as CuPy views made per call (DLPack), as before the pointer
-    arguments (_backend.DeviceArray); the launcher passes CuPy arrays through unchanged."""
-    from torch.utils.dlpack import to_dlpack
-
-    from softrank.cuda import _torch_bridge
-
-    saved = _torch_bridge._views
-    _torch_bridge._views = lambda cupy, *ts: [
-        None if t is None else cupy.from_dlpack(to_dlpack(t.detach())) for t in ts]
-    try:
-        yield
-    finally:
-        _torch_bridge._views = saved
-
-
 def main():
     import cupy
     import torch
@@ -111,10 +93,8 @@ def main():
 
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
           f"cupy {cupy.__version__}")
-    print("views = the bridge with a CuPy view per tensor per call (as before the pointer "
-          "arguments), timed in the same process")
     print(f"{'op':8} {'batch':>6} {'n':>8} {'family':>6} {'sort':>8} {'host':>8} {'kernels':>8} "
-          f"{'api':>8} {'views':>8} {'api host':>8} {'api f+b':>8} {'views':>8}")
+          f"{'api':>8} {'api host':>8} {'api f+b':>8}")
     for op, reg in PAIRS:
         fn = softrank.soft_rank if op == "rank" else softrank.soft_sort
         for batch, n in SHAPES:
@@ -144,11 +124,8 @@ def main():
             a = event_ms(torch, api)
             ah = host_ms(cupy, api, reps)
             fb = event_ms(torch, api_fb)
-            with legacy_interop():
-                a_old = event_ms(torch, api)
-                fb_old = event_ms(torch, api_fb)
             print(f"{op + '/' + reg:8} {batch:6d} {n:8d} {kind:>6} {t_sort:8.4f} {h:8.4f} "
-                  f"{k:8.4f} {a:8.4f} {a_old:8.4f} {ah:8.4f} {fb:8.4f} {fb_old:8.4f}", flush=True)
+                  f"{k:8.4f} {a:8.4f} {ah:8.4f} {fb:8.4f}", flush=True)
 
     print("\nper launch of one forward (float32, GPU ms):")
     for op, reg in PAIRS:

@@ -4,15 +4,14 @@ tests/test_cuda_emulated.py runs the bridge with its views replaced by NumPy arr
 bridge runs as on a GPU except for what needs one: CPU tensors stand in for CUDA tensors
 (``Tensor.is_cuda`` reads True, torch's stream queries return constants) and CuPy is
 tests/emulation's stand-in, whose kernels are the emulated ones.  So the tensors reach the
-kernels as ``_backend.DeviceArray`` pointers, the tiled family's workspaces come from torch's
-allocator, and nothing is allocated by CuPy; the results must equal the CuPy path's
+kernels as DLPack views, the tiled family's workspaces come from torch's allocator, and nothing
+is allocated by CuPy; the results must equal the CuPy path's
 (``_backend.forward``/``backward`` on NumPy arrays through the same emulated kernels) bit for
 bit.  Also: during a (pretended) CUDA graph capture nothing is read back to the host.
 """
 
 from __future__ import annotations
 
-import ctypes
 import sys
 from pathlib import Path
 
@@ -58,20 +57,9 @@ class _ExternalStream:
         return False
 
 
-def _pointer_arg(a):
-    """The emulator's argument conversion, plus the bridge's pointers (np.uint64)."""
-    if isinstance(a, np.uint64):
-        return ctypes.c_void_p(int(a))
-    return _ARG(a)
-
-
-_ARG = None
-
-
 @pytest.fixture
 def gpu_like(emu, monkeypatch):
     """The stand-ins; yields a dict whose "allocations" counts CuPy allocations (must stay 0)."""
-    global _ARG
     import emu_fakecupy
 
     class FakeCupy(emu_fakecupy.FakeCupy):
@@ -80,9 +68,8 @@ def gpu_like(emu, monkeypatch):
 
     class RawKernel(emu_fakecupy.RawKernel):
         def __call__(self, grid, block, args, shared_mem=0):
-            arrays = np.ndarray if state["cupy_path"] else np.uint64  # the bridge: pointers
             for a in args:
-                assert a is None or isinstance(a, (arrays, np.int32, np.float64)), type(a)
+                assert a is None or isinstance(a, (np.ndarray, np.int32, np.float64)), type(a)
             self.emulator.launch(self.name, grid[0], block[0], shared_mem, args)
 
     class RawModule(emu_fakecupy.RawModule):
@@ -95,6 +82,8 @@ def gpu_like(emu, monkeypatch):
     fake.__class__ = FakeCupy
     fake.RawModule = RawModule
     fake.cuda.ExternalStream = _ExternalStream
+    # CuPy's from_dlpack takes the bridge's capsules; NumPy's (the stand-in's) wants __dlpack__
+    fake.from_dlpack = lambda capsule: torch.utils.dlpack.from_dlpack(capsule).numpy()
 
     def counted(allocate):
         def allocation(*args, **kwargs):
@@ -104,13 +93,12 @@ def gpu_like(emu, monkeypatch):
         return allocation
 
     fake.empty, fake.zeros = counted(emu_fakecupy.FakeCupy.empty), counted(np.zeros)
-    _ARG = type(emu)._arg
-    monkeypatch.setattr(type(emu), "_arg", staticmethod(_pointer_arg))
     monkeypatch.setattr(_backend, "require_cupy", lambda: fake)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True), raising=False)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: state["capturing"])
-    monkeypatch.setattr(bridge, "_raw_stream", lambda idx: 0)
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda idx=None: type("Stream", (), {"cuda_stream": 0})())
     caches = (_backend._module, _backend._kernel, _backend._smem_limit, bridge._stream,
               bridge._cupy_device)
     for cache in caches:
@@ -138,7 +126,7 @@ def _cupy_path(state, mode, x, eps, sign, g, target):
 @pytest.mark.parametrize("table", list(TABLES))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @ALL_MODES
-def test_bridge_pointers_equal_the_cupy_path(gpu_like, table, dtype, mode, rng):
+def test_bridge_views_equal_the_cupy_path(gpu_like, table, dtype, mode, rng):
     tuning.set_tuning(**TABLES[table])
     x = torch.from_numpy(rng.integers(-6, 7, size=(3, 40)) * 0.25).to(dtype)  # ties
     g = torch.from_numpy(rng.normal(size=(3, 40))).to(dtype)

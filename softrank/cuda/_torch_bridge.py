@@ -20,10 +20,12 @@ CuPy's current device and stream, so every kernel runs on torch's current stream
 whatever produced the inputs and before whatever consumes the outputs, with no ``synchronize()``
 and no cross-stream event.
 
-The kernels get the tensors' data pointers (``_backend.DeviceArray``), not CuPy views: a view
-(DLPack) per tensor per call is host time, and the launches need nothing of a CuPy array but its
-pointer.  The arguments' layouts are checked once per layout (dtype, shape, contiguity, mode) and
-remembered; devices and strengths are checked on every call.
+The kernels get zero-copy CuPy views of the tensors, made from DLPack capsules
+(``torch.utils.dlpack.to_dlpack`` handed to ``cupy.from_dlpack``; the design's one way for torch
+and CuPy to share memory) rather than ``Tensor.__dlpack__``, whose stream handshake orders two
+streams where producer and consumer are the same one.  The arguments' layouts are checked once
+per layout (dtype, shape, contiguity, mode) and remembered; devices and strengths are checked on
+every call.
 
 The tiled family needs ``perm`` before its kernels run.  For tensors it comes from ``torch.sort``
 along the rows (one segmented sort for all rows, where ``_backend.presort`` on the CuPy path
@@ -47,16 +49,13 @@ import warnings
 
 import numpy as np
 import torch
+from torch.utils.dlpack import to_dlpack
 
 from . import _backend, tuning
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64", torch.int32: "int32"}
-_NP_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
-              torch.int32: np.dtype(np.int32)}
-_TORCH_DTYPES = {v: k for k, v in _NP_DTYPES.items()}
-# torch's raw current-stream query (what torch.compile's generated code calls): an int, without
-# the Stream object that torch.cuda.current_stream builds
-_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
+                 np.dtype(np.int32): torch.int32}
 
 # Layouts (mode, dtypes, shapes, contiguity) that passed _backend's checks; a key holds every
 # property those checks read, so a hit means the same checks would pass again.
@@ -186,8 +185,7 @@ class torch_stream_context:
         idx = self.device.index
         if idx is None:
             idx = torch.cuda.current_device()
-        ptr = (_raw_stream(idx) if _raw_stream is not None
-               else torch.cuda.current_stream(idx).cuda_stream)
+        ptr = torch.cuda.current_stream(idx).cuda_stream
         device, stream = _cupy_device(cupy, idx), _stream(cupy, ptr, idx)
         device.__enter__()
         try:
@@ -208,11 +206,8 @@ class torch_stream_context:
 
 
 def _views(cupy, *tensors):
-    """The tensors as the kernels take them: ``_backend.DeviceArray`` pointers, no copy (None
-    stays None)."""
-    return [None if t is None else
-            _backend.DeviceArray(t.data_ptr(), t.shape, _NP_DTYPES[t.dtype], t.element_size(), t)
-            for t in tensors]
+    """Zero-copy CuPy views of the tensors (None stays None)."""
+    return [None if t is None else cupy.from_dlpack(to_dlpack(t.detach())) for t in tensors]
 
 
 class _TorchWorkspaces:
@@ -274,7 +269,7 @@ def forward(mode, x, eps, sign, target=None):
         if eps.__class__ is not float:
             (eps,) = _views(cupy, eps)
         _backend.forward_launches(_TorchWorkspaces(cupy, x.device) if tiled else None,
-                                  _backend.pointer_launcher(device_id, xv.dtype, mode), plan,
+                                  _backend._launcher(device_id, xv.dtype, mode), plan,
                                   mode, xv, eps, sign, ov, pv, bv, presorted=tiled, target=tv)
     return out, perm, blocks
 
@@ -303,6 +298,6 @@ def backward(mode, g, perm, blocks, aux, eps, sign):
             (eps,) = _views(cupy, eps)
         _backend.backward_launches(_TorchWorkspaces(cupy, g.device) if plan.kind == "tiled"
                                    else None,
-                                   _backend.pointer_launcher(device_id, gv.dtype, mode), plan,
+                                   _backend._launcher(device_id, gv.dtype, mode), plan,
                                    mode, gv, pv, bv, av, eps, sign, rv)
     return grad
