@@ -38,10 +38,12 @@ def strength_rows(strength, shape, axis, device):
 
 def _holds(condition):
     """Whether condition holds everywhere; True where its values cannot be read without
-    breaking a torch.compile graph or a torch.func transform. There the back ends still check
-    every strength (ValueError naming eps), and a target that is not finite (or not > 0 for
-    kl) gives NaN outputs, not a crash."""
-    if torch.compiler.is_compiling():
+    breaking a torch.compile graph, a torch.func transform or a CUDA graph capture (a read-back
+    to the host). There the back ends still check every strength (ValueError naming eps;
+    except under capture), and a target that is not finite (or not > 0 for kl) gives NaN
+    outputs, not a crash."""
+    if torch.compiler.is_compiling() or (condition.is_cuda
+                                         and torch.cuda.is_current_stream_capturing()):
         return True
     try:
         return bool(condition.all())
