@@ -69,7 +69,7 @@ def check_report(log: str, expected_kernels: int):
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     assert spills and all(s == ("0", "0") for s in spills), log
     regs = [int(r) for r in re.findall(r"Used (\d+) registers", log)]
-    assert regs and max(regs) <= 128, log  # __launch_bounds__(512 or 1024), 64K registers/SM
+    assert regs and max(regs) <= 128, log  # what __launch_bounds__(512, 1) allows at most
 
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
@@ -102,10 +102,9 @@ def test_name_expressions_cover_every_pair():
         ctype = "float" if dtype == np.float32 else "double"
         for op in (0, 1, 2):  # rank, sort, project (pav.cuh)
             for reg in (0, 1):
-                for kind in ("forward", "backward", "tile_pav", "tile_expand", "bwd_tile_agg",
-                             "bwd_tile_tot", "bwd_tile_out"):
+                for kind in ("forward", "backward", "tile_pav", "merge_level", "tile_expand",
+                             "bwd_tile_agg", "bwd_tile_tot", "bwd_tile_out"):
                     assert f"softrank::softrank_{kind}<{ctype}, double, {op}, {reg}>" in names
-                assert f"softrank::softrank_merge_level<double, {op}, {reg}>" in names
 
 
 @pytest.mark.skipif(NVRTC is None, reason="needs cuda-bindings + nvidia-cuda-nvrtc")

@@ -44,9 +44,19 @@ FAMILIES = {
     "thread_per_row": (dict(items_per_thread=64, block_threads=8, max_group=1), "smem", "smem"),
     "subwarp": (dict(items_per_thread=4, block_threads=16, max_group=4), "smem", "smem"),
     "block_per_row": (dict(items_per_thread=2, block_threads=8, max_group=16), "smem", "smem"),
-    "tiled": (dict(items_per_thread=2, tile=16, tile_threads=4, **ALWAYS_TILED), "tiled", "tiled"),
-    "one_tile": (dict(items_per_thread=4, tile=128, tile_threads=16, **ALWAYS_TILED), "tiled",
+    "tiled": (dict(items_per_thread=2, tile=16, tile_threads=4, merge_threads=4, **ALWAYS_TILED),
+              "tiled", "tiled"),
+    "one_tile": (dict(items_per_thread=4, tile=128, tile_threads=16, merge_threads=4,
+                      **ALWAYS_TILED), "tiled",
                  "tiled"),
+    # the smem forward's merge sort, and the bridge search finishing every junction merge that
+    # pools anything (merge_cap 0) or more than one block
+    "subwarp_merge_sort": (dict(items_per_thread=4, block_threads=16, max_group=4,
+                                smem_sort=tuning.SORT_MERGE, merge_cap=1), "smem", "smem"),
+    "block_per_row_bridged": (dict(items_per_thread=2, block_threads=8, max_group=16,
+                                   smem_sort=tuning.SORT_MERGE, merge_cap=0), "smem", "smem"),
+    "tiled_bridged": (dict(items_per_thread=2, tile=16, tile_threads=4, merge_cap=0,
+                           merge_threads=4, **ALWAYS_TILED), "tiled", "tiled"),
 }
 ALL_MODES = pytest.mark.parametrize("mode", sorted(MODE_NAMES),
                                     ids=["/".join(MODE_NAMES[m]) for m in sorted(MODE_NAMES)])
@@ -233,6 +243,61 @@ def test_structured_rows(emu, family, kind, mode, rng):
                 check(emu, family, mode, x, eps, 1, partitions=exact)
 
 
+# Rows on which one junction pools O(n) blocks one by one (docs/CUDA.md, "Critical path"): a
+# ReLU-like row (half the inputs tied at 0) for the kl ranks at strength 1, and a long
+# decreasing run followed by a constant, whose PAV operand is a decreasing run next to a block
+# that absorbs it block after block, for the others.
+MERGE_HEAVY = [(RANK_KL, "relu"), (PROJECT_KL, "relu"), (RANK_L2, "run_then_constant"),
+               (PROJECT_L2, "run_then_constant"), (SORT_L2, "run_then_constant"),
+               (MODES["sort", "kl"], "run_then_constant")]
+MERGE_FAMILIES = {
+    "block_per_row": dict(items_per_thread=8, block_threads=64, max_group=64),
+    "tiled": dict(items_per_thread=8, tile=128, tile_threads=16, merge_threads=16,
+                  **ALWAYS_TILED),
+}
+
+
+def merge_heavy_row(kind, rng, n):
+    if kind == "relu":
+        return np.maximum(rng.normal(size=(1, n)), 0.0)
+    h = n // 2
+    x = np.zeros((1, n))
+    x[0, :h] = 1.5 * (h - np.arange(h))  # steps of 1.5 > eps: singletons, then one block
+    return x
+
+
+@pytest.mark.parametrize("family", list(MERGE_FAMILIES))
+@pytest.mark.parametrize("mode,kind", MERGE_HEAVY,
+                         ids=["/".join(MODE_NAMES[m]) + "-" + k for m, k in MERGE_HEAVY])
+def test_bridge_search_bounds_the_merge_critical_path(emu, family, mode, kind, rng):
+    """The longest chain of dependent steps (pools and bridge-search probes; barriers make
+    every thread wait for the slowest) of one merge level, counted by the emulator: O(n) with
+    the bridge search off, within c * log2(n) with it on, and the same results."""
+    n = 2048
+    log2n = int(np.log2(n))
+    x = merge_heavy_row(kind, rng, n)
+    target = np.arange(n, 0, -1.0)[None, :] if has_target(mode) else None
+    if CPU_TAKES_TARGETS or target is None:
+        expected = cpu_forward(mode, x, 1.0, 1, target)
+    else:
+        expected = (reference_forward(mode, x, 1.0, 1, target), None, None)
+    chains = {}
+    for cap in (10**9, 32, 4):  # 10**9: the sequential merge alone
+        cfg = dict(MERGE_FAMILIES[family], merge_cap=cap)
+        result = []
+        chains[cap] = emu.longest_merge_level(
+            lambda: result.append(emu.forward(mode, x, 1.0, 1, cfg, target=target)))
+        out, perm, blocks, plan = result[0]
+        assert plan.kind == ("tiled" if family == "tiled" else "smem")
+        assert_close(out, expected[0], np.float64)
+        if expected[1] is not None:
+            np.testing.assert_array_equal(perm, expected[1])
+            np.testing.assert_array_equal(blocks, expected[2])
+    assert chains[10**9] > 8 * log2n, chains  # the row is adversarial for this mode
+    assert chains[32] <= 32 + 2 * log2n, chains  # the default cap, then the search
+    assert chains[4] <= 3 * log2n, chains
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 @ALL_MODES
 def test_nan_rows_are_contained(emu, family, mode, rng):
@@ -311,9 +376,9 @@ def test_memoised_plans_follow_set_tuning():
     try:
         default = tuning.plan_forward(4096, 1000, 4, 227 * 1024)
         assert tuning.plan_forward(4096, 1000, 4, 227 * 1024) is default  # memoised
-        tuning.set_tuning(block_threads=1024, items_per_thread=4)
+        tuning.set_tuning(block_threads=512, items_per_thread=4)
         changed = tuning.plan_forward(4096, 1000, 4, 227 * 1024)
-        assert changed.group == 256 and changed.block_threads == 1024 != default.block_threads
+        assert changed.group == 256 and changed.block_threads == 512 != default.block_threads
         explicit = {"items_per_thread": 8, "block_threads": 256}  # on top of the overrides
         assert tuning.plan_forward(4096, 1000, 4, 227 * 1024, explicit) == default
         tuning.set_tuning(few_rows=10**9, split_min_n=1)  # adds to the overrides in force
@@ -337,11 +402,31 @@ def test_set_tuning_is_the_one_override():
     assert tuning.get_tuning() == tuning.DEFAULTS
 
 
+def test_sort_and_bridge_knobs_reach_the_plans():
+    try:
+        assert tuning.plan_forward(64, 1000, 4, 227 * 1024).sort == tuning.SORT_BITONIC
+        tuning.set_tuning(smem_sort=tuning.SORT_MERGE, merge_cap=5, merge_threads=1000)
+        p = tuning.plan_forward(64, 1000, 4, 227 * 1024)
+        assert p.kind == "smem" and p.sort == tuning.SORT_MERGE and p.merge_cap == 5
+        q = tuning.plan_forward(1, 10**6, 4, 227 * 1024, state_size=tuning.PROJECT_STATE_SIZE)
+        assert q.kind == "tiled" and q.merge_cap == 5
+        assert q.merge_threads == tuning.MERGE_MAX_THREADS == 256  # a power of two, bounded
+        assert q.merge_smem == tuning.bridge_scratch_bytes(256, tuning.PROJECT_STATE_SIZE)
+        assert q.block_threads <= tuning.TILE_MAX_THREADS
+        with pytest.raises(ValueError, match="smem_sort must be SORT_BITONIC"):
+            tuning.set_tuning(smem_sort=2)
+    finally:
+        tuning.set_tuning()
+
+
 def test_plans_cover_every_family():
     big = 1 << 40
     assert tuning.plan_forward(65536, 32, 4, 227 * 1024).kind == "smem"
     p = tuning.plan_forward(4096, 1000, 4, 227 * 1024)
     assert p.kind == "smem" and p.block_threads <= 1024 and p.smem_bytes <= 227 * 1024
+    # the forward's launch bounds: at most 512 threads (8192 fp32 positions: 16 per thread)
+    p = tuning.plan_forward(64, 8192, 4, 227 * 1024)
+    assert p.kind == "smem" and p.group == p.block_threads == tuning.FORWARD_MAX_THREADS == 512
     p = tuning.plan_forward(1, 10**6, 4, 227 * 1024)
     assert p.kind == "tiled" and p.tiles == -(-10**6 // p.tile) and p.grid == p.tiles
     assert tuning.plan_forward(256, 10**4, 8, 227 * 1024).kind == "tiled"
@@ -426,9 +511,9 @@ def test_threadsanitizer_sees_a_missing_barrier(tmp_path):
     for path in build.CUDA_DIR.glob("*.cu*"):
         (broken / path.name).write_text(path.read_text())
     text = (broken / "kernels.cu").read_text()
-    marker = "  __syncthreads();\n  sr_group_merges<F, A>(acc, link, head, 0, n,"
-    assert marker in text
-    (broken / "kernels.cu").write_text(text.replace(marker, marker.split("\n")[1]))
+    marker = "  __syncthreads();  // after the chunk PAVs\n"
+    assert text.count(marker) == 1
+    (broken / "kernels.cu").write_text(text.replace(marker, ""))
     res = run_under_tsan(tmp_path, tsan_build(broken),
                          [FAMILIES["block_per_row"][0]])
     assert res.returncode == 66 and "data race" in res.stderr, res.stderr[-2000:]
@@ -633,8 +718,10 @@ def test_gpu_entry_points_with_a_fake_cupy(emu, fake_cupy, monkeypatch, rng):
     presorted_calls = 0
     for cfg, n in [(dict(items_per_thread=64, max_group=4, block_threads=8), 2000),
                    (dict(items_per_thread=4, max_group=8, block_threads=16), 40),
-                   (dict(items_per_thread=2, tile=16, tile_threads=4, **ALWAYS_TILED), 70),
-                   (dict(items_per_thread=2, tile=4096, tile_threads=8, smem_limit=300), 70)]:
+                   (dict(items_per_thread=2, tile=16, tile_threads=4, merge_threads=4,
+                         **ALWAYS_TILED), 70),
+                   (dict(items_per_thread=2, tile=4096, tile_threads=8, smem_limit=300,
+                         merge_threads=4), 70)]:
         tuning.set_tuning(**cfg)
         for dtype in (np.float64, np.float32):
             for mode in sorted(MODE_NAMES):
@@ -831,7 +918,8 @@ def test_torch_bridge_with_a_fake_cupy(emu, fake_cupy, monkeypatch, rng):
     monkeypatch.setattr(_backend, "presort", _must_not_run)  # torch.sort presorts tensors
     tiled_forwards = 0
     for cfg in (dict(items_per_thread=4, max_group=8, block_threads=16),
-                dict(items_per_thread=2, tile=16, tile_threads=4, **ALWAYS_TILED)):
+                dict(items_per_thread=2, tile=16, tile_threads=4, merge_threads=4,
+                     **ALWAYS_TILED)):
         tuning.set_tuning(**cfg)
         tiled = "tile" in cfg
         for dtype in (np.float64, np.float32):

@@ -91,8 +91,8 @@ def compile_options() -> tuple[str, ...]:
     return ("-std=c++17", f"-I{cuda_dir()}")
 
 
-_TYPED = ("forward", "backward", "tile_pav", "tile_expand", "bwd_tile_agg", "bwd_tile_tot",
-          "bwd_tile_out")
+_TYPED = ("forward", "backward", "tile_pav", "merge_level", "tile_expand", "bwd_tile_agg",
+          "bwd_tile_tot", "bwd_tile_out")
 
 
 def kernel_name(kind: str, ctype: str, mode: int) -> str:
@@ -100,8 +100,6 @@ def kernel_name(kind: str, ctype: str, mode: int) -> str:
     if kind == "tile_max":
         return "softrank::softrank_tile_max"
     op, reg = TEMPLATE_ARGS[mode]
-    if kind == "merge_level":
-        return f"softrank::softrank_merge_level<{_ACC}, {op}, {reg}>"
     assert kind in _TYPED, kind
     return f"softrank::softrank_{kind}<{ctype}, {_ACC}, {op}, {reg}>"
 
@@ -114,7 +112,7 @@ def kernel_names(dtype, mode=None) -> list[str]:
     ctype = _CTYPES[np.dtype(dtype)]
     names = [kernel_name("tile_max", ctype, 0)]
     for m in sorted(MODE_NAMES) if mode is None else (mode,):
-        for kind in _TYPED + ("merge_level",):
+        for kind in _TYPED:
             names.append(kernel_name(kind, ctype, m))
     return names
 
@@ -373,9 +371,6 @@ def pointer_launcher(device_id: int, dtype, mode: int):
 # cupy on a GPU) and over a `launch(name, grid, block, smem, args)` callable, so that the
 # emulated tests run exactly the sequences used on the GPU.
 
-_MERGE_THREADS = 128
-
-
 def _i32(v):
     return np.int32(v)
 
@@ -404,7 +399,8 @@ def forward_launches(xp, launch, plan, mode, x, eps, sign, out, perm, blocks, pr
         launch(kernel_name("forward", ctype, mode), plan.grid, plan.block_threads,
                plan.smem_bytes,
                (x, target, out, perm, blocks, _i32(rows), _i32(n), _i32(plan.padded_n),
-                _i32(plan.log2_group), eps, eps_rows, t_stride, sign))
+                _i32(plan.log2_group), eps, eps_rows, t_stride, sign, _i32(plan.sort),
+                _i32(plan.merge_cap)))
         return
     if not presorted:
         perm[...] = presort(xp, x, sign)
@@ -416,14 +412,15 @@ def forward_launches(xp, launch, plan, mode, x, eps, sign, out, perm, blocks, pr
     common = (_i32(rows), _i32(n), tile, tiles, _i32(plan.log2_group))
     launch(kernel_name("tile_pav", ctype, mode), plan.grid, plan.block_threads, plan.tile_smem,
            (x, target, perm, blocks, ws_acc, ws_link, ws_flags) + common
-           + (eps, eps_rows, t_stride, sign))
+           + (eps, eps_rows, t_stride, sign, _i32(plan.merge_cap)))
     span = plan.tile
-    while span < n:
+    while span < n:  # one block per junction
         per_row = -(-n // (2 * span))
-        launch(kernel_name("merge_level", ctype, mode), -(-(rows * per_row) // _MERGE_THREADS),
-               _MERGE_THREADS, 0,
-               (ws_acc, ws_link, blocks, ws_flags, _i32(rows), _i32(n), _i32(span),
-                _i32(per_row), eps, eps_rows))
+        launch(kernel_name("merge_level", ctype, mode), rows * per_row, plan.merge_threads,
+               plan.merge_smem,
+               (x, target, perm, ws_acc, ws_link, blocks, ws_flags, _i32(rows), _i32(n),
+                _i32(span), _i32(per_row), eps, eps_rows, t_stride, sign,
+                _i32(plan.merge_cap)))
         span *= 2
     ws_tmax = xp.empty(rows * plan.tiles, dtype=np.int32)
     if plan.tiles > 1:

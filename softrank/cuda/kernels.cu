@@ -15,19 +15,21 @@
 // log2(G) levels of junction merges (decomposition property: PAV of the pieces' blocks gives the
 // global solution and the same partition).  Blocks are kept as links (link[start] = end,
 // link[end] = start) with one accumulator at the block start and a head flag per position.
-// The block start of each position is a group-wide max-scan of head positions.
+// The block start of each position is a group-wide max-scan of head positions.  A junction pools
+// at most `merge_cap` blocks one by one; the junction's threads then find the merged block by the
+// bridge search (sr_bridge), so that a merge level's critical path is O(log n), not O(n).
 //
 // Kernel families (dispatch in tuning.py, launch sequences in _backend.py, both in this folder):
 //   smem   softrank_forward / softrank_backward: R = blockDim/G rows per block, every row in
-//          shared memory; the forward sorts the row in shared memory (bitonic network on
-//          (key, index)).  Small n: small G, many rows per block ("several rows per warp");
+//          shared memory; the forward sorts the row in shared memory (bitonic network or merge
+//          sort on (key, index), `sort_alg`).  Small n: small G, many rows per block ("several rows per warp");
 //          large n: G = blockDim ("one block per row").
 //   tiled  rows too long for shared memory, or few long rows: `perm` comes from a global stable
 //          sort (_backend.presort, or torch.sort in _torch_bridge.py), each row is cut into
 //          tiles of `tile` sorted positions, one block per tile, PAV workspace (accumulators,
 //          links) in global memory, head flags in the `blocks` output itself:
 //            forward:  softrank_tile_pav (chunk PAV + merges inside the tile),
-//                      softrank_merge_level (one thread per junction, one launch per level),
+//                      softrank_merge_level (one block per junction, one launch per level),
 //                      softrank_tile_max, softrank_tile_expand;
 //            backward: softrank_bwd_tile_agg (segment sums open at each tile's end),
 //                      softrank_bwd_tile_tot (block totals), softrank_bwd_tile_out.
@@ -44,6 +46,9 @@ namespace softrank {
 
 SR_HD long long sr_align16(long long b) { return (b + 15) & ~15LL; }
 
+// The smem forward's sort (tuning.py "smem_sort"): bitonic network or merge sort.
+enum { SR_SORT_BITONIC = 0, SR_SORT_MERGE = 1 };
+
 // The strength of a row: eps_rows[row] when the call has one strength per row, else eps.
 SR_DEV double sr_row_eps(const double* eps_rows, double eps, long long row) {
   return eps_rows ? eps_rows[row] : eps;
@@ -51,9 +56,19 @@ SR_DEV double sr_row_eps(const double* eps_rows, double eps, long long row) {
 
 // Shared-memory layout (bytes).  softrank/cuda/tuning.py mirrors these formulas; the emulated
 // test checks that both agree.
-// header: A scan_u[bt], A scan_w[bt], int scan_f[bt], int flags[R]
+// Flags of the junction merges: one int per merge level ("a junction of this level needs the
+// bridge search"), so that no flag is written while another thread may still read it.
+#define SR_LEVEL_FLAGS 32
+// header: A scan_u[bt], A scan_w[bt], int scan_f[bt], int flags[R], int levels[SR_LEVEL_FLAGS]
+// (the forward's bridge search uses scan_u/scan_w as one PAV state per thread: 2 * asize bytes
+// hold the project modes' pair state too)
 SR_HD long long sr_header_bytes(int asize, int bt, int R) {
-  return sr_align16((long long)bt * (2 * asize + 4) + 4LL * R);
+  return sr_align16((long long)bt * (2 * asize + 4) + 4LL * R + 4LL * SR_LEVEL_FLAGS);
+}
+// Scratch of the bridge search when there is no header to borrow (softrank_tile_pav,
+// softrank_merge_level): State st[bt], int in[bt], int levels[SR_LEVEL_FLAGS]
+SR_HD long long sr_bridge_scratch_bytes(int ssize, int bt) {
+  return sr_align16((long long)ssize * bt) + sr_align16(4LL * bt + 4LL * SR_LEVEL_FLAGS);
 }
 // Per-position shared arrays of the smem forward are padded by one slot every 32 positions, so
 // that threads walking contiguous chunks of c = 4..8 positions hit distinct banks.
@@ -66,9 +81,11 @@ SR_HD long long sr_forward_group_bytes(int tsize, int ssize, int n, int P) {
   return sr_align16(ssize * sr_padded(n)) + sr_align16(tsize * sr_padded(P)) +
          sr_align16(4 * sr_padded(P)) + 2 * sr_align16(4 * sr_padded(n));
 }
-// tiled forward, softrank_tile_pav: State acc[tile], int link[tile], int head[tile]
-SR_HD long long sr_tile_pav_smem_bytes(int ssize, int tile) {
-  return sr_align16((long long)ssize * tile) + 2 * sr_align16(4LL * tile);
+// tiled forward, softrank_tile_pav: State acc[tile], int link[tile], int head[tile], then the
+// bridge scratch of its bt threads
+SR_HD long long sr_tile_pav_smem_bytes(int ssize, int tile, int bt) {
+  return sr_align16((long long)ssize * tile) + 2 * sr_align16(4LL * tile) +
+         sr_bridge_scratch_bytes(ssize, bt);
 }
 // backward group: A tot_u[n], A tot_w[n], int blocks[n], int perm[n], T g[n], T aux[n]
 SR_HD long long sr_backward_group_bytes(int tsize, int asize, int n) {
@@ -166,6 +183,73 @@ SR_DEV bool sr_before(T ka, int ia, T kb, int ib, int n) {
   return ia < n && (ib >= n || ka > kb || (ka == kb && ia < ib));
 }
 
+// Stable merge sort of a group's n (key, idx) pairs, the smem forward's alternative to the
+// bitonic network (tuning.py "smem_sort"): O(n log n) comparisons and log2(G) barriers instead of
+// O(n log^2 n) and log2(P)(log2(P)+1)/2.  Same order as sr_before (all pairs distinct, so the
+// result is the stable sort).  Thread lt sorts its chunk [lo, hi) (c = ceil(n / G) positions),
+// then log2(G) levels merge pairs of runs; each thread writes the output positions of its own
+// chunk, finding where they start in the two runs by a merge-path binary search.  (key2, idx2)
+// is a second buffer of n pairs; the chunk sort starts in the buffer that makes the last level
+// end in (key, idx).  Every thread of the block must call it.
+template <typename T, class KeyArr, class IdxArr>
+SR_DEV void sr_group_merge_sort(KeyArr key, IdxArr idx, KeyArr key2, IdxArr idx2, int n, int c,
+                                int lo, int hi, int lt, int log2G, bool work) {
+  const bool odd = log2G & 1;
+  if (work) {
+    KeyArr dk = odd ? key2 : key;
+    IdxArr di = odd ? idx2 : idx;
+    for (int j = lo; j < hi; ++j) {  // insertion sort of the chunk into the start buffer
+      const T kj = key[j];
+      const int ij = idx[j];
+      int q = j;
+      while (q > lo && sr_before(kj, ij, dk[q - 1], di[q - 1], n)) {
+        dk[q] = dk[q - 1];
+        di[q] = di[q - 1];
+        --q;
+      }
+      dk[q] = kj;
+      di[q] = ij;
+    }
+  }
+  __syncthreads();
+  for (int level = 0; level < log2G; ++level) {
+    const bool from2 = odd != ((level & 1) != 0);  // level 0 reads the start buffer
+    KeyArr sk = from2 ? key2 : key;
+    IdxArr si = from2 ? idx2 : idx;
+    KeyArr dk = from2 ? key : key2;
+    IdxArr di = from2 ? idx : idx2;
+    if (work && lo < hi) {
+      const int half = 1 << level;
+      const int pb = lt & ~(2 * half - 1);
+      const int a0 = sr_min(pb * c, n);
+      const int b0 = sr_min((pb + half) * c, n);
+      const int b1 = sr_min((pb + 2 * half) * c, n);
+      const int la = b0 - a0;
+      const int lb = b1 - b0;
+      const int d = lo - a0;  // outputs of the merged pair before this chunk
+      int l = sr_max(0, d - lb);
+      int h = sr_min(d, la);
+      while (l < h) {  // number of run-A elements among the first d outputs
+        const int m = (l + h) >> 1;
+        if (sr_before(sk[a0 + m], si[a0 + m], sk[b0 + d - 1 - m], si[b0 + d - 1 - m], n))
+          l = m + 1;
+        else
+          h = m;
+      }
+      int i = l;
+      int j = d - l;
+      for (int q = lo; q < hi; ++q) {
+        const bool take_a = i < la && (j >= lb || !sr_before(sk[b0 + j], si[b0 + j],
+                                                             sk[a0 + i], si[a0 + i], n));
+        const int from = take_a ? a0 + i++ : b0 + j++;
+        dk[q] = sk[from];
+        di[q] = si[from];
+      }
+    }
+    __syncthreads();
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // PAV building blocks on a row's arrays (positions are row-relative)
 
@@ -212,11 +296,15 @@ SR_DEV void sr_chunk_pav(S init_of, AccArr acc, IntArr link, IntArr head, int lo
   }
 }
 
-// Merge two adjacent solved ranges [lo, mid) and [mid, hi) (junction at mid).
+// Merge two adjacent solved ranges [lo, mid) and [mid, hi) (junction at mid) by pooling the
+// block that holds the junction with its neighbours one by one, at most `cap` times.  Returns
+// true if it stopped at the cap with a pool still due; [js, je] is the junction's block then
+// (the bridge search finishes the merge, sr_bridge).
 template <class F, typename A, class AccArr, class IntArr>
-SR_DEV void sr_merge_junction(AccArr acc, IntArr link, IntArr head, int lo, int mid, int hi, int n,
-                              A eps) {
+SR_DEV bool sr_merge_junction(AccArr acc, IntArr link, IntArr head, int lo, int mid, int hi, int n,
+                              A eps, int cap, int& js, int& je) {
   int cur = mid;  // start of the block that holds the junction
+  int pops = 0;
   for (;;) {
     bool changed = false;
     while (cur > lo) {  // absorb the left neighbour
@@ -224,6 +312,13 @@ SR_DEV void sr_merge_junction(AccArr acc, IntArr link, IntArr head, int lo, int 
       const int e = link[cur];
       if (F::value(acc[pa], pa, cur - pa, n, eps) <=
           F::value(acc[cur], cur, e - cur + 1, n, eps)) {
+        if (pops == cap) {
+          js = cur;
+          je = e;
+          return true;
+        }
+        ++pops;
+        SR_EMU_STEP();
         acc[pa] = F::pool(acc[pa], acc[cur]);
         link[pa] = e;
         link[e] = pa;
@@ -240,6 +335,13 @@ SR_DEV void sr_merge_junction(AccArr acc, IntArr link, IntArr head, int lo, int 
       const int ne = link[nb];
       if (F::value(acc[cur], cur, e - cur + 1, n, eps) <=
           F::value(acc[nb], nb, ne - nb + 1, n, eps)) {
+        if (pops == cap) {
+          js = cur;
+          je = e;
+          return true;
+        }
+        ++pops;
+        SR_EMU_STEP();
         acc[cur] = F::pool(acc[cur], acc[nb]);
         link[cur] = ne;
         link[ne] = cur;
@@ -252,21 +354,293 @@ SR_DEV void sr_merge_junction(AccArr acc, IntArr link, IntArr head, int lo, int 
     }
     if (!changed) break;
   }
+  js = cur;
+  je = link[cur];
+  return false;
+}
+
+// ---- bridge search (docs/CUDA.md, "The bridge search")
+//
+// A junction that hit the cap has a left range [jlo, js) of solved blocks with strictly
+// decreasing values, the junction block J = [js, je] and a right range (je, jhi).  The merge ends
+// with one block: left blocks from some start a* to js - 1, J, and right blocks up to some end e*.
+// For a candidate start a, "the next right block is absorbed" holds for the right blocks up to
+// e(a) and fails after (binary search, sr_bridge_end); "the block left of a stays apart" fails for
+// a > a* and holds for a <= a* (a search over the left range that the junction's threads share,
+// sr_bridge).  Both need the pooled state of any run of blocks next to J in O(1): the threads of
+// the junction compute *anchored sums*, the pool of the left blocks from a block to js - 1 and of
+// the right blocks from je + 1 to a block, by a scan that adds states and never subtracts them.
+// While the search runs, head[p] holds the block start of p (head[p] == p: p starts a block),
+// a block's own state stays at its start and its anchored sum is stored at its end: a singleton
+// block's own state is recomputed by init_of (it is its singleton state), and restored after.
+
+// Scratch of the bridge search: one state and one int per thread, and the level flags.
+template <typename S>
+struct SrBridgeScratch {
+  S* st;
+  int* in;
+  int* levels;
+};
+
+// own state of the block starting at a (while anchored sums are stored at block ends)
+template <class F, class AccArr, class IntArr, class Init>
+SR_DEV typename F::State sr_bridge_own(AccArr acc, IntArr link, Init init_of, int a) {
+  return link[a] > a ? acc[a] : init_of(a);
+}
+
+// The merged block that starts at a (a left block start, or js for J alone): its last position
+// e(a), and its state in `st`.
+template <class F, typename A, class AccArr, class IntArr, class Init>
+SR_DEV int sr_bridge_end(AccArr acc, IntArr link, IntArr head, Init init_of, int a, int js,
+                         int je, int jhi, int n, A eps, typename F::State& st) {
+  typedef typename F::State S;
+  S base = acc[js];
+  if (a < js) base = F::pool(acc[link[a]], base);  // the left blocks' anchored sum
+  // positions q >= je stand for the candidate end "end of q's block" (je for q = je); the
+  // predicate "the block after it is absorbed" holds below the answer and fails from it on
+  int lo = je - 1, hi = jhi - 1;  // lo: holds (virtually); hi: fails (no block after it)
+  #pragma unroll 1
+  while (hi - lo > 1) {
+    SR_EMU_STEP();
+    const int q = (lo + hi) >> 1;
+    const int b = q <= je ? je : head[q];
+    const int e = q <= je ? je : link[b];
+    bool absorbed = false;
+    if (e + 1 < jhi) {
+      const S cand = e > je ? F::pool(base, acc[e]) : base;
+      const int nb = e + 1;
+      const int ne = link[nb];
+      const S next = sr_bridge_own<F>(acc, link, init_of, nb);
+      absorbed = F::value(cand, a, e - a + 1, n, eps) <= F::value(next, nb, ne - nb + 1, n, eps);
+    }
+    if (absorbed)
+      lo = e;
+    else
+      hi = b;
+  }
+  const int e = hi <= je ? je : link[head[hi]];
+  st = e > je ? F::pool(base, acc[e]) : base;
+  return e;
+}
+
+// Exclusive scan of (state, has) over the segment of `seg` threads (aligned) that holds thread
+// tid, s = tid's index in it: the pool of the later threads' states (suffix) or of the earlier
+// ones' (prefix), in position order; has = 0 if there is none.  Every thread must call it.
+template <class F, typename S>
+SR_DEV void sr_segment_scan(SrBridgeScratch<S> sc, S& v, int& has, int tid, int s, int seg,
+                            bool suffix) {
+  sc.st[tid] = v;
+  sc.in[tid] = has;
+  __syncthreads();
+  #pragma unroll 1
+  for (int off = 1; off < seg; off <<= 1) {
+    const bool in_seg = suffix ? s + off < seg : s >= off;
+    const int src = suffix ? tid + off : tid - off;
+    S ov = S();
+    int oh = 0;
+    if (in_seg) {
+      ov = sc.st[src];
+      oh = sc.in[src];
+    }
+    __syncthreads();
+    if (oh) {
+      if (sc.in[tid])
+        sc.st[tid] = suffix ? F::pool(sc.st[tid], ov) : F::pool(ov, sc.st[tid]);
+      else
+        sc.st[tid] = ov;
+      sc.in[tid] = 1;
+    }
+    __syncthreads();
+  }
+  const bool in_seg = suffix ? s + 1 < seg : s > 0;
+  const int src = suffix ? tid + 1 : tid - 1;
+  has = in_seg ? sc.in[src] : 0;
+  if (has) v = sc.st[src];
+  __syncthreads();
+}
+
+// The bridge search of one merge level, for every junction of the block whose sequential merge
+// hit the cap.  Each junction [jlo, jhi) is shared by an aligned segment of `seg` threads, each
+// with its chunk [clo, chi) of it (empty for threads without work); the segment's first thread
+// (lead) ran the sequential merge: `unfinished`, [js, je] as sr_merge_junction left them.
+// Thread tid is thread lt of a group of G threads whose chunks tile one row (or tile), for the
+// block-start scan.  wmax bounds jlo's distance to the junction (the same for every junction of
+// the block), which fixes the number of search rounds for the whole block.  Every thread of the
+// block must call it.
+template <class F, typename A, class AccArr, class IntArr, class Init>
+SR_DEV void sr_bridge(AccArr acc, IntArr link, IntArr head, Init init_of,
+                      SrBridgeScratch<typename F::State> sc, int tid, int lt, int G, int seg,
+                      int clo, int chi, bool unfinished, int js, int je, int jlo, int jhi,
+                      int wmax, int n, A eps) {
+  typedef typename F::State S;
+  // 1. block start of every position, into head[] (a max-scan of head positions)
+  int m = -1;
+  #pragma unroll 1
+  for (int p = clo; p < chi; ++p)
+    if (head[p]) m = p;
+  {
+    int cur = sr_group_exclusive_max(sc.in, m, tid, lt, G);
+    #pragma unroll 1
+    for (int p = clo; p < chi; ++p) {
+      if (head[p]) cur = p;
+      head[p] = cur;
+    }
+  }
+  // 2. the junction block, from the segment's lead (js = -1: nothing to search)
+  const int s = lt & (seg - 1);
+  const int o = tid - s;
+  if (s == 0) {
+    sc.in[o] = unfinished ? js : -1;
+    sc.in[o + 1] = je;
+  }
+  __syncthreads();
+  js = sc.in[o];
+  je = sc.in[o + 1];
+  __syncthreads();
+  const bool act = js >= 0;
+  // 3. pools of the left blocks (start < js) and right blocks (start > je) starting in my chunk
+  S lsum = S(), rsum = S();
+  int lh = 0, rh = 0;
+  if (act)
+    #pragma unroll 1
+    for (int p = clo; p < chi; ++p) {
+      if (head[p] != p || p == js) continue;
+      const S st = sr_bridge_own<F>(acc, link, init_of, p);
+      if (p < js) {
+        lsum = lh ? F::pool(lsum, st) : st;
+        lh = 1;
+      } else {
+        rsum = rh ? F::pool(rsum, st) : st;
+        rh = 1;
+      }
+    }
+  // 4. ... of the later chunks of the segment (left) and of the earlier ones (right)
+  sr_segment_scan<F>(sc, lsum, lh, tid, s, seg, true);
+  sr_segment_scan<F>(sc, rsum, rh, tid, s, seg, false);
+  // 5. anchored sums at block ends (a block end is never a block start, except a singleton's,
+  //    whose own state init_of recomputes)
+  if (act) {
+    S run = lsum;
+    int h = lh;
+    #pragma unroll 1
+    for (int p = chi - 1; p >= clo; --p) {
+      if (head[p] != p || p >= js) continue;
+      const S st = sr_bridge_own<F>(acc, link, init_of, p);
+      run = h ? F::pool(st, run) : st;
+      h = 1;
+      acc[link[p]] = run;
+    }
+    run = rsum;
+    h = rh;
+    #pragma unroll 1
+    for (int p = clo; p < chi; ++p) {
+      if (head[p] != p || p <= js) continue;
+      const S st = sr_bridge_own<F>(acc, link, init_of, p);
+      run = h ? F::pool(run, st) : st;
+      h = 1;
+      acc[link[p]] = run;
+    }
+  }
+  __syncthreads();
+  // 6. the merged block's start: positions p in [jlo, js] stand for the candidate "start of p's
+  //    block" (js for p = js); "stays apart" holds up to the answer's block and fails after.
+  //    Each round, the segment's threads probe `seg` evenly spaced positions between the last
+  //    known true position lo and the first known false one hi; the probes' boundary gives the
+  //    next (lo, hi).  Unknown positions shrink from w to at most ceil(w / seg) - 1 per round.
+  int lo = jlo, hi = js + 1;
+  int lseg = 0;
+  while ((1 << lseg) < seg) ++lseg;
+  int* bc = (int*)sc.st + 2 * o;  // 4 ints (2 per round parity) in the segment's own slots
+  int round = 0;
+  // After the rounds, one more pass in which the lead pools the merged block (7.): one call site
+  // of the inner search keeps the kernel's registers within its launch bounds.
+  for (int wb = wmax;; wb = ((wb + seg - 1) >> lseg) - 1, ++round) {
+    const bool last = wb <= 0;
+    int* b = bc + 2 * (round & 1);
+    if (!last && s == 0) {
+      b[0] = lo;
+      b[1] = hi;
+    }
+    const int w = act ? hi - lo - 1 : 0;
+    int res = 0, ca = 0, ce = 0;
+    if (last ? s == 0 && act : w > 0) {
+      // a probe at lo + 1 + floor(s * w / seg) (without a 64-bit product: seg = 2^lseg), or
+      // the answer
+      const int p = last ? lo : lo + 1 + s * (w >> lseg) + ((s * (w & (seg - 1))) >> lseg);
+      ca = p >= js ? js : head[p];
+      if (!last && ca <= jlo) {
+        res = 1;  // nothing left of it in this range
+      } else {
+        S st;
+        const int e = sr_bridge_end<F, A>(acc, link, head, init_of, ca, js, je, jhi, n, eps, st);
+        if (last) {  // 7. the lead pools the merged block
+          acc[ca] = st;
+          link[ca] = e;
+          link[e] = ca;
+          sc.in[o] = ca;
+          sc.in[o + 1] = e;
+        } else {
+          SR_EMU_STEP();
+          const int pa = head[ca - 1];
+          const S left = sr_bridge_own<F>(acc, link, init_of, pa);
+          res = F::value(left, pa, ca - pa, n, eps) > F::value(st, ca, e - ca + 1, n, eps) ? 1
+                                                                                            : 2;
+        }
+      }
+      ce = ca == js ? js : link[ca];
+    }
+    if (last) break;
+    sc.in[tid] = res;
+    __syncthreads();
+    if (res == 1 && (s == seg - 1 || sc.in[tid + 1] != 1)) b[0] = ce;
+    if (res == 2 && (s == 0 || sc.in[tid - 1] != 2)) b[1] = ca;
+    __syncthreads();
+    lo = b[0];
+    hi = b[1];
+  }
+  __syncthreads();
+  // 8. head flags back; singleton states outside the merged block back
+  const int as = act ? sc.in[o] : 0;
+  const int es = act ? sc.in[o + 1] : -1;
+  #pragma unroll 1
+  for (int p = clo; p < chi; ++p) {
+    const bool h = head[p] == p && !(p > as && p <= es);
+    if (h && act && p != as && link[p] == p) acc[p] = init_of(p);
+    head[p] = h;
+  }
 }
 
 // log2(G) levels of junction merges over the chunks [base + t*c, ...) of one group, bounded by
-// `end`.  Every thread of the block must call it.
-template <class F, typename A, class AccArr, class IntArr>
-SR_DEV void sr_group_merges(AccArr acc, IntArr link, IntArr head, int base, int end, int c, int lt,
-                            int G, bool work, int n, A eps) {
-  for (int half = 1; half < G; half <<= 1) {
-    if (work && (lt & (2 * half - 1)) == 0) {
-      const int jlo = sr_min(base + lt * c, end);
-      const int mid = sr_min(base + (lt + half) * c, end);
-      const int jhi = sr_min(base + (lt + 2 * half) * c, end);
-      if (mid > jlo && mid < jhi) sr_merge_junction<F, A>(acc, link, head, jlo, mid, jhi, n, eps);
+// `end`; a junction pools at most `cap` blocks one by one, then the bridge search finishes it.
+// init_of(j): the singleton state of position j.  Every thread of the block must call it; its
+// first barrier separates the callers' chunk PAVs from the merges.
+template <class F, typename A, class AccArr, class IntArr, class Init>
+SR_DEV void sr_group_merges(AccArr acc, IntArr link, IntArr head, Init init_of,
+                            SrBridgeScratch<typename F::State> sc, int base, int end, int c,
+                            int tid, int lt, int G, bool work, int n, A eps, int cap) {
+  if (tid < SR_LEVEL_FLAGS) sc.levels[tid] = 0;
+  __syncthreads();  // after the chunk PAVs
+  int level = 0;
+  for (int half = 1; half < G; half <<= 1, ++level) {
+    const int seg = 2 * half;
+    const int jlo = sr_min(base + (lt & ~(seg - 1)) * c, end);
+    const int mid = sr_min(jlo + half * c, end);
+    const int jhi = sr_min(jlo + seg * c, end);
+    bool unfinished = false;
+    int js = -1, je = -1;
+    if (work && (lt & (seg - 1)) == 0 && mid > jlo && mid < jhi) {
+      unfinished = sr_merge_junction<F, A>(acc, link, head, jlo, mid, jhi, n, eps, cap, js, je);
+      if (unfinished) atomicOr(&sc.levels[level], 1);
     }
     __syncthreads();
+    if (sc.levels[level]) {  // the same for every thread of the block
+      const int clo = work ? sr_min(base + lt * c, end) : 0;
+      const int chi = work ? sr_min(clo + c, end) : 0;
+      sr_bridge<F, A>(acc, link, head, init_of, sc, tid, lt, G, seg, clo, chi, unfinished, js, je,
+                      jlo, jhi, half * c, n, eps);
+      __syncthreads();
+    }
+    SR_EMU_LEVEL();
   }
 }
 
@@ -347,16 +721,16 @@ SR_DEV void sr_chunk_totals(const T* gr, const int* pr, const int* br, const T* 
 // ---------------------------------------------------------------------------------------------
 // smem family
 
-// At most 512 threads per block for the project modes (tuning.PROJECT_FORWARD_MAX_THREADS):
-// their two-double PAV state does not fit the 64-register cap of 1024 threads without spills,
-// and the explicit minimum of one block per SM lets ptxas use the registers that 512 allow (with
-// the bound alone it still chose 64 and spilled).
+// At most 512 threads per block (tuning.FORWARD_MAX_THREADS): the bridge search inlined into
+// the merge levels (and the project modes' two-double PAV state) does not fit the 64-register
+// cap of 1024 threads without spills, and the explicit minimum of one block per SM lets ptxas
+// use the registers that 512 allow (with the bound alone it still chose 64 and spilled).
 template <typename T, typename A, int OP, int REG>
-SR_GLOBAL void SR_LAUNCH_BOUNDS(OP == OP_PROJECT ? 512 : 1024, 1)
+SR_GLOBAL void SR_LAUNCH_BOUNDS(512, 1)
 softrank_forward(const T* SR_RESTRICT x, const T* SR_RESTRICT target, T* SR_RESTRICT out,
                  int* SR_RESTRICT perm, int* SR_RESTRICT blocks, int n_rows, int n, int P,
                  int log2G, double eps_d, const double* SR_RESTRICT eps_rows, int target_stride,
-                 int sign) {
+                 int sign, int sort_alg, int merge_cap) {
   typedef Pav<OP, REG, A> F;
   typedef typename F::State S;
   const int bt = blockDim.x;
@@ -377,7 +751,8 @@ softrank_forward(const T* SR_RESTRICT x, const T* SR_RESTRICT target, T* SR_REST
   A* scan_w = scan_u + bt;
   int* scan_f = (int*)(scan_w + bt);
   int* flags = scan_f + bt;
-  (void)scan_u;
+  // the bridge search's scratch: scan_u and scan_w hold one State per thread (8 or 16 bytes)
+  const SrBridgeScratch<S> sc = {(S*)scan_u, scan_f, flags + R};
   unsigned char* groups = smem + sr_header_bytes(sizeof(A), bt, R);
   const long long gbytes = sr_forward_group_bytes(sizeof(T), sizeof(S), n, P);
   const long long o_key = sr_align16(sizeof(S) * sr_padded(n));
@@ -415,6 +790,16 @@ softrank_forward(const T* SR_RESTRICT x, const T* SR_RESTRICT target, T* SR_REST
   __syncthreads();
   const bool work = active && flags[grp] == 0;
 
+  const int c = (n + G - 1) >> log2G;
+  const int lo = sr_min(lt * c, n);
+  const int hi = sr_min(lo + c, n);
+  if (sort_alg == SR_SORT_MERGE) {
+    // ---- merge sort of (key, idx), with the accumulator and link arrays (dead until the PAV)
+    // as the second buffer: sizeof(S) >= sizeof(T) bytes and 4 bytes per position
+    const SrPadded<T> key2 = {(T*)gb};
+    const SrPadded<int> idx2 = {(int*)(gb + o_link)};
+    sr_group_merge_sort<T>(key, idx, key2, idx2, n, c, lo, hi, lt, log2G, work);
+  } else {
   // ---- bitonic sort of (key, idx) over P = next_pow2(n) slots
   for (int k = 2; k <= P; k <<= 1) {
     for (int j = k >> 1; j > 0; j >>= 1) {
@@ -437,20 +822,17 @@ softrank_forward(const T* SR_RESTRICT x, const T* SR_RESTRICT target, T* SR_REST
       __syncthreads();
     }
   }
+  }
 
   // ---- chunk PAV, then junction merges
-  const int c = (n + G - 1) >> log2G;
-  const int lo = sr_min(lt * c, n);
-  const int hi = sr_min(lo + c, n);
-  if (work) {
-    // the project modes' target, sorted decreasingly: t_j is at sorted position j
-    const T* tr = F::HAS_TARGET ? target + row * (long long)target_stride : target;
-    sr_chunk_pav<F, A>(
-        [&](int j) { return F::init(A(key[j]), F::HAS_TARGET ? A(tr[j]) : A(0), eps); }, acc,
-        link, head, lo, hi, n, eps);
-  }
-  __syncthreads();
-  sr_group_merges<F, A>(acc, link, head, 0, n, c, lt, G, work, n, eps);
+  // the project modes' target, sorted decreasingly: t_j is at sorted position j
+  const T* tr = F::HAS_TARGET && active ? target + row * (long long)target_stride : target;
+  const auto init_of = [&](int j) {
+    return F::init(A(key[j]), F::HAS_TARGET ? A(tr[j]) : A(0), eps);
+  };
+  if (work) sr_chunk_pav<F, A>(init_of, acc, link, head, lo, hi, n, eps);
+  sr_group_merges<F, A>(acc, link, head, init_of, sc, 0, n, c, tid, lt, G, work, n, eps,
+                        merge_cap);
 
   // ---- expansion: block start of every position (max-scan of heads), outputs
   int m = -1;
@@ -603,12 +985,13 @@ softrank_backward(const T* SR_RESTRICT g, const int* SR_RESTRICT perm,
 // sr_tile_pav_smem_bytes) during the chunk PAV and the in-tile merges; then they are written to
 // the global workspace (links hold absolute row positions) with coalesced stores.
 template <typename T, typename A, int OP, int REG>
-SR_GLOBAL void SR_LAUNCH_BOUNDS(1024)
+SR_GLOBAL void SR_LAUNCH_BOUNDS(512, 1)
 softrank_tile_pav(const T* SR_RESTRICT x, const T* SR_RESTRICT target, const int* SR_RESTRICT perm,
                   int* SR_RESTRICT blocks, typename Pav<OP, REG, A>::State* SR_RESTRICT ws_acc,
                   int* SR_RESTRICT ws_link, int* SR_RESTRICT ws_flags, int n_rows, int n,
                   int tile, int tiles, int log2G, double eps_d,
-                  const double* SR_RESTRICT eps_rows, int target_stride, int sign) {
+                  const double* SR_RESTRICT eps_rows, int target_stride, int sign,
+                  int merge_cap) {
   typedef Pav<OP, REG, A> F;
   typedef typename F::State S;
   SR_TILE_PROLOGUE;
@@ -616,7 +999,11 @@ softrank_tile_pav(const T* SR_RESTRICT x, const T* SR_RESTRICT target, const int
   SR_DYN_SMEM(smem);
   S* acc_s = (S*)smem;
   int* link_s = (int*)(smem + sr_align16((long long)sizeof(S) * tile));
-  int* head_s = link_s + tile;
+  int* head_s = (int*)((unsigned char*)link_s + sr_align16(4LL * tile));
+  unsigned char* scratch = (unsigned char*)head_s + sr_align16(4LL * tile);
+  S* sst = (S*)scratch;
+  int* sin = (int*)(scratch + sr_align16((long long)sizeof(S) * G));
+  const SrBridgeScratch<S> sc = {sst, sin, sin + G};
   const int len = t1 - t0;
   const T* xr = x + off;
   const int* pr = perm + off;
@@ -632,8 +1019,12 @@ softrank_tile_pav(const T* SR_RESTRICT x, const T* SR_RESTRICT target, const int
   const SrShifted<int> link = {link_s, t0};
   const SrShifted<int> head = {head_s, t0};
   sr_chunk_pav<F, A>([&](int j) { return acc[j]; }, acc, link, head, lo, hi, n, eps);
-  __syncthreads();
-  sr_group_merges<F, A>(acc, link, head, t0, t1, c, lt, G, true, n, eps);
+  const T* tabs = F::HAS_TARGET ? target + row * (long long)target_stride : target;
+  const auto init_of = [&](int j) {  // the singleton state of row position j, as loaded above
+    return F::init(A(T(sign) * xr[pr[j]]), F::HAS_TARGET ? A(tabs[j]) : A(0), eps);
+  };
+  sr_group_merges<F, A>(acc, link, head, init_of, sc, t0, t1, c, lt, lt, G, true, n, eps,
+                        merge_cap);
   S* acc_g = ws_acc + off + t0;
   int* link_g = ws_link + off + t0;
   int* head_g = blocks + off + t0;
@@ -644,27 +1035,58 @@ softrank_tile_pav(const T* SR_RESTRICT x, const T* SR_RESTRICT target, const int
   }
 }
 
-// One thread per junction of the level that joins ranges of `span` positions: [lo, lo + span)
-// and [lo + span, lo + 2 span).  No barriers.
-template <typename A, int OP, int REG>
-SR_GLOBAL void SR_LAUNCH_BOUNDS(1024)
-softrank_merge_level(typename Pav<OP, REG, A>::State* SR_RESTRICT ws_acc,
+// One block per junction of the level that joins ranges of `span` positions: [lo, lo + span)
+// and [lo + span, lo + 2 span).  Its first thread merges the junction block by block, at most
+// merge_cap times; if that does not finish it, the block's threads run the bridge search over
+// the junction's range (chunks of ceil(2 span / blockDim) positions per thread).
+template <typename T, typename A, int OP, int REG>
+SR_GLOBAL void SR_LAUNCH_BOUNDS(256, 1)
+softrank_merge_level(const T* SR_RESTRICT x, const T* SR_RESTRICT target,
+                     const int* SR_RESTRICT perm, typename Pav<OP, REG, A>::State* SR_RESTRICT ws_acc,
                      int* SR_RESTRICT ws_link, int* SR_RESTRICT blocks,
                      const int* SR_RESTRICT ws_flags, int n_rows, int n, int span,
-                     int junctions_per_row, double eps_d, const double* SR_RESTRICT eps_rows) {
+                     int junctions_per_row, double eps_d, const double* SR_RESTRICT eps_rows,
+                     int target_stride, int sign, int merge_cap) {
   typedef Pav<OP, REG, A> F;
-  const long long id = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (id >= (long long)n_rows * junctions_per_row) return;
-  const long long row = id / junctions_per_row;
-  const long long jn = id - row * junctions_per_row;
-  if (ws_flags[row]) return;
+  typedef typename F::State S;
+  const long long row = blockIdx.x / junctions_per_row;
+  const long long jn = blockIdx.x - row * junctions_per_row;
+  if (row >= n_rows || ws_flags[row]) return;  // uniform over the block
   const long long lo = jn * 2 * (long long)span;
   const long long mid = lo + span;
   const long long hi = sr_min<long long>(lo + 2 * (long long)span, n);
   if (mid >= hi) return;
+  const int bt = blockDim.x;
+  const int lt = threadIdx.x;
   const long long off = row * (long long)n;
-  sr_merge_junction<F, A>(ws_acc + off, ws_link + off, blocks + off, (int)lo, (int)mid, (int)hi, n,
-                          A(sr_row_eps(eps_rows, eps_d, row)));
+  const A eps = A(sr_row_eps(eps_rows, eps_d, row));
+  SR_DYN_SMEM(smem);
+  const SrBridgeScratch<S> sc = {
+      (S*)smem, (int*)(smem + sr_align16((long long)sizeof(S) * bt)),
+      (int*)(smem + sr_align16((long long)sizeof(S) * bt)) + bt};
+  S* acc = ws_acc + off;
+  int* link = ws_link + off;
+  int* head = blocks + off;
+  bool unfinished = false;
+  int js = -1, je = -1;
+  if (lt == 0) {
+    unfinished = sr_merge_junction<F, A>(acc, link, head, (int)lo, (int)mid, (int)hi, n, eps,
+                                         merge_cap, js, je);
+    sc.levels[0] = unfinished;
+  }
+  __syncthreads();
+  if (!sc.levels[0]) return;  // uniform over the block
+  const T* xr = x + off;
+  const int* pr = perm + off;
+  const T* tr = F::HAS_TARGET ? target + row * (long long)target_stride : target;
+  const auto init_of = [&](int j) {  // as softrank_tile_pav's singleton states
+    return F::init(A(T(sign) * xr[pr[j]]), F::HAS_TARGET ? A(tr[j]) : A(0), eps);
+  };
+  const int cc = (int)((hi - lo + bt - 1) / bt);
+  const int clo = (int)sr_min<long long>(lo + (long long)lt * cc, hi);
+  const int chi = (int)sr_min<long long>(clo + cc, hi);
+  sr_bridge<F, A>(acc, link, head, init_of, sc, lt, lt, bt, bt, clo, chi, unfinished, js, je,
+                  (int)lo, (int)hi, span, n, eps);
 }
 
 // Last head position of every tile (-1 if none), after all merges.

@@ -9,6 +9,9 @@
 // Only the subset of CUDA that the emulator implements may be used in the kernels: __syncthreads,
 // atomicOr on int, dynamic shared memory through SR_DYN_SMEM, threadIdx/blockIdx/blockDim (x),
 // and the math helpers below.  No warp collectives (v1).  No standard headers under NVRTC.
+// SR_EMU_STEP() marks one dependent step of a junction merge (a pool or a bridge-search probe)
+// and SR_EMU_LEVEL() the end of a merge level: the emulator measures the critical path of each
+// level with them (tests/emulation/emu.h); they compile to nothing on the GPU.
 #pragma once
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
@@ -30,6 +33,8 @@ SR_DEV double sr_expm1(double v) { return expm1(v); }
 template <typename T> SR_DEV T sr_nan();
 template <> SR_DEV float sr_nan<float>() { return __int_as_float(0x7fc00000); }
 template <> SR_DEV double sr_nan<double>() { return __longlong_as_double(0x7ff8000000000000LL); }
+#define SR_EMU_STEP() ((void)0)
+#define SR_EMU_LEVEL() ((void)0)
 
 #else  // host emulation; tests/emulation/emu.h has been included before this file
 #ifndef SOFTRANK_EMULATION
@@ -54,6 +59,8 @@ inline float sr_expm1(float v) { return std::expm1(v); }
 inline double sr_expm1(double v) { return std::expm1(v); }
 template <typename T> inline T sr_nan() { return std::nan(""); }
 template <> inline float sr_nan<float>() { return std::nanf(""); }
+#define SR_EMU_STEP() ::emu::count_step()
+#define SR_EMU_LEVEL() ::emu::end_level()
 #endif
 
 // x - x is 0 for finite x and NaN for +-inf/NaN (valid without fast-math, which we never pass).

@@ -17,7 +17,11 @@ Families (see docs/CUDA.md):
 * ``"tiled"``: rows whose shared-memory footprint exceeds ``smem_limit`` (or batches of fewer than
   ``few_rows`` rows with ``n >= split_min_n``): a global stable sort computes ``perm`` first, then
   each row is cut into tiles of ``tile`` sorted positions, one block of ``tile_threads`` threads per
-  tile, PAV workspace in global memory, and one launch per cross-tile merge level.
+  tile, PAV workspace in global memory, and one launch per cross-tile merge level (one block
+  of ``merge_threads`` threads per junction).
+
+Both families pool at most ``merge_cap`` blocks per junction one by one before the bridge search
+takes over, and the smem forward sorts with ``smem_sort`` (``SORT_BITONIC`` or ``SORT_MERGE``).
 
 This module imports nothing but the standard library (no CuPy) so that tests and the emulator can
 use the very same plans without a GPU.
@@ -26,6 +30,9 @@ use the very same plans without a GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+SORT_BITONIC = 0  # kernels.cu SR_SORT_BITONIC
+SORT_MERGE = 1  # kernels.cu SR_SORT_MERGE
 
 DEFAULTS = {
     # target number of sorted positions per thread (chunk length of the sequential PAV)
@@ -42,15 +49,26 @@ DEFAULTS = {
     "split_min_n": 8192,
     # shared-memory budget per block in bytes; 0 = the device's opt-in maximum
     "smem_limit": 0,
+    # the smem forward's sort of (key, index): SORT_BITONIC or SORT_MERGE (kernels.cu
+    # sr_group_merge_sort); the bitonic network stays the default until a GPU has timed both
+    "smem_sort": SORT_BITONIC,
+    # blocks a junction merge pools one by one before the bridge search takes over (docs/CUDA.md)
+    "merge_cap": 32,
+    # threads per junction of a cross-tile merge level (softrank_merge_level; a power of two >= 2)
+    "merge_threads": 256,
 }
+
+
 
 _overrides: dict[str, int] = {}
 
 ACC_SIZE = 8  # accumulators are double (kernels.cu instantiates A = double)
 PROJECT_STATE_SIZE = 2 * ACC_SIZE  # pav.cuh SrPair: the accumulator and the block's target sum
 BACKWARD_MAX_THREADS = 512  # __launch_bounds__ of softrank_backward
-FORWARD_MAX_THREADS = 1024  # __launch_bounds__ of softrank_forward
+FORWARD_MAX_THREADS = 512  # __launch_bounds__ of softrank_forward (the bridge search's registers)
 PROJECT_FORWARD_MAX_THREADS = 512  # ... and of its project-mode instantiations
+TILE_MAX_THREADS = 512  # __launch_bounds__ of softrank_tile_pav (the tiled family's block size)
+MERGE_MAX_THREADS = 256  # __launch_bounds__ of softrank_merge_level
 
 
 def set_tuning(**kwargs: int) -> None:
@@ -59,6 +77,9 @@ def set_tuning(**kwargs: int) -> None:
     for key in kwargs:
         if key not in DEFAULTS:
             raise ValueError(f"unknown tuning key {key!r}; allowed: {sorted(DEFAULTS)}")
+    if kwargs.get("smem_sort", SORT_BITONIC) not in (SORT_BITONIC, SORT_MERGE):
+        raise ValueError(f"smem_sort must be SORT_BITONIC ({SORT_BITONIC}) or SORT_MERGE "
+                         f"({SORT_MERGE}), got {kwargs['smem_sort']!r}")
     if not kwargs:
         _overrides.clear()
     _overrides.update({k: int(v) for k, v in kwargs.items()})
@@ -83,8 +104,16 @@ def _align16(b: int) -> int:
     return (b + 15) & ~15
 
 
+LEVEL_FLAGS = 32  # kernels.cu SR_LEVEL_FLAGS: one int per junction-merge level
+
+
 def header_bytes(block_threads: int, rows_per_block: int) -> int:
-    return _align16(block_threads * (2 * ACC_SIZE + 4) + 4 * rows_per_block)
+    return _align16(block_threads * (2 * ACC_SIZE + 4) + 4 * rows_per_block + 4 * LEVEL_FLAGS)
+
+
+def bridge_scratch_bytes(threads: int, state_size: int = ACC_SIZE) -> int:
+    """Shared memory of the bridge search's scratch (kernels.cu sr_bridge_scratch_bytes)."""
+    return _align16(state_size * threads) + _align16(4 * threads + 4 * LEVEL_FLAGS)
 
 
 def _padded(n: int) -> int:
@@ -101,8 +130,11 @@ def forward_group_bytes(itemsize: int, n: int, p: int, state_size: int = ACC_SIZ
     )
 
 
-def tile_pav_bytes(tile: int, state_size: int = ACC_SIZE) -> int:
-    return _align16(state_size * tile) + 2 * _align16(4 * tile)
+def tile_pav_bytes(tile: int, state_size: int = ACC_SIZE, threads: int = 0) -> int:
+    """softrank_tile_pav's shared memory: the tile's PAV arrays and the bridge scratch of its
+    ``threads`` threads."""
+    return (_align16(state_size * tile) + 2 * _align16(4 * tile)
+            + bridge_scratch_bytes(threads, state_size))
 
 
 def backward_group_bytes(itemsize: int, n: int) -> int:
@@ -122,6 +154,10 @@ class Plan:
     tile: int = 0  # tiled: positions per tile
     tiles: int = 0  # tiled: tiles per row
     tile_smem: int = 0  # tiled: dynamic shared memory of softrank_tile_pav
+    sort: int = SORT_BITONIC  # smem forward: SORT_BITONIC or SORT_MERGE
+    merge_cap: int = 32  # pools one by one before the bridge search
+    merge_threads: int = 0  # tiled: threads per junction of softrank_merge_level
+    merge_smem: int = 0  # tiled: dynamic shared memory of softrank_merge_level
 
 
 def _group_size(n: int, cap: int, cfg: dict[str, int]) -> int:
@@ -131,12 +167,17 @@ def _group_size(n: int, cap: int, cfg: dict[str, int]) -> int:
 
 def _tiled(rows: int, n: int, limit: int, cfg: dict[str, int], state_size: int) -> Plan:
     tile = max(1, min(cfg["tile"], n))
-    while tile > 1 and tile_pav_bytes(tile, state_size) > limit:
+    cap = min(cfg["tile_threads"], TILE_MAX_THREADS)
+    while tile > 1 and tile_pav_bytes(tile, state_size, _group_size(tile, cap, cfg)) > limit:
         tile //= 2
     tiles = -(-n // tile)
-    g = _group_size(tile, cfg["tile_threads"], cfg)
+    g = _group_size(tile, cap, cfg)
+    # a power of two in [2, MERGE_MAX_THREADS] (the bridge search's segment of threads)
+    mt = 1 << (min(max(2, cfg["merge_threads"]), MERGE_MAX_THREADS).bit_length() - 1)
     return Plan("tiled", g, g.bit_length() - 1, 1, g, rows * tiles, next_pow2(n),
-                header_bytes(g, 1), tile, tiles, tile_pav_bytes(tile, state_size))
+                header_bytes(g, 1), tile, tiles, tile_pav_bytes(tile, state_size, g),
+                cfg["smem_sort"], max(0, cfg["merge_cap"]), mt,
+                bridge_scratch_bytes(mt, state_size))
 
 
 def _few_rows(rows: int, n: int, cfg: dict[str, int]) -> bool:
@@ -188,7 +229,8 @@ def _build_forward(rows: int, n: int, itemsize: int, smem_limit: int, cfg=None,
     while r > 1 and need(r) > limit:
         r //= 2
     if need(r) <= limit and not _few_rows(rows, n, cfg):
-        return Plan("smem", g, g.bit_length() - 1, r, r * g, -(-rows // r), p, need(r))
+        return Plan("smem", g, g.bit_length() - 1, r, r * g, -(-rows // r), p, need(r),
+                    sort=cfg["smem_sort"], merge_cap=max(0, cfg["merge_cap"]))
     return _tiled(rows, n, limit, cfg, state_size)
 
 

@@ -39,10 +39,10 @@ using namespace softrank;
 extern "C" {
 void emu_forward(SR_HEAD, void* x, void* target, void* out, int* perm, int* blocks, int n_rows,
                  int n, int P, int log2G, double eps, double* eps_rows, int target_stride,
-                 int sign) {
+                 int sign, int sort_alg, int merge_cap) {
   SR_DISPATCH(emu::launch(softrank_forward<T, double, OP, REG>, grid, block, smem, (const T*)x,
                           (const T*)target, (T*)out, perm, blocks, n_rows, n, P, log2G, eps,
-                          (const double*)eps_rows, target_stride, sign));
+                          (const double*)eps_rows, target_stride, sign, sort_alg, merge_cap));
 }
 
 void emu_backward(SR_HEAD, void* g, int* perm, int* blocks, void* aux, void* grad, int n_rows,
@@ -54,18 +54,20 @@ void emu_backward(SR_HEAD, void* g, int* perm, int* blocks, void* aux, void* gra
 
 void emu_tile_pav(SR_HEAD, void* x, void* target, int* perm, int* blocks, double* ws_acc,
                   int* ws_link, int* ws_flags, int n_rows, int n, int tile, int tiles, int log2G,
-                  double eps, double* eps_rows, int target_stride, int sign) {
+                  double eps, double* eps_rows, int target_stride, int sign, int merge_cap) {
   SR_DISPATCH(emu::launch(softrank_tile_pav<T, double, OP, REG>, grid, block, smem, (const T*)x,
                           (const T*)target, (const int*)perm, blocks, (S*)ws_acc, ws_link,
                           ws_flags, n_rows, n, tile, tiles, log2G, eps, (const double*)eps_rows,
-                          target_stride, sign));
+                          target_stride, sign, merge_cap));
 }
 
-void emu_merge_level(SR_HEAD, double* ws_acc, int* ws_link, int* blocks, int* ws_flags,
-                     int n_rows, int n, int span, int per_row, double eps, double* eps_rows) {
-  SR_DISPATCH(emu::launch(softrank_merge_level<double, OP, REG>, grid, block, smem, (S*)ws_acc,
-                          ws_link, blocks, (const int*)ws_flags, n_rows, n, span, per_row, eps,
-                          (const double*)eps_rows));
+void emu_merge_level(SR_HEAD, void* x, void* target, int* perm, double* ws_acc, int* ws_link,
+                     int* blocks, int* ws_flags, int n_rows, int n, int span, int per_row,
+                     double eps, double* eps_rows, int target_stride, int sign, int merge_cap) {
+  SR_DISPATCH(emu::launch(softrank_merge_level<T, double, OP, REG>, grid, block, smem,
+                          (const T*)x, (const T*)target, (const int*)perm, (S*)ws_acc, ws_link,
+                          blocks, (const int*)ws_flags, n_rows, n, span, per_row, eps,
+                          (const double*)eps_rows, target_stride, sign, merge_cap));
 }
 
 void emu_tile_max(SR_HEAD, int* blocks, int* ws_tmax, int n_rows, int n, int tile, int tiles,
@@ -119,7 +121,13 @@ long long emu_backward_smem(int tsize, int n, int bt, int R) {
   return sr_header_bytes(8, bt, R) + R * sr_backward_group_bytes(tsize, 8, n);
 }
 long long emu_header_bytes(int bt, int R) { return sr_header_bytes(8, bt, R); }
-long long emu_tile_pav_smem(int ssize, int tile) { return sr_tile_pav_smem_bytes(ssize, tile); }
+long long emu_tile_pav_smem(int ssize, int tile, int bt) {
+  return sr_tile_pav_smem_bytes(ssize, tile, bt);
+}
+long long emu_bridge_scratch(int ssize, int bt) { return sr_bridge_scratch_bytes(ssize, bt); }
+// the critical path of the junction merges (emu.h): reset, and the longest level since
+void emu_reset_chain() { emu::g_level_max = 0; }
+long emu_max_level_chain() { return emu::g_level_max.load(); }
 // sizeof(Pav<op, reg, double>::State), for the test that tuning.py's state sizes agree
 int emu_state_size(int op, int reg) {
   int f64 = 0;

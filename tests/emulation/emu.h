@@ -7,8 +7,16 @@
 // on a GPU it starts as garbage.  Only what softrank/cuda/prelude.cuh allows is provided:
 // threadIdx/blockIdx/blockDim/gridDim (x only), __syncthreads, atomicOr(int*), dynamic shared
 // memory.  Anything else fails to compile here, on purpose.
+//
+// Critical path of the junction merges: every thread counts the dependent steps it takes
+// (SR_EMU_STEP in the kernels: one pool, or one probe of the bridge search), and every
+// __syncthreads() sets all counters of the block to their maximum, because a barrier makes every
+// thread wait for the slowest.  SR_EMU_LEVEL() (after each merge level) and the end of a block
+// record the steps since the previous mark; emu_max_level_chain() in driver.cpp returns the
+// largest such count since emu_reset_chain().
 #pragma once
 #define SOFTRANK_EMULATION 1
+#include <atomic>
 #include <barrier>
 #include <cstddef>
 #include <cstring>
@@ -24,7 +32,32 @@ inline thread_local dim3 tl_thread_idx;
 inline thread_local dim3 tl_block_idx;
 inline dim3 g_block_dim;
 inline dim3 g_grid_dim;
-inline std::barrier<>* g_bar = nullptr;
+
+inline thread_local long tl_chain = 0;        // this thread's dependent steps in this block
+inline thread_local long tl_level_start = 0;  // tl_chain at the last level mark
+inline std::atomic<long> g_pending{0};        // max of the counters arriving at a barrier
+inline long g_synced = 0;                     // ... published by the barrier's completion step
+inline std::atomic<long> g_level_max{0};      // longest level seen since emu_reset_chain()
+
+inline void atomic_max(std::atomic<long>& a, long v) {
+  long cur = a.load();
+  while (v > cur && !a.compare_exchange_weak(cur, v)) {
+  }
+}
+struct SyncChain {
+  void operator()() noexcept { g_synced = g_pending.load(); }
+};
+inline std::barrier<SyncChain>* g_bar = nullptr;
+inline void count_step() { ++tl_chain; }
+inline void end_level() {
+  atomic_max(g_level_max, tl_chain - tl_level_start);
+  tl_level_start = tl_chain;
+}
+inline void sync_block() {
+  atomic_max(g_pending, tl_chain);
+  g_bar->arrive_and_wait();
+  tl_chain = g_synced;
+}
 inline unsigned char* g_smem = nullptr;
 inline unsigned char* dynamic_smem() { return g_smem; }
 
@@ -37,7 +70,7 @@ void launch(Kernel kernel, unsigned grid, unsigned block, std::size_t smem, Args
   g_smem = aligned;
   g_block_dim = dim3{block, 1, 1};
   g_grid_dim = dim3{grid, 1, 1};
-  std::barrier<> bar(block);
+  std::barrier<SyncChain> bar(block);
   g_bar = &bar;
   std::vector<std::thread> threads;
   threads.reserve(block);
@@ -45,11 +78,16 @@ void launch(Kernel kernel, unsigned grid, unsigned block, std::size_t smem, Args
     threads.emplace_back([&, t]() {
       tl_thread_idx = dim3{t, 1, 1};
       for (unsigned b = 0; b < grid; ++b) {
-        if (t == 0) std::memset(aligned, 0xFF, smem);
+        if (t == 0) {
+          std::memset(aligned, 0xFF, smem);
+          g_pending = 0;
+        }
+        tl_chain = tl_level_start = 0;
         bar.arrive_and_wait();
         tl_block_idx = dim3{b, 1, 1};
         kernel(args...);
-        bar.arrive_and_wait();
+        sync_block();
+        end_level();  // the steps since the last level mark (a merge_level block: its junction)
       }
     });
   }
@@ -64,7 +102,7 @@ void launch(Kernel kernel, unsigned grid, unsigned block, std::size_t smem, Args
 #define blockDim (::emu::g_block_dim)
 #define gridDim (::emu::g_grid_dim)
 
-inline void __syncthreads() { ::emu::g_bar->arrive_and_wait(); }
+inline void __syncthreads() { ::emu::sync_block(); }
 inline int atomicOr(int* address, int val) {
   return __atomic_fetch_or(address, val, __ATOMIC_RELAXED);
 }

@@ -41,9 +41,10 @@ class Emulator:
     def __init__(self, path):
         self.lib = ctypes.CDLL(str(path))
         for fn in ("emu_forward_smem", "emu_backward_smem", "emu_header_bytes",
-                   "emu_tile_pav_smem"):
+                   "emu_tile_pav_smem", "emu_bridge_scratch"):
             getattr(self.lib, fn).restype = ctypes.c_longlong
         self.lib.emu_state_size.restype = ctypes.c_int
+        self.lib.emu_max_level_chain.restype = ctypes.c_long
         self.launched = []  # kernel names, for tests that check which family ran
 
     @staticmethod
@@ -63,16 +64,20 @@ class Emulator:
         assert m, name
         kind, targs = m.groups()
         targs = [a.strip() for a in (targs or "float, double, 0, 0").split(",")]
-        if kind == "merge_level":  # <A, OP, REG>
-            f64, op, reg = 1, targs[1], targs[2]
-        else:  # <T, A, OP, REG>
-            f64, op, reg = int(targs[0] == "double"), targs[2], targs[3]
+        f64, op, reg = int(targs[0] == "double"), targs[2], targs[3]  # <T, A, OP, REG>
         assert block >= 1 and grid >= 1
         self.launched.append(name)
         getattr(self.lib, f"emu_{kind}")(
             ctypes.c_int(f64), ctypes.c_int(int(op or 0)), ctypes.c_int(int(reg or 0)),
             ctypes.c_int(grid), ctypes.c_int(block), ctypes.c_longlong(smem),
             *[self._arg(a) for a in args])
+
+    def longest_merge_level(self, run):
+        """Runs ``run()`` and returns the longest critical path of one junction-merge level
+        during it, in dependent steps (pools and bridge-search probes; emu.h)."""
+        self.lib.emu_reset_chain()
+        run()
+        return int(self.lib.emu_max_level_chain())
 
     @staticmethod
     def _eps(eps):
@@ -98,7 +103,9 @@ class Emulator:
                 x.itemsize, ssize, n, plan.padded_n, plan.block_threads, plan.rows_per_block)
         else:
             assert plan.smem_bytes == self.lib.emu_header_bytes(plan.block_threads, 1)
-            assert plan.tile_smem == self.lib.emu_tile_pav_smem(ssize, plan.tile)
+            assert plan.tile_smem == self.lib.emu_tile_pav_smem(ssize, plan.tile,
+                                                                plan.block_threads)
+            assert plan.merge_smem == self.lib.emu_bridge_scratch(ssize, plan.merge_threads)
         if target is not None:
             target = np.ascontiguousarray(target, dtype=x.dtype)
         _backend.forward_launches(POISONED_NUMPY, self.launch, plan, mode, x, self._eps(eps),
