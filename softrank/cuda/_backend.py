@@ -333,38 +333,6 @@ def _launcher(device_id: int, dtype, mode: int):
     return launch
 
 
-class DeviceArray:
-    """A device array the kernels take as a bare pointer: what the launch sequences read of an
-    array (shape, NumPy dtype, itemsize) and its data pointer, without a CuPy array.
-
-    The torch bridge hands tensors to the kernels this way: making a CuPy view of a tensor
-    (DLPack) on every call is host time that a pointer does not need.  ``owner`` keeps the memory
-    alive until the launches that use it are enqueued (workspaces have no other owner)."""
-
-    __slots__ = ("arg", "shape", "dtype", "itemsize", "owner")
-
-    def __init__(self, ptr: int, shape, dtype, itemsize: int, owner=None):
-        self.arg = np.uint64(ptr)  # a pointer-sized kernel argument, as CuPy packs a scalar
-        self.shape = shape
-        self.dtype = dtype
-        self.itemsize = itemsize
-        self.owner = owner
-
-
-@functools.lru_cache(maxsize=None)
-def pointer_launcher(device_id: int, dtype, mode: int):
-    """:func:`_launcher` for launch sequences whose arrays may be :class:`DeviceArray` (passed as
-    their pointers); made once per (device, dtype, mode).  The kernel handle is looked up at each
-    launch, so clearing ``_kernel``'s cache takes effect."""
-    char = np.dtype(dtype).char
-
-    def launch(name, grid, block, smem, args):
-        _kernel(device_id, char, mode, name)(
-            grid, block, tuple([a.arg if a.__class__ is DeviceArray else a for a in args]), smem)
-
-    return launch
-
-
 # --------------------------------------------------------------------------- launch sequences
 #
 # Written once, generic over the array module (numpy for the CPU emulation in tests/emulation,
