@@ -98,15 +98,17 @@ static inline T softrank_rank_gradient(double plain, double scale, double unscal
     return (T)(v > m ? m : (v < -m ? -m : v));
 }
 
-/* Gradient of the blocks in sorted positions [lo, hi) (lo and hi are block starts or n).
+/* Gradient of the blocks in sorted positions [lo, hi) (lo and hi are block starts or n),
+   specialised for the mode (the mode tests below are resolved at compile time).
    weights: scratch of n (sort/kl). */
-template <typename T>
-static inline void softrank_backward_blocks(int mode, softrank_span<T> g,
-                                            softrank_span<int32_t> perm,
-                                            softrank_span<int32_t> blocks, softrank_span<T> aux,
-                                            double eps, double sign, softrank_span<T> grad,
-                                            softrank_span<double> weights, Py_ssize_t lo,
-                                            Py_ssize_t hi) {
+template <int MODE, typename T>
+static inline void softrank_backward_blocks_of(softrank_span<T> g, softrank_span<int32_t> perm,
+                                               softrank_span<int32_t> blocks,
+                                               softrank_span<T> aux, double eps, double sign,
+                                               softrank_span<T> grad,
+                                               softrank_span<double> weights, Py_ssize_t lo,
+                                               Py_ssize_t hi) {
+    const int mode = MODE;
     const Py_ssize_t n = g.len;
     const double scale = sign / eps;
     /* Tiny strengths: the scale floored to the dtype's range (header). */
@@ -159,6 +161,27 @@ static inline void softrank_backward_blocks(int mode, softrank_span<T> g,
         }
         a = e;
     }
+}
+
+/* softrank_backward_blocks_of for a mode known at run time. */
+template <typename T>
+static inline void softrank_backward_blocks(int mode, softrank_span<T> g,
+                                            softrank_span<int32_t> perm,
+                                            softrank_span<int32_t> blocks, softrank_span<T> aux,
+                                            double eps, double sign, softrank_span<T> grad,
+                                            softrank_span<double> weights, Py_ssize_t lo,
+                                            Py_ssize_t hi) {
+#define SOFTRANK_BACKWARD(M) softrank_backward_blocks_of<M, T>(g, perm, blocks, aux, eps, sign, \
+                                                               grad, weights, lo, hi)
+    switch (mode) {
+    case SOFTRANK_RANK_L2: SOFTRANK_BACKWARD(SOFTRANK_RANK_L2); break;
+    case SOFTRANK_RANK_KL: SOFTRANK_BACKWARD(SOFTRANK_RANK_KL); break;
+    case SOFTRANK_SORT_L2: SOFTRANK_BACKWARD(SOFTRANK_SORT_L2); break;
+    case SOFTRANK_SORT_KL: SOFTRANK_BACKWARD(SOFTRANK_SORT_KL); break;
+    case SOFTRANK_PROJECT_L2: SOFTRANK_BACKWARD(SOFTRANK_PROJECT_L2); break;
+    default: SOFTRANK_BACKWARD(SOFTRANK_PROJECT_KL); break;
+    }
+#undef SOFTRANK_BACKWARD
 }
 
 /* The gradient of one row. A row whose forward met a NaN or an infinity (blocks[0] < 0) gets a
