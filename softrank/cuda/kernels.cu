@@ -662,15 +662,36 @@ SR_DEV void sr_contrib(const T* gr, const int* pr, const T* ar, int j, int a, in
 
 // Backward: gradient at sorted position j from its block's totals (su, sw); sw = count except
 // for sort/kl, where it is sum_B exp(s - s_a), and project/kl, where it is T_B = sum_B r.
+// Rank gradients (~1/eps) stay finite for every eps > 0, as on the CPU (softrank/csrc/backward.h,
+// softrank_rank_gradient): a plain product outside the dtype's range [-M, M] is recomputed with
+// the scale sign/eps applied last (floored to sign * M where it exceeds M itself: no inf * 0)
+// and saturated at +-M.  A plain product within range is returned unchanged.
+template <typename T, typename A>
+SR_DEV A sr_rank_gradient(A plain, A scale, A unscaled, int sign) {
+  const A m = sizeof(T) == 4 ? A(3.4028234663852886e38) : A(1.7976931348623157e308);
+  if (plain <= m && plain >= -m) return plain;
+  const A v = (scale <= m && scale >= -m ? scale : A(sign) * m) * unscaled;
+  return v > m ? m : (v < -m ? -m : v);
+}
+
 template <typename T, typename A, int OP, int REG>
-SR_DEV A sr_grad_value(const T* gr, const int* pr, const T* ar, int j, int a, A su, A sw, int n,
-                       A eps, int sign) {
+SR_DEV A sr_grad_value(const T* gr, const int* pr, const int* br, const T* ar, int j, int a, A su,
+                       A sw, int n, A eps, int sign) {
   const int p = pr[j];
-  if (OP != OP_SORT && REG == REG_L2) return A(sign) / eps * (A(gr[p]) - su / sw);
+  if (OP != OP_SORT && REG == REG_L2) {
+    const A scale = A(sign) / eps;
+    const A d = A(gr[p]) - su / sw;
+    return sr_rank_gradient<T, A>(scale * d, scale, d, sign);
+  }
   if (OP != OP_SORT) {
+    // a singleton's output is its constant target: exactly 0 (g - g r / r may round)
+    if (a == j && (j + 1 == n || br[j + 1] == j + 1)) return A(0);
     // rank/kl: R_B in closed form from the count; project/kl: sw is T_B already
     const A rb = OP == OP_RANK ? sw * (A(n - a) - (sw - A(1)) * A(0.5)) : sw;
-    return A(sign) / eps * A(ar[p]) * (A(gr[p]) - su / rb);
+    const A scale = A(sign) / eps;
+    const A r = A(ar[p]);
+    const A d = A(gr[p]) - su / rb;
+    return sr_rank_gradient<T, A>(scale * r * d, scale, r * d, sign);
   }
   if (OP == OP_SORT && REG == REG_L2) return su / sw;
   return sr_exp(A(T(sign) * ar[p]) - A(T(sign) * ar[pr[a]])) / sw * su;
@@ -827,11 +848,24 @@ softrank_forward(const T* SR_RESTRICT x, const T* SR_RESTRICT target, T* SR_REST
   // ---- chunk PAV, then junction merges
   // the project modes' target, sorted decreasingly: t_j is at sorted position j
   const T* tr = F::HAS_TARGET && active ? target + row * (long long)target_stride : target;
+  // the row's solve (pav.cuh, sr_row_kind): from its extremes, now at positions 0 and n - 1
+  const SrSolve sv = sr_solve_of<OP, REG>(work ? double(key[0]) : 0.0,
+                                          work ? double(key[n - 1]) : 0.0, n, double(eps));
+  const A seps = A(sv.eps);
   const auto init_of = [&](int j) {
-    return F::init(A(key[j]), F::HAS_TARGET ? A(tr[j]) : A(0), eps);
+    return F::init(A(key[j]) * A(sv.in_scale), F::HAS_TARGET ? A(tr[j]) : A(0), seps);
   };
-  if (work) sr_chunk_pav<F, A>(init_of, acc, link, head, lo, hi, n, eps);
-  sr_group_merges<F, A>(acc, link, head, init_of, sc, 0, n, c, tid, lt, G, work, n, eps,
+  const bool pav = work && !sv.hard;
+  if (pav) {
+    sr_chunk_pav<F, A>(init_of, acc, link, head, lo, hi, n, seps);
+  } else if (work) {  // the hard sort: every element its own block
+    for (int j = lo; j < hi; ++j) {
+      acc[j] = init_of(j);
+      link[j] = j;
+      head[j] = 1;
+    }
+  }
+  sr_group_merges<F, A>(acc, link, head, init_of, sc, 0, n, c, tid, lt, G, pav, n, seps,
                         merge_cap);
 
   // ---- expansion: block start of every position (max-scan of heads), outputs
@@ -846,7 +880,8 @@ softrank_forward(const T* SR_RESTRICT x, const T* SR_RESTRICT target, T* SR_REST
       if (head[j]) cur = j;
       const int a = cur;
       const int cnt = link[a] - a + 1;
-      key[j] = T(F::output(A(key[j]), acc[a], j, a, cnt, n, eps, sign));  // only we read key[j]
+      key[j] = T(F::output(A(key[j]) * A(sv.in_scale), acc[a], j, a, cnt, n, seps, sign) *
+                 A(sv.out_scale));  // only we read key[j]
       head[j] = a;
     }
   }
@@ -947,7 +982,7 @@ softrank_backward(const T* SR_RESTRICT g, const int* SR_RESTRICT perm,
     // position pr[j] is read (rank) and written by this thread only; sort reads no g here
     for (int j = lo; j < hi; ++j) {
       const int a = br[j];
-      const T v = T(sr_grad_value<T, A, OP, REG>(gs, pr, as, j, a, tot_u[a], tot_w[a], n, eps,
+      const T v = T(sr_grad_value<T, A, OP, REG>(gs, pr, br, as, j, a, tot_u[a], tot_w[a], n, eps,
                                                  sign));
       gs[pr[j]] = v;
     }
@@ -981,6 +1016,14 @@ softrank_backward(const T* SR_RESTRICT g, const int* SR_RESTRICT perm,
   (void)lo;                                                                     \
   (void)hi
 
+// The solve of a tiled row (pav.cuh, sr_row_kind), from its extremes at sorted positions 0 and
+// n - 1 (a row with a NaN or an infinity gets some solve; its outputs are NaN regardless).
+template <typename T, int OP, int REG>
+SR_DEV SrSolve sr_tiled_solve(const T* xr, const int* pr, int n, int sign, double eps) {
+  return sr_solve_of<OP, REG>(double(T(sign) * xr[pr[0]]), double(T(sign) * xr[pr[n - 1]]), n,
+                              eps);
+}
+
 // The tile's accumulators, links and head flags live in shared memory (16 bytes per position,
 // sr_tile_pav_smem_bytes) during the chunk PAV and the in-tile merges; then they are written to
 // the global workspace (links hold absolute row positions) with coalesced stores.
@@ -1007,24 +1050,33 @@ softrank_tile_pav(const T* SR_RESTRICT x, const T* SR_RESTRICT target, const int
   const int len = t1 - t0;
   const T* xr = x + off;
   const int* pr = perm + off;
+  const SrSolve sv = sr_tiled_solve<T, OP, REG>(xr, pr, n, sign, double(eps));
+  const A seps = A(sv.eps);
   const T* tr = F::HAS_TARGET ? target + row * (long long)target_stride + t0 : target;
   // coalesced perm (and target), gathered x; NaN/inf flags the row
   for (int k = lt; k < len; k += G) {
     const T v = T(sign) * xr[pr[t0 + k]];
     if (!sr_isfinite(v)) atomicOr(&ws_flags[row], 1);
-    acc_s[k] = F::init(A(v), F::HAS_TARGET ? A(tr[k]) : A(0), eps);
+    acc_s[k] = F::init(A(v) * A(sv.in_scale), F::HAS_TARGET ? A(tr[k]) : A(0), seps);
+    if (sv.hard) {  // the hard sort: every element its own block, no PAV
+      link_s[k] = t0 + k;
+      head_s[k] = 1;
+    }
   }
   __syncthreads();
   const SrShifted<S> acc = {acc_s, t0};
   const SrShifted<int> link = {link_s, t0};
   const SrShifted<int> head = {head_s, t0};
-  sr_chunk_pav<F, A>([&](int j) { return acc[j]; }, acc, link, head, lo, hi, n, eps);
-  const T* tabs = F::HAS_TARGET ? target + row * (long long)target_stride : target;
-  const auto init_of = [&](int j) {  // the singleton state of row position j, as loaded above
-    return F::init(A(T(sign) * xr[pr[j]]), F::HAS_TARGET ? A(tabs[j]) : A(0), eps);
-  };
-  sr_group_merges<F, A>(acc, link, head, init_of, sc, t0, t1, c, lt, lt, G, true, n, eps,
-                        merge_cap);
+  if (!sv.hard) {  // uniform over the block
+    sr_chunk_pav<F, A>([&](int j) { return acc[j]; }, acc, link, head, lo, hi, n, seps);
+    const T* tabs = F::HAS_TARGET ? target + row * (long long)target_stride : target;
+    const auto init_of = [&](int j) {  // the singleton state of row position j, as loaded above
+      return F::init(A(T(sign) * xr[pr[j]]) * A(sv.in_scale), F::HAS_TARGET ? A(tabs[j]) : A(0),
+                     seps);
+    };
+    sr_group_merges<F, A>(acc, link, head, init_of, sc, t0, t1, c, lt, lt, G, true, n, seps,
+                          merge_cap);
+  }
   S* acc_g = ws_acc + off + t0;
   int* link_g = ws_link + off + t0;
   int* head_g = blocks + off + t0;
@@ -1059,7 +1111,10 @@ softrank_merge_level(const T* SR_RESTRICT x, const T* SR_RESTRICT target,
   const int bt = blockDim.x;
   const int lt = threadIdx.x;
   const long long off = row * (long long)n;
-  const A eps = A(sr_row_eps(eps_rows, eps_d, row));
+  const SrSolve sv = sr_tiled_solve<T, OP, REG>(x + off, perm + off, n, sign,
+                                                sr_row_eps(eps_rows, eps_d, row));
+  if (sv.hard) return;  // no merges: every element its own block (uniform over the block)
+  const A eps = A(sv.eps);
   SR_DYN_SMEM(smem);
   const SrBridgeScratch<S> sc = {
       (S*)smem, (int*)(smem + sr_align16((long long)sizeof(S) * bt)),
@@ -1080,7 +1135,8 @@ softrank_merge_level(const T* SR_RESTRICT x, const T* SR_RESTRICT target,
   const int* pr = perm + off;
   const T* tr = F::HAS_TARGET ? target + row * (long long)target_stride : target;
   const auto init_of = [&](int j) {  // as softrank_tile_pav's singleton states
-    return F::init(A(T(sign) * xr[pr[j]]), F::HAS_TARGET ? A(tr[j]) : A(0), eps);
+    return F::init(A(T(sign) * xr[pr[j]]) * A(sv.in_scale), F::HAS_TARGET ? A(tr[j]) : A(0),
+                   eps);
   };
   const int cc = (int)((hi - lo + bt - 1) / bt);
   const int clo = (int)sr_min<long long>(lo + (long long)lt * cc, hi);
@@ -1123,7 +1179,9 @@ softrank_tile_expand(const T* SR_RESTRICT x, T* SR_RESTRICT out, int* SR_RESTRIC
   }
   SR_DYN_SMEM(smem);
   int* scr = (int*)smem;
-  const A eps = A(sr_row_eps(eps_rows, eps_d, row));
+  const SrSolve sv = sr_tiled_solve<T, OP, REG>(x + off, perm + off, n, sign,
+                                                sr_row_eps(eps_rows, eps_d, row));
+  const A eps = A(sv.eps);
   int v = -1;  // last head before this tile
   for (int i = lt; i < t; i += G) v = sr_max(v, ws_tmax[row * tiles + i]);
   const int tile_carry = sr_block_max(scr, v);
@@ -1139,8 +1197,9 @@ softrank_tile_expand(const T* SR_RESTRICT x, T* SR_RESTRICT out, int* SR_RESTRIC
     if (head[j]) cur = j;
     const int a = cur;
     const int cnt = link[a] - a + 1;
-    const A sj = A(T(sign) * x[off + pr[j]]);
-    out[off + (OP != OP_SORT ? pr[j] : j)] = T(F::output(sj, acc[a], j, a, cnt, n, eps, sign));
+    const A sj = A(T(sign) * x[off + pr[j]]) * A(sv.in_scale);
+    out[off + (OP != OP_SORT ? pr[j] : j)] =
+        T(F::output(sj, acc[a], j, a, cnt, n, eps, sign) * A(sv.out_scale));
     head[j] = a;
   }
 }
@@ -1238,7 +1297,7 @@ softrank_bwd_tile_out(const T* SR_RESTRICT g, const int* SR_RESTRICT perm,
   const A* tot_w = tot_u + n;
   for (int j = t0 + lt; j < t1; j += G) {  // strided: coalesced reads of perm and blocks
     const int a = br[j];
-    out[pr[j]] = T(sr_grad_value<T, A, OP, REG>(gr, pr, ar, j, a, tot_u[a], tot_w[a], n, eps,
+    out[pr[j]] = T(sr_grad_value<T, A, OP, REG>(gr, pr, br, ar, j, a, tot_u[a], tot_w[a], n, eps,
                                                  sign));
   }
 }

@@ -13,6 +13,20 @@
 // modes' target t (sorted decreasingly, like rho) has no closed form, so its block sum is the
 // second half of the state.
 // Merge rule: adjacent blocks are pooled while value(previous) <= value(current).
+//
+// Tiny strengths (issue 16, item 6; the CPU's rules, softrank/csrc/pav.h softrank_row_kind):
+// every row is classified once by sr_row_kind from its extremes s_0, s_{n-1}:
+//   SR_SOLVE_HARD_SORT  sort rows with n/eps > 2**1000 and a range below 1/(4 eps): no two
+//                       elements can pool, the PAV is skipped, the output is the hard sort;
+//   SR_SOLVE_SCALED     l2 rows with values above 2**1000 (absolute sums would overflow), and
+//                       sort/l2 rows with n/eps > 2**1000: solved on s * 2**-64 with the
+//                       strength scaled to match (exact: rank(x, eps) = rank(x/k, eps/k),
+//                       sort(x, eps) = k sort(x/k, k eps)); rank/l2 keeps its strength below
+//                       2**-958, where eps / 2**64 would lose its bits;
+//   SR_SOLVE_EPS_UNITS  sort/kl rows with n/eps > 2**1000 and a wider range: block values in
+//                       units of eps, (n - a) + eps ramp - eps acc, all finite.  The PAV
+//                       helpers pass one strength through, so this kind reaches Pav as the
+//                       negated strength (sr_solve_eps): only sort/kl reads its sign.
 #pragma once
 #include "prelude.cuh"
 
@@ -20,6 +34,55 @@ namespace softrank {
 
 enum { OP_RANK = 0, OP_SORT = 1, OP_PROJECT = 2 };
 enum { REG_L2 = 0, REG_KL = 1 };
+
+enum { SR_SOLVE_PLAIN = 0, SR_SOLVE_SCALED = 1, SR_SOLVE_HARD_SORT = 2, SR_SOLVE_EPS_UNITS = 3 };
+
+#define SR_HUGE 1.0715086071862673e301          // 2**1000
+#define SR_HUGE_SCALE 18446744073709551616.0    // 2**64
+#define SR_TINY_RANK_EPS 4.1045368012983762e-289  // 2**-958: eps / 2**64 would be subnormal
+
+// How a finite row is solved (header), from its largest and smallest s (hi = s_0, lo = s_{n-1}).
+// Normal strengths and magnitudes are PLAIN.  Adjacent sort blocks pool only if their means
+// differ by at least 1/eps, and no two means differ by more than the range (softrank/csrc/pav.h).
+template <int OP, int REG>
+SR_HD int sr_row_kind(double hi, double lo, long long n, double eps) {
+  if (OP == OP_SORT && !(double(n) / eps <= SR_HUGE)) {
+    if (((0.5 * hi) - (0.5 * lo)) * eps < 0.25) return SR_SOLVE_HARD_SORT;
+    return REG == REG_L2 ? SR_SOLVE_SCALED : SR_SOLVE_EPS_UNITS;
+  }
+  if (REG == REG_L2 && (hi > -lo ? hi : -lo) > SR_HUGE) {
+    if (OP != OP_SORT && eps < SR_TINY_RANK_EPS) return SR_SOLVE_PLAIN;
+    return SR_SOLVE_SCALED;
+  }
+  return SR_SOLVE_PLAIN;
+}
+
+// The solve of one row: s enters the PAV as s * in_scale, the strength as eps, outputs leave
+// multiplied by out_scale; hard: every element its own block.
+struct SrSolve {
+  double in_scale;
+  double out_scale;
+  double eps;
+  bool hard;
+};
+
+template <int OP, int REG>
+SR_HD SrSolve sr_solve_of(double hi, double lo, long long n, double eps) {
+  const int kind = sr_row_kind<OP, REG>(hi, lo, n, eps);
+  SrSolve r = {1.0, 1.0, eps, kind == SR_SOLVE_HARD_SORT};
+  if (kind == SR_SOLVE_SCALED) {
+    r.in_scale = 1.0 / SR_HUGE_SCALE;
+    if (OP == OP_SORT) {
+      r.eps = eps * SR_HUGE_SCALE;
+      r.out_scale = SR_HUGE_SCALE;
+    } else {
+      r.eps = eps / SR_HUGE_SCALE;
+    }
+  } else if (kind == SR_SOLVE_EPS_UNITS) {
+    r.eps = -eps;
+  }
+  return r;
+}
 
 // log(sum_{k<c} exp(-k / eps)) = log(expm1(-c/eps) / expm1(-1/eps)), exact 0 for c == 1.
 template <typename A> SR_HD A sr_log_ramp_sum(long long c, A eps) {
@@ -84,6 +147,10 @@ struct Pav {
   static SR_HD A value(const State& st, long long a, long long c, long long n, A eps) {
     const A acc = acc_of(st);
     if (OP == OP_SORT && REG == REG_L2) return (A(n - a) - A(c - 1) * A(0.5)) / eps - acc / A(c);
+    if (OP == OP_SORT && eps < A(0)) {  // sort/kl in units of eps (SR_SOLVE_EPS_UNITS)
+      const A e = -eps;
+      return (A(n - a) + e * sr_log_ramp_sum<A>(c, e)) - e * acc;
+    }
     if (OP == OP_SORT) {  // sort/kl: logsumexp_B(rho / eps) - logsumexp_B(s)
       return A(n - a) / eps + sr_log_ramp_sum<A>(c, eps) - acc;
     }
@@ -96,6 +163,11 @@ struct Pav {
     const A acc = acc_of(st);
     if (OP == OP_SORT && REG == REG_L2)
       return A(sign) * (acc / A(c) + (A(a - j) + A(c - 1) * A(0.5)) / eps);
+    if (OP == OP_SORT && eps < A(0)) {  // (j - a)/eps alone may overflow where the output does not
+      const A e = -eps;
+      if (c == 1) return A(sign) * acc;  // exactly s: acc * e may underflow
+      return A(sign) * (((acc - sr_log_ramp_sum<A>(c, e)) * e - A(j - a)) / e);
+    }
     if (OP == OP_SORT) {
       // sort/kl: rho_j/eps - v_B with the rho terms combined exactly: (a - j)/eps - log(ramp)
       return A(sign) * (A(a - j) / eps - sr_log_ramp_sum<A>(c, eps) + acc);
