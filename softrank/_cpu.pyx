@@ -70,7 +70,7 @@ cdef extern from "csrc/forward.h":
         Span[uint64_t] kb
     const int SPLIT_DIGITS "SOFTRANK_SPLIT_DIGITS"
     Span[int32_t] split_scratch_blocks "softrank_split_scratch_blocks"(
-        const Split* split) noexcept nogil
+        Split* split) noexcept nogil
     Py_ssize_t split_words "softrank_split_words"(Py_ssize_t n, int n_threads,
                                                   int full_keys, int mode) noexcept nogil
     void split_init "softrank_split_init"(Split* split, uint64_t* words, Py_ssize_t n,

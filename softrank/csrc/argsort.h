@@ -171,10 +171,17 @@ static inline void softrank_count_digit(softrank_span<uint64_t> src, Py_ssize_t 
 /* ------------------------------------------------------------------ from words to the order */
 
 /* perm and s of sorted float32 words [lo, hi). The float32 key is exact: decoding s from the
-   sorted words (sequential reads) avoids gathering x[perm[j]] (random reads). */
+   sorted words (sequential reads) avoids gathering x[perm[j]] (random reads). s: float64, or
+   float32 (softrank_f32_values in pav.h); an empty perm is not written (the sort modes' calls
+   that want no partition never read it, and its pages then never become resident). */
+template <typename V>
 static inline void softrank_decode_words32(softrank_span<uint64_t> ka, softrank_span<int32_t> perm,
-                                           softrank_span<double> s, Py_ssize_t lo,
-                                           Py_ssize_t hi) {
+                                           softrank_span<V> s, Py_ssize_t lo, Py_ssize_t hi) {
+    if (perm.len == 0) {
+        for (Py_ssize_t j = lo; j < hi; ++j)
+            s[j] = softrank_value_of_key32((uint32_t)(ka[j] >> 32));
+        return;
+    }
     for (Py_ssize_t j = lo; j < hi; ++j) {
         const uint64_t key = ka[j];
         perm[j] = (int32_t)(key & 0xFFFFFFFFu);
@@ -275,6 +282,20 @@ static inline bool softrank_radix_argsort(softrank_span<const T> x, double sign,
     if (softrank_build_keys<T>(x, sign, ka, full, hist, 0, x.len)) return true;
     if (softrank_radix_sort(ka, kb, x.len, hist)) ka = kb;
     softrank_order_of_sorted_words(x, sign, ka, full, perm, s);
+    return false;
+}
+
+/* softrank_radix_argsort of a float32 row into float32 values s (perm empty: not written). */
+static inline bool softrank_radix_argsort32(softrank_span<const float> x, double sign,
+                                            softrank_span<uint64_t> ka, softrank_span<uint64_t> kb,
+                                            softrank_span<uint32_t> hist,
+                                            softrank_span<int32_t> perm,
+                                            softrank_span<float> s) {
+    memset(hist.ptr, 0, SOFTRANK_RADIX_DIGITS * SOFTRANK_RADIX_BUCKETS * sizeof(uint32_t));
+    if (softrank_build_keys<float>(x, sign, ka, softrank_span<uint64_t>(), hist, 0, x.len))
+        return true;
+    if (softrank_radix_sort(ka, kb, x.len, hist)) ka = kb;
+    softrank_decode_words32(ka, perm, s, 0, x.len);
     return false;
 }
 

@@ -27,6 +27,20 @@ static inline softrank_span<int32_t> softrank_scratch_blocks(const softrank_work
     return softrank_span<int32_t>((int32_t *)work.value.ptr, n);
 }
 
+/* Whether a float32 row's sorted values are kept as float32 (softrank_f32_values in pav.h):
+   rank/l2, sort/l2 and sort/kl, radix sorted; they take the first half of the values' n words,
+   whose second half is then never written. */
+static inline bool softrank_f32_values_for(int mode, int full_keys) {
+    return !full_keys
+           && (mode == SOFTRANK_RANK_L2 || mode == SOFTRANK_SORT_L2 || mode == SOFTRANK_SORT_KL);
+}
+
+/* The sort modes' outputs are in sorted order: a call that wants no partition never reads
+   perm, which is then not written (an empty perm to the decoding). */
+static inline bool softrank_perm_unread(int mode, bool no_partition) {
+    return no_partition && (mode == SOFTRANK_SORT_L2 || mode == SOFTRANK_SORT_KL);
+}
+
 /* The project modes' target sums: the reals after the sorted values. */
 static inline softrank_span<double> softrank_target_sums(const softrank_workspace &work,
                                                          Py_ssize_t n, int mode) {
@@ -44,8 +58,27 @@ static inline void softrank_forward_row(int mode, softrank_span<T> x, softrank_s
                                         softrank_span<T> target, uint64_t *words) {
     const Py_ssize_t n = x.len;
     const softrank_workspace work = softrank_forward_workspace(words, n, sizeof(T) == 8, mode);
-    if (blocks.len == 0) blocks = softrank_scratch_blocks(work, n);
+    const bool no_partition = blocks.len == 0;
+    if (no_partition) blocks = softrank_scratch_blocks(work, n);
     softrank_span<double> s = work.reals.sub(0, n);
+    if constexpr (sizeof(T) == 4) {
+        if (softrank_f32_values_for(mode, 0)
+            && softrank_sort_kernel_for<float>(n) == SOFTRANK_SORT_RADIX) {
+            const softrank_span<float> s32((float *)s.ptr, n);
+            if (softrank_radix_argsort32(
+                    x, sign, work.keys.sub(0, n), work.keys.sub(n, n),
+                    softrank_workspace_hist(work),
+                    softrank_perm_unread(mode, no_partition) ? softrank_span<int32_t>() : perm,
+                    s32)) {
+                softrank_nan_row_forward(out, perm, blocks);
+                return;
+            }
+            softrank_solve_sorted_f32<T>(mode, s32, s, eps, sign, perm, out, blocks,
+                                         work.ints.sub(0, n), work.state, work.value,
+                                         work.keys.sub(0, 2 * n));
+            return;
+        }
+    }
     if (softrank_argsort_row<T>(x, sign, work.keys.sub(0, n), work.keys.sub(n, n),
                                 softrank_workspace_full(work, n), softrank_workspace_hist(work),
                                 perm, s)) {
@@ -77,6 +110,9 @@ struct softrank_split {
     softrank_span<uint64_t> ka, kb, full;
     softrank_span<uint32_t> hists;  /* SOFTRANK_SPLIT_COUNTS per thread */
     softrank_span<double> s;
+    int mode;
+    softrank_span<float> s32;  /* the values as float32 (softrank_f32_values_for), else empty */
+    bool perm_unread;          /* softrank_perm_unread: the decoding does not write perm */
     Py_ssize_t n;
     int n_threads;
 };
@@ -97,12 +133,18 @@ static inline void softrank_split_init(softrank_split *split, uint64_t *words, P
         (uint32_t *)(words + softrank_forward_words(n, full_keys, mode)),
                                            2 * (Py_ssize_t)n_threads * SOFTRANK_HIST_WORDS);
     split->s = split->work.reals.sub(0, n);
+    split->s32 = softrank_f32_values_for(mode, full_keys)
+                 ? softrank_span<float>((float *)split->s.ptr, n) : softrank_span<float>();
+    split->perm_unread = false;
+    split->mode = mode;
     split->n = n;
     split->n_threads = n_threads;
     memset(split->hists.ptr, 0, split->hists.len * sizeof(uint32_t));
 }
 
-static inline softrank_span<int32_t> softrank_split_scratch_blocks(const softrank_split *split) {
+/* The blocks of a call that wants no partition (and perm, for the sort modes, unread). */
+static inline softrank_span<int32_t> softrank_split_scratch_blocks(softrank_split *split) {
+    split->perm_unread = softrank_perm_unread(split->mode, true);
     return softrank_scratch_blocks(split->work, split->n);
 }
 
@@ -172,9 +214,11 @@ static inline bool softrank_split_decode(const softrank_split *split, softrank_s
                                          double sign, softrank_span<uint64_t> sorted,
                                          softrank_span<int32_t> perm, int t) {
     (void)x; (void)sign;
-    softrank_decode_words32(sorted, perm, split->s,
-                            softrank_chunk_start(t, split->n, split->n_threads),
-                            softrank_chunk_start(t + 1, split->n, split->n_threads));
+    const Py_ssize_t lo = softrank_chunk_start(t, split->n, split->n_threads);
+    const Py_ssize_t hi = softrank_chunk_start(t + 1, split->n, split->n_threads);
+    if (split->perm_unread) perm = softrank_span<int32_t>();
+    if (split->s32.len) softrank_decode_words32(sorted, perm, split->s32, lo, hi);
+    else softrank_decode_words32(sorted, perm, split->s, lo, hi);
     return false;
 }
 
@@ -213,6 +257,17 @@ static inline Py_ssize_t softrank_split_pav(const softrank_split *split, int mod
                                             softrank_span<T> out, softrank_span<int32_t> blocks,
                                             softrank_span<T> target) {
     const Py_ssize_t n = split->n;
+    if (split->s32.len) {
+        const softrank_f32_values s(split->s32);
+        if (softrank_row_kind(mode, s, eps) != SOFTRANK_SOLVE_PLAIN) {
+            softrank_solve_sorted_f32<T>(mode, split->s32, split->s, eps, sign, perm, out, blocks,
+                                         split->work.ints.sub(0, n), split->work.state,
+                                         split->work.value, split->work.keys.sub(0, 2 * n));
+            return -1;
+        }
+        return softrank_pav(mode, s, eps, split->work.ints.sub(0, n), split->work.state,
+                            split->work.value, split->work.keys.sub(0, 2 * n));
+    }
     if (mode >= SOFTRANK_PROJECT_L2 || softrank_row_kind(mode, split->s, eps) != SOFTRANK_SOLVE_PLAIN) {
         /* rare (scaled rows, hard sorts of tiny strengths, the project modes, whose PAV and
            expansion are one serial loop): the serial solver */
@@ -246,13 +301,18 @@ static inline void softrank_split_expand(const softrank_split *split, int mode, 
                                          Py_ssize_t top, int t) {
     const Py_ssize_t n = split->n;
     softrank_span<int32_t> start = split->work.ints.sub(0, n);
-    softrank_expand<T>(mode, split->s, eps, sign, perm, out, blocks, start,
-                       split->work.state, split->work.value,
-                       split->work.keys.sub(0, 2 * n), top,
-                       softrank_first_block_from(start, top,
-                                                 softrank_chunk_start(t, n, split->n_threads)),
-                       softrank_first_block_from(start, top,
-                                                 softrank_chunk_start(t + 1, n, split->n_threads)));
+    const Py_ssize_t b_lo = softrank_first_block_from(start, top,
+                                                      softrank_chunk_start(t, n, split->n_threads));
+    const Py_ssize_t b_hi = softrank_first_block_from(
+        start, top, softrank_chunk_start(t + 1, n, split->n_threads));
+    if (split->s32.len)
+        softrank_expand<T>(mode, softrank_f32_values(split->s32), eps, sign, perm, out, blocks,
+                           start, split->work.state, split->work.value,
+                           split->work.keys.sub(0, 2 * n), top, b_lo, b_hi);
+    else
+        softrank_expand<T>(mode, split->s, eps, sign, perm, out, blocks, start,
+                           split->work.state, split->work.value,
+                           split->work.keys.sub(0, 2 * n), top, b_lo, b_hi);
 }
 
 #endif  /* SOFTRANK_FORWARD_H */

@@ -47,10 +47,30 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
+#include <type_traits>
 
 #include "project.h"
 #include "span.h"
 #include "vector_exp.h"
+
+/* The sorted values of a float32 row in rank/l2, sort/l2 or sort/kl, kept as float32 and read as
+   float64: every value of such a row is a float32, so each reads back as the double the solver
+   would have stored (bit for bit), in half the memory (forward.h). rank/kl and the projections,
+   whose kernels take double arrays, keep float64 values. */
+struct softrank_f32_values {
+    const float *ptr;
+    Py_ssize_t len;
+    softrank_f32_values(softrank_span<float> s) : ptr(s.ptr), len(s.len) {}
+    inline double operator[](Py_ssize_t i) const {
+        SOFTRANK_CHECK(0 <= i && i < len, i, len);
+        return (double)ptr[i];
+    }
+};
+
+/* Whether S is the float64 values (softrank_span<double>), which every mode can read. */
+template <typename S>
+static constexpr bool softrank_double_values = std::is_same<S, softrank_span<double> >::value;
 
 /* The modes (softrank/_contract.py's MODES; odd modes are kl). */
 enum { SOFTRANK_RANK_L2 = 0, SOFTRANK_RANK_KL = 1, SOFTRANK_SORT_L2 = 2, SOFTRANK_SORT_KL = 3 };
@@ -251,8 +271,8 @@ static inline Py_ssize_t softrank_pav_rank_kl(softrank_span<double> s, double ep
 
 /* Pool adjacent violators on the sorted row s: a stack of blocks, each (start, state, value).
    Returns the index of the top block. spare: 2n words of scratch (rank/kl). */
-template <int MODE>
-static inline Py_ssize_t softrank_pav_blocks(softrank_span<double> s, double eps,
+template <int MODE, typename S>
+static inline Py_ssize_t softrank_pav_blocks(S s, double eps,
                                              softrank_span<int32_t> start,
                                              softrank_span<double> state,
                                              softrank_span<double> value,
@@ -319,8 +339,8 @@ static inline double softrank_sum_of(softrank_span<double> w) {
    outputs, by the closed forms of docs/CONTRACT.md, and write each element's block start.
    weights: scratch of n; spare: what softrank_pav_blocks left there (rank/kl: its weights,
    then the blocks' epochs). */
-template <int MODE, typename T>
-static inline void softrank_expand_blocks(softrank_span<double> s, double eps, double sign,
+template <int MODE, typename T, typename S>
+static inline void softrank_expand_blocks(S s, double eps, double sign,
                                           softrank_span<int32_t> perm, softrank_span<T> out,
                                           softrank_span<int32_t> blocks,
                                           softrank_span<int32_t> start,
@@ -403,29 +423,35 @@ static inline void softrank_expand_blocks(softrank_span<double> s, double eps, d
 
 /* PAV and the expansion of blocks b_lo..b_hi-1, each dispatched to the mode's (the split-row
    driver runs them apart: PAV on one thread, the expansion on all). */
-static inline Py_ssize_t softrank_pav(int mode, softrank_span<double> s, double eps,
+template <typename S>
+static inline Py_ssize_t softrank_pav(int mode, S s, double eps,
                                       softrank_span<int32_t> start, softrank_span<double> state,
                                       softrank_span<double> value, softrank_span<uint64_t> spare) {
     switch (mode) {
     case SOFTRANK_RANK_L2: return softrank_pav_blocks<SOFTRANK_RANK_L2>(s, eps, start, state, value, spare);
-    case SOFTRANK_RANK_KL: return softrank_pav_blocks<SOFTRANK_RANK_KL>(s, eps, start, state, value, spare);
+    case SOFTRANK_RANK_KL:
+        if constexpr (softrank_double_values<S>)
+            return softrank_pav_blocks<SOFTRANK_RANK_KL>(s, eps, start, state, value, spare);
+        return -1;  /* rank/kl keeps float64 values */
     case SOFTRANK_SORT_L2: return softrank_pav_blocks<SOFTRANK_SORT_L2>(s, eps, start, state, value, spare);
     default: return softrank_pav_blocks<SOFTRANK_SORT_KL>(s, eps, start, state, value, spare);
     }
 }
 
-template <typename T>
-static inline void softrank_expand(int mode, softrank_span<double> s, double eps, double sign,
+template <typename T, typename S>
+static inline void softrank_expand(int mode, S s, double eps, double sign,
                                    softrank_span<int32_t> perm, softrank_span<T> out,
                                    softrank_span<int32_t> blocks, softrank_span<int32_t> start,
                                    softrank_span<double> state, softrank_span<double> weights,
                                    softrank_span<uint64_t> spare, Py_ssize_t top,
                                    Py_ssize_t b_lo, Py_ssize_t b_hi) {
-#define SOFTRANK_EXPAND(M) softrank_expand_blocks<M, T>(s, eps, sign, perm, out, blocks, start, \
+#define SOFTRANK_EXPAND(M) softrank_expand_blocks<M, T, S>(s, eps, sign, perm, out, blocks, start, \
                                                         state, weights, spare, top, b_lo, b_hi)
     switch (mode) {
     case SOFTRANK_RANK_L2: SOFTRANK_EXPAND(SOFTRANK_RANK_L2); break;
-    case SOFTRANK_RANK_KL: SOFTRANK_EXPAND(SOFTRANK_RANK_KL); break;
+    case SOFTRANK_RANK_KL:
+        if constexpr (softrank_double_values<S>) SOFTRANK_EXPAND(SOFTRANK_RANK_KL);
+        break;
     case SOFTRANK_SORT_L2: SOFTRANK_EXPAND(SOFTRANK_SORT_L2); break;
     default: SOFTRANK_EXPAND(SOFTRANK_SORT_KL); break;
     }
@@ -434,13 +460,13 @@ static inline void softrank_expand(int mode, softrank_span<double> s, double eps
 
 /* PAV and expansion of one row, specialised for the mode (the whole-row forward dispatches once
    per row to this, so each mode's loops are compiled together). */
-template <int MODE, typename T>
+template <int MODE, typename T, typename S>
 static inline __attribute__((always_inline)) void softrank_pav_row(
-        softrank_span<double> s, double eps, double sign, softrank_span<int32_t> perm,
+        S s, double eps, double sign, softrank_span<int32_t> perm,
         softrank_span<T> out, softrank_span<int32_t> blocks, softrank_span<int32_t> start,
         softrank_span<double> state, softrank_span<double> value, softrank_span<uint64_t> spare) {
     const Py_ssize_t top = softrank_pav_blocks<MODE>(s, eps, start, state, value, spare);
-    softrank_expand_blocks<MODE, T>(s, eps, sign, perm, out, blocks, start, state, value, spare,
+    softrank_expand_blocks<MODE, T, S>(s, eps, sign, perm, out, blocks, start, state, value, spare,
                                     top, 0, top + 1);
 }
 
@@ -460,7 +486,8 @@ static const double SOFTRANK_TINY_RANK_EPS = 4.1045368012983762e-289;
    or HARD_SORT: a sort row whose strength is so small that rho/eps nears overflow and no two
    elements can pool (its output is the hard sort, exactly). Normal strengths
    (n / eps <= 2**1000, and eps >= 2**-958 for rank/l2) are classified as they always were. */
-static inline int softrank_row_kind(int mode, softrank_span<double> s, double eps) {
+template <typename S>
+static inline int softrank_row_kind(int mode, S s, double eps) {
     const Py_ssize_t n = s.len;
     if ((mode == SOFTRANK_SORT_L2 || mode == SOFTRANK_SORT_KL)
         && !(((double)n) / eps <= SOFTRANK_HUGE)) {
@@ -511,8 +538,8 @@ static inline void softrank_project_row(int mode, softrank_span<double> s, doubl
 /* The outputs and blocks of a finite row sorted into s (perm: its order), n >= 1. start,
    state, value: n each; spare: 2n words (the sort's, done with); the project modes: target
    (n, sorted decreasingly) and t_sum (n, scratch). */
-template <typename T>
-static inline void softrank_solve_sorted_row(int mode, softrank_span<double> s, double eps,
+template <typename T, typename S>
+static inline void softrank_solve_sorted_row(int mode, S s, double eps,
                                              double sign, softrank_span<int32_t> perm,
                                              softrank_span<T> out, softrank_span<int32_t> blocks,
                                              softrank_span<int32_t> start,
@@ -522,10 +549,12 @@ static inline void softrank_solve_sorted_row(int mode, softrank_span<double> s, 
                                              softrank_span<T> target,
                                              softrank_span<double> t_sum) {
     const Py_ssize_t n = s.len;
-    if (mode >= SOFTRANK_PROJECT_L2) {
-        softrank_project_row<T>(mode, s, eps, target, perm, out, blocks, start, state, value,
-                                t_sum);
-        return;
+    if constexpr (softrank_double_values<S>) {
+        if (mode >= SOFTRANK_PROJECT_L2) {
+            softrank_project_row<T>(mode, s, eps, target, perm, out, blocks, start, state, value,
+                                    t_sum);
+            return;
+        }
     }
     const int kind = softrank_row_kind(mode, s, eps);
     if (kind == SOFTRANK_SOLVE_HARD_SORT) {
@@ -542,6 +571,9 @@ static inline void softrank_solve_sorted_row(int mode, softrank_span<double> s, 
         return;
     }
     if (kind == SOFTRANK_SOLVE_SCALED) {
+        /* float32 values never get here: softrank_solve_sorted_f32 widens them first */
+        if constexpr (!softrank_double_values<S>) return;
+        else {
         /* Solve the problem scaled by a power of two (exact): rank(x, eps) = rank(x/k, eps/k)
            and sort(x, eps) = k * sort(x/k, eps*k) for the l2 projection. */
         for (Py_ssize_t j = 0; j < n; ++j) s[j] = s[j] * (1.0 / SOFTRANK_HUGE_SCALE);
@@ -554,6 +586,7 @@ static inline void softrank_solve_sorted_row(int mode, softrank_span<double> s, 
             for (Py_ssize_t j = 0; j < n; ++j) out[j] = (T)(out[j] * SOFTRANK_HUGE_SCALE);
         }
         return;
+        }
     }
     switch (mode) {
     case SOFTRANK_RANK_L2:
@@ -561,8 +594,9 @@ static inline void softrank_solve_sorted_row(int mode, softrank_span<double> s, 
                                               spare);
         break;
     case SOFTRANK_RANK_KL:
-        softrank_pav_row<SOFTRANK_RANK_KL, T>(s, eps, sign, perm, out, blocks, start, state, value,
-                                              spare);
+        if constexpr (softrank_double_values<S>)
+            softrank_pav_row<SOFTRANK_RANK_KL, T>(s, eps, sign, perm, out, blocks, start, state,
+                                                  value, spare);
         break;
     case SOFTRANK_SORT_L2:
         softrank_pav_row<SOFTRANK_SORT_L2, T>(s, eps, sign, perm, out, blocks, start, state, value,
@@ -573,6 +607,42 @@ static inline void softrank_solve_sorted_row(int mode, softrank_span<double> s, 
                                               spare);
         break;
     }
+}
+
+/* The float32 values s32 widened in place to float64 over wide, which starts where s32 does
+   (n words): from the last value down, each double lands on float32 values already read. */
+static inline void softrank_widen_values(softrank_span<float> s32, softrank_span<double> wide) {
+    char *base = (char *)wide.ptr;
+    for (Py_ssize_t j = s32.len - 1; j >= 0; --j) {
+        float v;
+        memcpy(&v, base + 4 * j, 4);
+        const double d = v;
+        memcpy(base + 8 * j, &d, 8);
+    }
+}
+
+/* softrank_solve_sorted_row of a float32 row's values kept as float32 (rank/l2, sort/l2,
+   sort/kl): a sort/l2 row solved scaled (tiny strengths; scaling a float32 could lose bits)
+   first widens its values to float64 over wide (n words starting at s32). */
+template <typename T>
+static inline void softrank_solve_sorted_f32(int mode, softrank_span<float> s32,
+                                             softrank_span<double> wide, double eps,
+                                             double sign, softrank_span<int32_t> perm,
+                                             softrank_span<T> out,
+                                             softrank_span<int32_t> blocks,
+                                             softrank_span<int32_t> start,
+                                             softrank_span<double> state,
+                                             softrank_span<double> value,
+                                             softrank_span<uint64_t> spare) {
+    const softrank_f32_values s(s32);
+    if (softrank_row_kind(mode, s, eps) == SOFTRANK_SOLVE_SCALED) {
+        softrank_widen_values(s32, wide);
+        softrank_solve_sorted_row<T>(mode, wide, eps, sign, perm, out, blocks, start, state,
+                                     value, spare, softrank_span<T>(), softrank_span<double>());
+        return;
+    }
+    softrank_solve_sorted_row<T>(mode, s, eps, sign, perm, out, blocks, start, state, value,
+                                 spare, softrank_span<T>(), softrank_span<double>());
 }
 
 /* The forward of a row holding a NaN or an infinity: NaN outputs, blocks[0] = -1. */
