@@ -557,44 +557,42 @@ cdef inline void* _data(object a) noexcept:
     return cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
+cdef object _forward(int mode, object x, object eps, double sign, object target,
+                     bint partition):
+    """forward() (partition: new out, perm, blocks) or forward_values() (out only)."""
+    cdef int typenum = _float_typenum(x, "x")
+    _check_array(x, "x", typenum, -1, 0)
+    cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>x, 0), n = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+    _check_scalars(mode, sign)
+    cdef double one_eps
+    cdef Span[double] strengths = _strengths(eps, rows, &one_eps)
+    cdef Py_ssize_t target_size = _check_target(mode, target, typenum, rows, n)
+    cdef cnp.ndarray out = _empty(rows, n, typenum)
+    cdef object perm = None, blocks = None
+    if partition:
+        perm = _empty(rows, n, cnp.NPY_INT32)
+        blocks = _empty(rows, n, cnp.NPY_INT32)
+    if rows > 0 and n > 0:
+        _solve_forward(mode, typenum, _data(x), _data(out),
+                       <int32_t*>_data(perm) if partition else NULL,
+                       <int32_t*>_data(blocks) if partition else NULL, rows, n, strengths, sign,
+                       NULL if target is None else _data(target), target_size)
+    return (out, perm, blocks) if partition else out
+
+
 def forward(int mode, x, eps, double sign, target=None):
     """Solve every row of x (mode: 0 rank/l2, 1 rank/kl, 2 sort/l2, 3 sort/kl, 4 project/l2,
     5 project/kl; eps: a float or one float64 per row; target: the project modes' sorted
     target, (1, n) or (rows, n); docs/CONTRACT.md).
 
     Returns new arrays (out, perm, blocks): out of x's dtype, perm and blocks int32."""
-    cdef int typenum = _float_typenum(x, "x")
-    _check_array(x, "x", typenum, -1, 0)
-    cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>x, 0), n = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
-    _check_scalars(mode, sign)
-    cdef double one_eps
-    cdef Span[double] strengths = _strengths(eps, rows, &one_eps)
-    cdef Py_ssize_t target_size = _check_target(mode, target, typenum, rows, n)
-    cdef cnp.ndarray out = _empty(rows, n, typenum)
-    cdef cnp.ndarray perm = _empty(rows, n, cnp.NPY_INT32)
-    cdef cnp.ndarray blocks = _empty(rows, n, cnp.NPY_INT32)
-    if rows > 0 and n > 0:
-        _solve_forward(mode, typenum, _data(x), _data(out), <int32_t*>_data(perm),
-                       <int32_t*>_data(blocks), rows, n, strengths, sign,
-                       NULL if target is None else _data(target), target_size)
-    return out, perm, blocks
+    return _forward(mode, x, eps, sign, target, True)
 
 
 def forward_values(int mode, x, eps, double sign, target=None):
     """forward() without the partition, for calls nothing will differentiate: returns a new
     out array only."""
-    cdef int typenum = _float_typenum(x, "x")
-    _check_array(x, "x", typenum, -1, 0)
-    cdef Py_ssize_t rows = cnp.PyArray_DIM(<cnp.ndarray>x, 0), n = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
-    _check_scalars(mode, sign)
-    cdef double one_eps
-    cdef Span[double] strengths = _strengths(eps, rows, &one_eps)
-    cdef Py_ssize_t target_size = _check_target(mode, target, typenum, rows, n)
-    cdef cnp.ndarray out = _empty(rows, n, typenum)
-    if rows > 0 and n > 0:
-        _solve_forward(mode, typenum, _data(x), _data(out), NULL, NULL, rows, n, strengths,
-                       sign, NULL if target is None else _data(target), target_size)
-    return out
+    return _forward(mode, x, eps, sign, target, False)
 
 
 def backward(int mode, g, perm, blocks, aux, eps, double sign):
