@@ -271,24 +271,22 @@ else:
         return _front_end(values).soft_op("project", values, regularization,
                                           regularization_strength, dim, False, _target(w))
 
-
     def soft_topk(values, k, regularization="l2", regularization_strength=1.0, *, dim=-1,
                   largest=True):
-        _contract.check_topk_regularization(regularization)
-        return _front_end(values).soft_op("project", values, regularization,
-                                          regularization_strength, dim,
-                                          not _contract.check_bool(largest, "largest"),
-                                          _contract.TopK(k))
-
+        return _topk("soft_op", values, k, regularization, regularization_strength, dim, largest)
 
     def soft_topk_vjp(values, k, regularization="l2", regularization_strength=1.0, *, dim=-1,
                       largest=True):
-        _contract.check_topk_regularization(regularization)
-        return _front_end(values).soft_op_vjp("project", values, regularization,
-                                              regularization_strength, dim,
-                                              not _contract.check_bool(largest, "largest"),
-                                              _contract.TopK(k))
+        return _topk("soft_op_vjp", values, k, regularization, regularization_strength, dim,
+                     largest)
 
+    def _topk(method, values, k, regularization, regularization_strength, dim, largest):
+        """soft_topk (method "soft_op") or soft_topk_vjp ("soft_op_vjp"): the projection onto
+        the permutahedron of (1, ..., 1, 0, ..., 0), of -values for the k smallest."""
+        _contract.check_topk_regularization(regularization)
+        return getattr(_front_end(values), method)(
+            "project", values, regularization, regularization_strength, dim,
+            not _contract.check_bool(largest, "largest"), _contract.TopK(k))
 
     def soft_quantile(values, q, regularization="l2", regularization_strength=1.0, *, dim=-1,
                       keepdim=False):
