@@ -1126,15 +1126,29 @@ def test_tiny_strengths_rank_l2_of_normal_rows(emu, family, dtype, mode, rng):
                 assert_close(out, r_out, dtype)
 
 
-@pytest.mark.xfail(strict=True, reason="not yet on CUDA (docs/CUDA.md): rank/kl's state "
-                   "logsumexp(s/eps) overflows where s/eps does; rank/l2's absolute block sums "
-                   "round for ties like 1e300 (the rounding over a tiny eps is inf) and overflow "
-                   "near the float64 limit with strengths below 2**-958")
-@pytest.mark.parametrize("mode", [RANK_KL, RANK_L2], ids=["rank/kl", "rank/l2"])
-def test_tiny_strengths_rank_forward_left(emu, mode, rng):
-    cfg = FAMILIES["thread_per_row"][0]
-    for n in (7, 40):
-        x = extreme_rows(np.float64, n, rng)
-        for sign in (1, -1):
-            out = emu.forward(mode, x, 1e-310, sign, cfg)[0]
-            assert np.isfinite(out).all()
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("mode", [RANK_KL, RANK_L2, PROJECT_KL, PROJECT_L2],
+                         ids=["rank/kl", "rank/l2", "project/kl", "project/l2"])
+def test_tiny_strengths_rank_forward_match_the_cpu(emu, family, dtype, mode, rng):
+    """The rank and project forwards on every extreme row (ties of 1e300, values near the
+    float64 limit) with tiny strengths, and strengths where s/eps overflows: finite, and perm,
+    blocks and values as the CPU back end's.  Block states are relative to the block's first
+    element (pav.cuh); before, rank/kl's logsumexp(s/eps) overflowed and rank/l2's absolute
+    sums of tied copies of 1e300 rounded (the rounding over a tiny eps was inf)."""
+    if has_target(mode) and not CPU_TAKES_TARGETS:
+        pytest.skip("the CPU back end does not take targets yet")
+    cfg = FAMILIES[family][0]
+    for n in (1, 2, 7, 40):
+        x = extreme_rows(dtype, n, rng)
+        target = (make_target(mode, rng, x.shape[0], n, dtype=dtype) if has_target(mode)
+                  else None)
+        for eps in TINY[dtype] + [1e-200 if dtype == np.float64 else 1e-20]:
+            for sign in (1, -1):
+                out, perm, blocks, _ = emu.forward(mode, x, eps, sign, cfg, target=target)
+                r_out, r_perm, r_blocks = cpu_forward(mode, x, eps, sign, target)
+                assert np.isfinite(out).all(), (n, eps, sign)
+                np.testing.assert_array_equal(perm, r_perm)
+                np.testing.assert_array_equal(blocks, r_blocks, err_msg=str((n, eps, sign)))
+                for r in range(x.shape[0]):  # each row at its own scale
+                    assert_close(out[r], r_out[r], dtype)

@@ -271,10 +271,11 @@ struct SrShifted {
 // The PAV helpers below take the per-position arrays as raw pointers (whole row) or SrShifted.
 
 // Sequential PAV of the sorted positions [lo, hi); init_of(j) gives the state of the singleton
-// block {j} (read before acc[j] is written, so init_of may read acc[j]).
-template <class F, typename A, class S, class AccArr, class IntArr>
-SR_DEV void sr_chunk_pav(S init_of, AccArr acc, IntArr link, IntArr head, int lo, int hi, int n,
-                         A eps) {
+// block {j} (read before acc[j] is written, so init_of may read acc[j]); sv(j) = s_j (pav.cuh:
+// the rank and project states are relative to their block's first element).
+template <class F, typename A, class S, class SV, class AccArr, class IntArr>
+SR_DEV void sr_chunk_pav(S init_of, SV sv, AccArr acc, IntArr link, IntArr head, int lo, int hi,
+                         int n, A eps) {
   for (int j = lo; j < hi; ++j) {
     acc[j] = init_of(j);
     link[j] = j;
@@ -283,8 +284,8 @@ SR_DEV void sr_chunk_pav(S init_of, AccArr acc, IntArr link, IntArr head, int lo
     while (a > lo) {
       const int pa = link[a - 1];
       const int e = link[a];
-      if (F::value(acc[pa], pa, a - pa, n, eps) <= F::value(acc[a], a, e - a + 1, n, eps)) {
-        acc[pa] = F::pool(acc[pa], acc[a]);
+      if (F::val(acc[pa], pa, a - pa, n, eps, sv) <= F::val(acc[a], a, e - a + 1, n, eps, sv)) {
+        acc[pa] = F::join(acc[pa], acc[a], pa, a, e - a + 1, eps, sv);
         link[pa] = e;
         link[e] = pa;
         head[a] = 0;
@@ -300,9 +301,9 @@ SR_DEV void sr_chunk_pav(S init_of, AccArr acc, IntArr link, IntArr head, int lo
 // block that holds the junction with its neighbours one by one, at most `cap` times.  Returns
 // true if it stopped at the cap with a pool still due; [js, je] is the junction's block then
 // (the bridge search finishes the merge, sr_bridge).
-template <class F, typename A, class AccArr, class IntArr>
-SR_DEV bool sr_merge_junction(AccArr acc, IntArr link, IntArr head, int lo, int mid, int hi, int n,
-                              A eps, int cap, int& js, int& je) {
+template <class F, typename A, class SV, class AccArr, class IntArr>
+SR_DEV bool sr_merge_junction(SV sv, AccArr acc, IntArr link, IntArr head, int lo, int mid, int hi,
+                              int n, A eps, int cap, int& js, int& je) {
   int cur = mid;  // start of the block that holds the junction
   int pops = 0;
   for (;;) {
@@ -310,8 +311,8 @@ SR_DEV bool sr_merge_junction(AccArr acc, IntArr link, IntArr head, int lo, int 
     while (cur > lo) {  // absorb the left neighbour
       const int pa = link[cur - 1];
       const int e = link[cur];
-      if (F::value(acc[pa], pa, cur - pa, n, eps) <=
-          F::value(acc[cur], cur, e - cur + 1, n, eps)) {
+      if (F::val(acc[pa], pa, cur - pa, n, eps, sv) <=
+          F::val(acc[cur], cur, e - cur + 1, n, eps, sv)) {
         if (pops == cap) {
           js = cur;
           je = e;
@@ -319,7 +320,7 @@ SR_DEV bool sr_merge_junction(AccArr acc, IntArr link, IntArr head, int lo, int 
         }
         ++pops;
         SR_EMU_STEP();
-        acc[pa] = F::pool(acc[pa], acc[cur]);
+        acc[pa] = F::join(acc[pa], acc[cur], pa, cur, e - cur + 1, eps, sv);
         link[pa] = e;
         link[e] = pa;
         head[cur] = 0;
@@ -333,8 +334,8 @@ SR_DEV bool sr_merge_junction(AccArr acc, IntArr link, IntArr head, int lo, int 
     while (e + 1 < hi) {  // absorb the right neighbour
       const int nb = e + 1;
       const int ne = link[nb];
-      if (F::value(acc[cur], cur, e - cur + 1, n, eps) <=
-          F::value(acc[nb], nb, ne - nb + 1, n, eps)) {
+      if (F::val(acc[cur], cur, e - cur + 1, n, eps, sv) <=
+          F::val(acc[nb], nb, ne - nb + 1, n, eps, sv)) {
         if (pops == cap) {
           js = cur;
           je = e;
@@ -342,7 +343,7 @@ SR_DEV bool sr_merge_junction(AccArr acc, IntArr link, IntArr head, int lo, int 
         }
         ++pops;
         SR_EMU_STEP();
-        acc[cur] = F::pool(acc[cur], acc[nb]);
+        acc[cur] = F::join(acc[cur], acc[nb], cur, nb, ne - nb + 1, eps, sv);
         link[cur] = ne;
         link[ne] = cur;
         head[nb] = 0;
@@ -390,12 +391,13 @@ SR_DEV typename F::State sr_bridge_own(AccArr acc, IntArr link, Init init_of, in
 
 // The merged block that starts at a (a left block start, or js for J alone): its last position
 // e(a), and its state in `st`.
-template <class F, typename A, class AccArr, class IntArr, class Init>
-SR_DEV int sr_bridge_end(AccArr acc, IntArr link, IntArr head, Init init_of, int a, int js,
+template <class F, typename A, class AccArr, class IntArr, class Init, class SV>
+SR_DEV int sr_bridge_end(AccArr acc, IntArr link, IntArr head, Init init_of, SV sv, int a, int js,
                          int je, int jhi, int n, A eps, typename F::State& st) {
   typedef typename F::State S;
   S base = acc[js];
-  if (a < js) base = F::pool(acc[link[a]], base);  // the left blocks' anchored sum
+  // the left blocks' anchored sum (positions [a, js)) and J
+  if (a < js) base = F::join(acc[link[a]], base, a, js, je - js + 1, eps, sv);
   // positions q >= je stand for the candidate end "end of q's block" (je for q = je); the
   // predicate "the block after it is absorbed" holds below the answer and fails from it on
   int lo = je - 1, hi = jhi - 1;  // lo: holds (virtually); hi: fails (no block after it)
@@ -407,11 +409,11 @@ SR_DEV int sr_bridge_end(AccArr acc, IntArr link, IntArr head, Init init_of, int
     const int e = q <= je ? je : link[b];
     bool absorbed = false;
     if (e + 1 < jhi) {
-      const S cand = e > je ? F::pool(base, acc[e]) : base;
+      const S cand = e > je ? F::join(base, acc[e], a, je + 1, e - je, eps, sv) : base;
       const int nb = e + 1;
       const int ne = link[nb];
       const S next = sr_bridge_own<F>(acc, link, init_of, nb);
-      absorbed = F::value(cand, a, e - a + 1, n, eps) <= F::value(next, nb, ne - nb + 1, n, eps);
+      absorbed = F::val(cand, a, e - a + 1, n, eps, sv) <= F::val(next, nb, ne - nb + 1, n, eps, sv);
     }
     if (absorbed)
       lo = e;
@@ -419,42 +421,47 @@ SR_DEV int sr_bridge_end(AccArr acc, IntArr link, IntArr head, Init init_of, int
       hi = b;
   }
   const int e = hi <= je ? je : link[head[hi]];
-  st = e > je ? F::pool(base, acc[e]) : base;
+  st = e > je ? F::join(base, acc[e], a, je + 1, e - je, eps, sv) : base;
   return e;
 }
 
-// Exclusive scan of (state, has) over the segment of `seg` threads (aligned) that holds thread
-// tid, s = tid's index in it: the pool of the later threads' states (suffix) or of the earlier
-// ones' (prefix), in position order; has = 0 if there is none.  Every thread must call it.
-template <class F, typename S>
+// Exclusive scan of the states of runs of blocks over the segment of `seg` threads (aligned)
+// that holds thread tid, s = tid's index in it: the pool of the later threads' runs (suffix) or
+// of the earlier ones' (prefix), in position order; has = 0 if there is none.  Thread k's run
+// covers the positions [N(k), N(k + 1)), N(k) = sc.in[tid - s + k] for k < seg and N(seg) =
+// nend: the runs tile a range, so every pool knows its operands' first positions and lengths
+// (pav.cuh: relative states).  sc.in holds N (written by the caller before a barrier) and is
+// not written here.  Every thread must call it.
+template <class F, typename A, typename S, class SV>
 SR_DEV void sr_segment_scan(SrBridgeScratch<S> sc, S& v, int& has, int tid, int s, int seg,
-                            bool suffix) {
+                            bool suffix, int nend, A eps, SV sv) {
+  const int o = tid - s;
+  const auto N = [&](int k) { return k >= seg ? nend : sc.in[o + k]; };
   sc.st[tid] = v;
-  sc.in[tid] = has;
   __syncthreads();
   #pragma unroll 1
   for (int off = 1; off < seg; off <<= 1) {
-    const bool in_seg = suffix ? s + off < seg : s >= off;
-    const int src = suffix ? tid + off : tid - off;
+    // my partial covers runs [u0, u1), the other one [w0, w1) (after mine for the suffix)
+    const int u0 = suffix ? s : sr_max(s - off + 1, 0);
+    const int u1 = suffix ? sr_min(s + off, seg) : s + 1;
+    const int w0 = suffix ? sr_min(s + off, seg) : sr_max(s - 2 * off + 1, 0);
+    const int w1 = suffix ? sr_min(s + 2 * off, seg) : u0;
+    const int nu0 = N(u0), nu1 = N(u1), nw0 = N(w0), nw1 = N(w1);
+    const bool oh = nw0 < nw1;
     S ov = S();
-    int oh = 0;
-    if (in_seg) {
-      ov = sc.st[src];
-      oh = sc.in[src];
-    }
+    if (oh) ov = sc.st[suffix ? tid + off : tid - off];
     __syncthreads();
     if (oh) {
-      if (sc.in[tid])
-        sc.st[tid] = suffix ? F::pool(sc.st[tid], ov) : F::pool(ov, sc.st[tid]);
+      if (nu0 < nu1)
+        sc.st[tid] = suffix ? F::join(sc.st[tid], ov, nu0, nw0, nw1 - nw0, eps, sv)
+                            : F::join(ov, sc.st[tid], nw0, nu0, nu1 - nu0, eps, sv);
       else
         sc.st[tid] = ov;
-      sc.in[tid] = 1;
     }
     __syncthreads();
   }
-  const bool in_seg = suffix ? s + 1 < seg : s > 0;
   const int src = suffix ? tid + 1 : tid - 1;
-  has = in_seg ? sc.in[src] : 0;
+  has = suffix ? N(s + 1) < nend : s > 0 && N(0) < N(s);
   if (has) v = sc.st[src];
   __syncthreads();
 }
@@ -467,8 +474,8 @@ SR_DEV void sr_segment_scan(SrBridgeScratch<S> sc, S& v, int& has, int tid, int 
 // block-start scan.  wmax bounds jlo's distance to the junction (the same for every junction of
 // the block), which fixes the number of search rounds for the whole block.  Every thread of the
 // block must call it.
-template <class F, typename A, class AccArr, class IntArr, class Init>
-SR_DEV void sr_bridge(AccArr acc, IntArr link, IntArr head, Init init_of,
+template <class F, typename A, class AccArr, class IntArr, class Init, class SV>
+SR_DEV void sr_bridge(AccArr acc, IntArr link, IntArr head, Init init_of, SV sv,
                       SrBridgeScratch<typename F::State> sc, int tid, int lt, int G, int seg,
                       int clo, int chi, bool unfinished, int js, int je, int jlo, int jhi,
                       int wmax, int n, A eps) {
@@ -500,23 +507,37 @@ SR_DEV void sr_bridge(AccArr acc, IntArr link, IntArr head, Init init_of,
   const bool act = js >= 0;
   // 3. pools of the left blocks (start < js) and right blocks (start > je) starting in my chunk
   S lsum = S(), rsum = S();
-  int lh = 0, rh = 0;
+  int lh = 0, rh = 0, lfirst = 0, rfirst = 0;
   if (act)
     #pragma unroll 1
     for (int p = clo; p < chi; ++p) {
       if (head[p] != p || p == js) continue;
       const S st = sr_bridge_own<F>(acc, link, init_of, p);
       if (p < js) {
-        lsum = lh ? F::pool(lsum, st) : st;
+        lsum = lh ? F::join(lsum, st, lfirst, p, link[p] - p + 1, eps, sv) : st;
+        if (!lh) lfirst = p;
         lh = 1;
       } else {
-        rsum = rh ? F::pool(rsum, st) : st;
+        rsum = rh ? F::join(rsum, st, rfirst, p, link[p] - p + 1, eps, sv) : st;
+        if (!rh) rfirst = p;
         rh = 1;
       }
     }
-  // 4. ... of the later chunks of the segment (left) and of the earlier ones (right)
-  sr_segment_scan<F>(sc, lsum, lh, tid, s, seg, true);
-  sr_segment_scan<F>(sc, rsum, rh, tid, s, seg, false);
+  // 4. ... of the later chunks of the segment (left) and of the earlier ones (right).  The
+  //    scans' runs: my chunk's left blocks start at the first block start at or after clo
+  //    (js if none), its right blocks at the first one after je at or after clo (jhi if none)
+  int nl = js, nr = jhi;
+  if (act && clo < chi) {
+    const int b = head[clo] == clo ? clo : link[head[clo]] + 1;  // first block start >= clo
+    nl = sr_min(b, js);
+    nr = clo <= je + 1 ? je + 1 : b;
+  }
+  sc.in[tid] = nl;
+  __syncthreads();
+  sr_segment_scan<F>(sc, lsum, lh, tid, s, seg, true, js, eps, sv);
+  sc.in[tid] = nr;
+  __syncthreads();
+  sr_segment_scan<F>(sc, rsum, rh, tid, s, seg, false, jhi, eps, sv);
   // 5. anchored sums at block ends (a block end is never a block start, except a singleton's,
   //    whose own state init_of recomputes)
   if (act) {
@@ -526,7 +547,7 @@ SR_DEV void sr_bridge(AccArr acc, IntArr link, IntArr head, Init init_of,
     for (int p = chi - 1; p >= clo; --p) {
       if (head[p] != p || p >= js) continue;
       const S st = sr_bridge_own<F>(acc, link, init_of, p);
-      run = h ? F::pool(st, run) : st;
+      run = h ? F::join(st, run, p, link[p] + 1, js - 1 - link[p], eps, sv) : st;
       h = 1;
       acc[link[p]] = run;
     }
@@ -536,7 +557,7 @@ SR_DEV void sr_bridge(AccArr acc, IntArr link, IntArr head, Init init_of,
     for (int p = clo; p < chi; ++p) {
       if (head[p] != p || p <= js) continue;
       const S st = sr_bridge_own<F>(acc, link, init_of, p);
-      run = h ? F::pool(run, st) : st;
+      run = h ? F::join(run, st, je + 1, p, link[p] - p + 1, eps, sv) : st;
       h = 1;
       acc[link[p]] = run;
     }
@@ -572,7 +593,8 @@ SR_DEV void sr_bridge(AccArr acc, IntArr link, IntArr head, Init init_of,
         res = 1;  // nothing left of it in this range
       } else {
         S st;
-        const int e = sr_bridge_end<F, A>(acc, link, head, init_of, ca, js, je, jhi, n, eps, st);
+        const int e =
+            sr_bridge_end<F, A>(acc, link, head, init_of, sv, ca, js, je, jhi, n, eps, st);
         if (last) {  // 7. the lead pools the merged block
           acc[ca] = st;
           link[ca] = e;
@@ -583,8 +605,9 @@ SR_DEV void sr_bridge(AccArr acc, IntArr link, IntArr head, Init init_of,
           SR_EMU_STEP();
           const int pa = head[ca - 1];
           const S left = sr_bridge_own<F>(acc, link, init_of, pa);
-          res = F::value(left, pa, ca - pa, n, eps) > F::value(st, ca, e - ca + 1, n, eps) ? 1
-                                                                                            : 2;
+          res = F::val(left, pa, ca - pa, n, eps, sv) > F::val(st, ca, e - ca + 1, n, eps, sv)
+                    ? 1
+                    : 2;
         }
       }
       ce = ca == js ? js : link[ca];
@@ -614,8 +637,8 @@ SR_DEV void sr_bridge(AccArr acc, IntArr link, IntArr head, Init init_of,
 // `end`; a junction pools at most `cap` blocks one by one, then the bridge search finishes it.
 // init_of(j): the singleton state of position j.  Every thread of the block must call it; its
 // first barrier separates the callers' chunk PAVs from the merges.
-template <class F, typename A, class AccArr, class IntArr, class Init>
-SR_DEV void sr_group_merges(AccArr acc, IntArr link, IntArr head, Init init_of,
+template <class F, typename A, class AccArr, class IntArr, class Init, class SV>
+SR_DEV void sr_group_merges(AccArr acc, IntArr link, IntArr head, Init init_of, SV sv,
                             SrBridgeScratch<typename F::State> sc, int base, int end, int c,
                             int tid, int lt, int G, bool work, int n, A eps, int cap) {
   if (tid < SR_LEVEL_FLAGS) sc.levels[tid] = 0;
@@ -629,15 +652,16 @@ SR_DEV void sr_group_merges(AccArr acc, IntArr link, IntArr head, Init init_of,
     bool unfinished = false;
     int js = -1, je = -1;
     if (work && (lt & (seg - 1)) == 0 && mid > jlo && mid < jhi) {
-      unfinished = sr_merge_junction<F, A>(acc, link, head, jlo, mid, jhi, n, eps, cap, js, je);
+      unfinished =
+          sr_merge_junction<F, A>(sv, acc, link, head, jlo, mid, jhi, n, eps, cap, js, je);
       if (unfinished) atomicOr(&sc.levels[level], 1);
     }
     __syncthreads();
     if (sc.levels[level]) {  // the same for every thread of the block
       const int clo = work ? sr_min(base + lt * c, end) : 0;
       const int chi = work ? sr_min(clo + c, end) : 0;
-      sr_bridge<F, A>(acc, link, head, init_of, sc, tid, lt, G, seg, clo, chi, unfinished, js, je,
-                      jlo, jhi, half * c, n, eps);
+      sr_bridge<F, A>(acc, link, head, init_of, sv, sc, tid, lt, G, seg, clo, chi, unfinished, js,
+                      je, jlo, jhi, half * c, n, eps);
       __syncthreads();
     }
     SR_EMU_LEVEL();
@@ -852,12 +876,13 @@ softrank_forward(const T* SR_RESTRICT x, const T* SR_RESTRICT target, T* SR_REST
   const SrSolve sv = sr_solve_of<OP, REG>(work ? double(key[0]) : 0.0,
                                           work ? double(key[n - 1]) : 0.0, n, double(eps));
   const A seps = A(sv.eps);
+  const auto sval = [&](int j) { return A(key[j]) * A(sv.in_scale); };
   const auto init_of = [&](int j) {
-    return F::init(A(key[j]) * A(sv.in_scale), F::HAS_TARGET ? A(tr[j]) : A(0), seps);
+    return F::init(sval(j), F::HAS_TARGET ? A(tr[j]) : A(0), seps);
   };
   const bool pav = work && !sv.hard;
   if (pav) {
-    sr_chunk_pav<F, A>(init_of, acc, link, head, lo, hi, n, seps);
+    sr_chunk_pav<F, A>(init_of, sval, acc, link, head, lo, hi, n, seps);
   } else if (work) {  // the hard sort: every element its own block
     for (int j = lo; j < hi; ++j) {
       acc[j] = init_of(j);
@@ -865,7 +890,7 @@ softrank_forward(const T* SR_RESTRICT x, const T* SR_RESTRICT target, T* SR_REST
       head[j] = 1;
     }
   }
-  sr_group_merges<F, A>(acc, link, head, init_of, sc, 0, n, c, tid, lt, G, pav, n, seps,
+  sr_group_merges<F, A>(acc, link, head, init_of, sval, sc, 0, n, c, tid, lt, G, pav, n, seps,
                         merge_cap);
 
   // ---- expansion: block start of every position (max-scan of heads), outputs
@@ -874,14 +899,22 @@ softrank_forward(const T* SR_RESTRICT x, const T* SR_RESTRICT target, T* SR_REST
     for (int j = lo; j < hi; ++j)
       if (head[j]) m = j;
   const int carry = sr_group_exclusive_max(scan_f, m, tid, lt, G);
+  // the first element of the block open at my chunk's start (rank and project: relative states),
+  // read before its owner overwrites it with its output
+  A sa = F::RELATIVE && work && carry >= 0 ? sval(carry) : A(0);
+  if (F::RELATIVE) __syncthreads();
   if (work) {
     int cur = carry;
     for (int j = lo; j < hi; ++j) {
-      if (head[j]) cur = j;
+      const A sj = sval(j);
+      if (head[j]) {
+        cur = j;
+        sa = sj;
+      }
       const int a = cur;
       const int cnt = link[a] - a + 1;
-      key[j] = T(F::output(A(key[j]) * A(sv.in_scale), acc[a], j, a, cnt, n, seps, sign) *
-                 A(sv.out_scale));  // only we read key[j]
+      key[j] = T(F::output(sj, acc[a], j, a, cnt, n, seps, sign, sa) *
+                 A(sv.out_scale));  // only we read key[j] (and key[carry] before the barrier)
       head[j] = a;
     }
   }
@@ -1068,13 +1101,13 @@ softrank_tile_pav(const T* SR_RESTRICT x, const T* SR_RESTRICT target, const int
   const SrShifted<int> link = {link_s, t0};
   const SrShifted<int> head = {head_s, t0};
   if (!sv.hard) {  // uniform over the block
-    sr_chunk_pav<F, A>([&](int j) { return acc[j]; }, acc, link, head, lo, hi, n, seps);
+    const auto sval = [&](int j) { return A(T(sign) * xr[pr[j]]) * A(sv.in_scale); };
+    sr_chunk_pav<F, A>([&](int j) { return acc[j]; }, sval, acc, link, head, lo, hi, n, seps);
     const T* tabs = F::HAS_TARGET ? target + row * (long long)target_stride : target;
     const auto init_of = [&](int j) {  // the singleton state of row position j, as loaded above
-      return F::init(A(T(sign) * xr[pr[j]]) * A(sv.in_scale), F::HAS_TARGET ? A(tabs[j]) : A(0),
-                     seps);
+      return F::init(sval(j), F::HAS_TARGET ? A(tabs[j]) : A(0), seps);
     };
-    sr_group_merges<F, A>(acc, link, head, init_of, sc, t0, t1, c, lt, lt, G, true, n, seps,
+    sr_group_merges<F, A>(acc, link, head, init_of, sval, sc, t0, t1, c, lt, lt, G, true, n, seps,
                           merge_cap);
   }
   S* acc_g = ws_acc + off + t0;
@@ -1124,25 +1157,25 @@ softrank_merge_level(const T* SR_RESTRICT x, const T* SR_RESTRICT target,
   int* head = blocks + off;
   bool unfinished = false;
   int js = -1, je = -1;
+  const T* xr = x + off;
+  const int* pr = perm + off;
+  const auto sval = [&](int j) { return A(T(sign) * xr[pr[j]]) * A(sv.in_scale); };
   if (lt == 0) {
-    unfinished = sr_merge_junction<F, A>(acc, link, head, (int)lo, (int)mid, (int)hi, n, eps,
-                                         merge_cap, js, je);
+    unfinished = sr_merge_junction<F, A>(sval, acc, link, head, (int)lo, (int)mid, (int)hi, n,
+                                         eps, merge_cap, js, je);
     sc.levels[0] = unfinished;
   }
   __syncthreads();
   if (!sc.levels[0]) return;  // uniform over the block
-  const T* xr = x + off;
-  const int* pr = perm + off;
   const T* tr = F::HAS_TARGET ? target + row * (long long)target_stride : target;
   const auto init_of = [&](int j) {  // as softrank_tile_pav's singleton states
-    return F::init(A(T(sign) * xr[pr[j]]) * A(sv.in_scale), F::HAS_TARGET ? A(tr[j]) : A(0),
-                   eps);
+    return F::init(sval(j), F::HAS_TARGET ? A(tr[j]) : A(0), eps);
   };
   const int cc = (int)((hi - lo + bt - 1) / bt);
   const int clo = (int)sr_min<long long>(lo + (long long)lt * cc, hi);
   const int chi = (int)sr_min<long long>(clo + cc, hi);
-  sr_bridge<F, A>(acc, link, head, init_of, sc, lt, lt, bt, bt, clo, chi, unfinished, js, je,
-                  (int)lo, (int)hi, span, n, eps);
+  sr_bridge<F, A>(acc, link, head, init_of, sval, sc, lt, lt, bt, bt, clo, chi, unfinished, js,
+                  je, (int)lo, (int)hi, span, n, eps);
 }
 
 // Last head position of every tile (-1 if none), after all merges.
@@ -1193,13 +1226,18 @@ softrank_tile_expand(const T* SR_RESTRICT x, T* SR_RESTRICT out, int* SR_RESTRIC
   for (int j = lo; j < hi; ++j)
     if (head[j]) m = j;
   int cur = sr_max(tile_carry, sr_group_exclusive_max(scr, m, lt, lt, G));
+  // the first element of the open block (rank and project: relative states)
+  A sa = F::RELATIVE && lo < hi && cur >= 0 ? A(T(sign) * x[off + pr[cur]]) * A(sv.in_scale) : A(0);
   for (int j = lo; j < hi; ++j) {
-    if (head[j]) cur = j;
+    const A sj = A(T(sign) * x[off + pr[j]]) * A(sv.in_scale);
+    if (head[j]) {
+      cur = j;
+      sa = sj;
+    }
     const int a = cur;
     const int cnt = link[a] - a + 1;
-    const A sj = A(T(sign) * x[off + pr[j]]) * A(sv.in_scale);
     out[off + (OP != OP_SORT ? pr[j] : j)] =
-        T(F::output(sj, acc[a], j, a, cnt, n, eps, sign) * A(sv.out_scale));
+        T(F::output(sj, acc[a], j, a, cnt, n, eps, sign, sa) * A(sv.out_scale));
     head[j] = a;
   }
 }

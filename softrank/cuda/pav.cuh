@@ -2,13 +2,20 @@
 //
 // Notation as in docs/CONTRACT.md: z = sign * x, s_j = z[perm[j]] non-increasing, rho_j = n - j,
 // a block B = [a, a + c) of sorted positions.  Every block keeps ONE state at its start
-// position (type Pav::State):
-//   L2 (rank and sort): acc = sum_B s                             (State = A)
-//   rank/kl:            acc = logsumexp_B(s / eps)   (L_B = eps * acc)
-//   sort/kl:            acc = logsumexp_B(s)
-//   project/l2:         (sum_B s, sum_B t)                         (State = SrPair<A>)
-//   project/kl:         (logsumexp_B(s / eps), sum_B t)
-// Pooling adds (L2, target sums) or log-add-exps (KL) two states: never a subtraction of sums.
+// position (type Pav::State).  The rank and project modes keep it relative to the block's first
+// (largest) element s_a, as the CPU back end (softrank/csrc/pav.h): nothing overflows for any
+// eps > 0 (s/eps may) and a tied block's state is exact (0 or c, where sums of copies of 1e300
+// round and the rounding over a tiny eps is inf):
+//   rank/l2:            d = sum_B (s_j - s_a)                     (State = A)
+//   rank/kl:            S = sum_B exp((s_j - s_a) / eps), in [1, c]
+//   project/l2, /kl:    (d or S, sum_B t)                          (State = SrPair<A>)
+//   sort/l2:            acc = sum_B s  (absolute)
+//   sort/kl:            acc = logsumexp_B(s)  (absolute)
+// The relative modes read s_a (and, when pooling, the right run's first element and length)
+// from the sorted values: the helpers take positions and a value accessor sv(j) = s_j (join,
+// val; output takes s_a); the sort modes ignore them.
+// Pooling adds (L2, target sums), log-add-exps (sort/kl) or rescales and adds (rank/kl) two
+// states: never a subtraction of sums.
 // The rho operand is never stored: its block sums are closed forms of (a, c, n).  The project
 // modes' target t (sorted decreasingly, like rho) has no closed form, so its block sum is the
 // second half of the state.
@@ -26,7 +33,13 @@
 //   SR_SOLVE_EPS_UNITS  sort/kl rows with n/eps > 2**1000 and a wider range: block values in
 //                       units of eps, (n - a) + eps ramp - eps acc, all finite.  The PAV
 //                       helpers pass one strength through, so this kind reaches Pav as the
-//                       negated strength (sr_solve_eps): only sort/kl reads its sign.
+//                       negated strength (sr_solve_eps): only sort/kl and SR_SOLVE_HALVES
+//                       read its sign.
+//   SR_SOLVE_HALVES     rank/l2 and project/l2 rows with values above 2**1000 and eps below
+//                       2**-958: solved unscaled (as on the CPU), with the block state kept as
+//                       m = mean_B(s_j/2 - s_a/2), finite for every run of blocks (the bridge
+//                       search pools runs far wider than any final block, whose d would
+//                       overflow); reaches Pav as the negated strength too.
 #pragma once
 #include "prelude.cuh"
 
@@ -35,7 +48,8 @@ namespace softrank {
 enum { OP_RANK = 0, OP_SORT = 1, OP_PROJECT = 2 };
 enum { REG_L2 = 0, REG_KL = 1 };
 
-enum { SR_SOLVE_PLAIN = 0, SR_SOLVE_SCALED = 1, SR_SOLVE_HARD_SORT = 2, SR_SOLVE_EPS_UNITS = 3 };
+enum { SR_SOLVE_PLAIN = 0, SR_SOLVE_SCALED = 1, SR_SOLVE_HARD_SORT = 2, SR_SOLVE_EPS_UNITS = 3,
+       SR_SOLVE_HALVES = 4 };
 
 #define SR_HUGE 1.0715086071862673e301          // 2**1000
 #define SR_HUGE_SCALE 18446744073709551616.0    // 2**64
@@ -51,7 +65,7 @@ SR_HD int sr_row_kind(double hi, double lo, long long n, double eps) {
     return REG == REG_L2 ? SR_SOLVE_SCALED : SR_SOLVE_EPS_UNITS;
   }
   if (REG == REG_L2 && (hi > -lo ? hi : -lo) > SR_HUGE) {
-    if (OP != OP_SORT && eps < SR_TINY_RANK_EPS) return SR_SOLVE_PLAIN;
+    if (OP != OP_SORT && eps < SR_TINY_RANK_EPS) return SR_SOLVE_HALVES;
     return SR_SOLVE_SCALED;
   }
   return SR_SOLVE_PLAIN;
@@ -78,7 +92,7 @@ SR_HD SrSolve sr_solve_of(double hi, double lo, long long n, double eps) {
     } else {
       r.eps = eps / SR_HUGE_SCALE;
     }
-  } else if (kind == SR_SOLVE_EPS_UNITS) {
+  } else if (kind == SR_SOLVE_EPS_UNITS || kind == SR_SOLVE_HALVES) {
     r.eps = -eps;
   }
   return r;
@@ -129,22 +143,42 @@ struct Pav {
   }
   static SR_HD A add(A l, A r) { return REG == REG_L2 ? l + r : sr_log_add_exp(l, r); }
 
+  // the state is relative to the block's first element (rank and project modes)
+  static constexpr bool RELATIVE = OP != OP_SORT;
+
   // state of the singleton block holding s_j (t_j: the target at position j, project only)
-  static SR_HD State init(A s, A t, A eps) {
+  static SR_HD State init(A s, A t, A) {
     State st;
-    make(st, (OP != OP_SORT && REG == REG_KL) ? s / eps : s, t);
+    make(st, RELATIVE ? (REG == REG_L2 ? A(0) : A(1)) : s, t);
     return st;
   }
-  static SR_HD A pool_acc(A left, A right) { return add(left, right); }
-  static SR_HD SrPair<A> pool_acc(const SrPair<A>& left, const SrPair<A>& right) {
+  // relative pooling: shift = s_b - s_a <= 0 (right head minus left head; halved for
+  // SR_SOLVE_HALVES, eps < 0), cl, cr = the lengths
+  static SR_HD A rel_add(A l, A r, A shift, long long cl, long long cr, A eps) {
+    if (REG == REG_L2 && eps < A(0)) return l + (A(cr) / A(cl + cr)) * ((r + shift) - l);
+    return REG == REG_L2 ? (l + r) + A(cr) * shift : l + r * sr_exp(shift / eps);
+  }
+  static SR_HD A pool_acc(A left, A right, A shift, long long cl, long long cr, A eps) {
+    return RELATIVE ? rel_add(left, right, shift, cl, cr, eps) : add(left, right);
+  }
+  static SR_HD SrPair<A> pool_acc(const SrPair<A>& left, const SrPair<A>& right, A shift,
+                                  long long cl, long long cr, A eps) {
     SrPair<A> st;
-    st.s = add(left.s, right.s);
+    st.s = rel_add(left.s, right.s, shift, cl, cr, eps);
     st.t = left.t + right.t;
     return st;
   }
-  static SR_HD State pool(const State& left, const State& right) { return pool_acc(left, right); }
-  // block value v_B (docs/CONTRACT.md), a = first position, c = length
-  static SR_HD A value(const State& st, long long a, long long c, long long n, A eps) {
+  // the pool of the adjacent runs [a, b) (left) and [b, b + cr) (right)
+  template <class SV>
+  static SR_HD State join(const State& left, const State& right, long long a, long long b,
+                          long long cr, A eps, SV sv) {
+    A shift = A(0);
+    if (RELATIVE)
+      shift = REG == REG_L2 && eps < A(0) ? A(0.5) * sv(b) - A(0.5) * sv(a) : sv(b) - sv(a);
+    return pool_acc(left, right, shift, b - a, cr, eps);
+  }
+  // block value v_B (docs/CONTRACT.md), a = first position, c = length, sa = s_a
+  static SR_HD A value(const State& st, long long a, long long c, long long n, A eps, A sa) {
     const A acc = acc_of(st);
     if (OP == OP_SORT && REG == REG_L2) return (A(n - a) - A(c - 1) * A(0.5)) / eps - acc / A(c);
     if (OP == OP_SORT && eps < A(0)) {  // sort/kl in units of eps (SR_SOLVE_EPS_UNITS)
@@ -154,12 +188,18 @@ struct Pav {
     if (OP == OP_SORT) {  // sort/kl: logsumexp_B(rho / eps) - logsumexp_B(s)
       return A(n - a) / eps + sr_log_ramp_sum<A>(c, eps) - acc;
     }
-    if (REG == REG_L2) return acc / A(c) - eps * weight_mean(st, a, c, n);
-    return eps * acc - eps * sr_log(weight_sum(st, a, c, n));
+    if (REG == REG_L2 && eps < A(0))  // SR_SOLVE_HALVES: acc = mean_B(s/2 - s_a/2)
+      return A(2) * (A(0.5) * sa + acc) + eps * weight_mean(st, a, c, n);
+    if (REG == REG_L2) return (sa + acc / A(c)) - eps * weight_mean(st, a, c, n);
+    return sa + eps * sr_log(acc / weight_sum(st, a, c, n));
   }
-  // output at sorted position j (before the sign/scatter of the caller)
+  template <class SV>
+  static SR_HD A val(const State& st, long long a, long long c, long long n, A eps, SV sv) {
+    return value(st, a, c, n, eps, RELATIVE ? sv(a) : A(0));
+  }
+  // output at sorted position j (before the sign/scatter of the caller), sa = s_a
   static SR_HD A output(A s, const State& st, long long j, long long a, long long c, long long n,
-                        A eps, int sign) {
+                        A eps, int sign, A sa) {
     const A acc = acc_of(st);
     if (OP == OP_SORT && REG == REG_L2)
       return A(sign) * (acc / A(c) + (A(a - j) + A(c - 1) * A(0.5)) / eps);
@@ -172,8 +212,10 @@ struct Pav {
       // sort/kl: rho_j/eps - v_B with the rho terms combined exactly: (a - j)/eps - log(ramp)
       return A(sign) * (A(a - j) / eps - sr_log_ramp_sum<A>(c, eps) + acc);
     }
-    if (REG == REG_L2) return (s - acc / A(c)) / eps + weight_mean(st, a, c, n);
-    return sr_exp(s / eps - acc) * weight_sum(st, a, c, n);
+    if (REG == REG_L2 && eps < A(0))
+      return ((s - sa) - A(2) * acc) / -eps + weight_mean(st, a, c, n);
+    if (REG == REG_L2) return ((s - sa) - acc / A(c)) / eps + weight_mean(st, a, c, n);
+    return sr_exp((s - sa) / eps) / acc * weight_sum(st, a, c, n);
   }
 };
 
