@@ -216,7 +216,7 @@ __attribute__((target("avx512f"))) static void softrank_column_sort_v(uint64_t *
 }
 
 /* Longest row sorted by the AVX-512 network. Its 64 and 128 registers of 8 words spill (the
-   CPU has 32), and still beat the radix sort on most lengths up to 1024 (docs/PERFORMANCE.md).
+   CPU has 32); they are kept where they beat the radix sort (docs/PERFORMANCE.md).
    A row that fills at most 5/8 of the 1024-word network is radix sorted instead
    (softrank_network_sorts in softrank/csrc/sort_kernels.h). */
 #define SOFTRANK_BITONIC_MAX 1024
@@ -352,7 +352,8 @@ __attribute__((target("avx2"))) static void softrank_bitonic_sort_v4(uint64_t *w
 }
 
 /* Longest row sorted by the AVX2 network: 32 registers of 4 words already spill (16 ymm
-   registers), and a 64-register network was no faster than the radix sort. */
+   registers); a longer network spills more and did not beat the radix sort
+   (docs/PERFORMANCE.md, "Native sort kernels"). */
 #define SOFTRANK_BITONIC_MAX_AVX2 128
 
 /* words[0:n) sorted ascending, 0 < n <= SOFTRANK_BITONIC_MAX_AVX2, on a CPU with AVX2. */

@@ -8,9 +8,9 @@
      reals  n: the sorted values; rank/kl also 2n for PAV's block states and values, the
             project modes n for their blocks' target sums
    The other modes keep PAV's block states and values in the first 2n words of keys: the radix
-   buffers are done with once the row is sorted (rank/kl's PAV uses them for its weights). So a
-   float32 row needs 2n + n/2 + n words (28 B/element) where it needed 6.5n (52 B), a float64
-   row 36 B (was 60); pages never written are never resident. A call that wants no partition
+   buffers are done with once the row is sorted (rank/kl's PAV uses them for its weights), and
+   pages never written are never resident (docs/PERFORMANCE.md, "Peak memory", has the bytes
+   per element). A call that wants no partition
    writes those modes' block starts over PAV's block values (softrank_scratch_blocks in
    forward.h), so it needs only the int32 permutation besides (docs/PERFORMANCE.md, "Peak
    memory"). A float32 row in rank/l2, sort/l2 or sort/kl keeps its sorted values as float32 in
