@@ -270,6 +270,21 @@ struct SrShifted {
 
 // The PAV helpers below take the per-position arrays as raw pointers (whole row) or SrShifted.
 
+// Whether block [a, b) and its right neighbour [b, eb] violate the order (PAV pools them).
+template <class F, typename A, class SV, class AccArr>
+SR_DEV bool sr_violates(SV sv, AccArr acc, int a, int b, int eb, int n, A eps) {
+  return F::val(acc[a], a, b - a, n, eps, sv) <= F::val(acc[b], b, eb - b + 1, n, eps, sv);
+}
+
+// Pool block [b, eb] into its left neighbour [a, b): state at a, links at both ends.
+template <class F, typename A, class SV, class AccArr, class IntArr>
+SR_DEV void sr_pool(SV sv, AccArr acc, IntArr link, IntArr head, int a, int b, int eb, A eps) {
+  acc[a] = F::join(acc[a], acc[b], a, b, eb - b + 1, eps, sv);
+  link[a] = eb;
+  link[eb] = a;
+  head[b] = 0;
+}
+
 // Sequential PAV of the sorted positions [lo, hi); init_of(j) gives the state of the singleton
 // block {j} (read before acc[j] is written, so init_of may read acc[j]); sv(j) = s_j (pav.cuh:
 // the rank and project states are relative to their block's first element).
@@ -284,15 +299,9 @@ SR_DEV void sr_chunk_pav(S init_of, SV sv, AccArr acc, IntArr link, IntArr head,
     while (a > lo) {
       const int pa = link[a - 1];
       const int e = link[a];
-      if (F::val(acc[pa], pa, a - pa, n, eps, sv) <= F::val(acc[a], a, e - a + 1, n, eps, sv)) {
-        acc[pa] = F::join(acc[pa], acc[a], pa, a, e - a + 1, eps, sv);
-        link[pa] = e;
-        link[e] = pa;
-        head[a] = 0;
-        a = pa;
-      } else {
-        break;
-      }
+      if (!sr_violates<F>(sv, acc, pa, a, e, n, eps)) break;
+      sr_pool<F>(sv, acc, link, head, pa, a, e, eps);
+      a = pa;
     }
   }
 }
@@ -306,52 +315,44 @@ SR_DEV bool sr_merge_junction(SV sv, AccArr acc, IntArr link, IntArr head, int l
                               int n, A eps, int cap, int& js, int& je) {
   int cur = mid;  // start of the block that holds the junction
   int pops = 0;
+  // Pools block [b, eb] into its left neighbour [a, b) if they violate the order: 1 if pooled,
+  // 0 if not, -1 if the cap of one-by-one pools is reached first (the search takes over).
+  auto pool = [&](int a, int b, int eb) -> int {
+    if (!sr_violates<F>(sv, acc, a, b, eb, n, eps)) return 0;
+    if (pops == cap) return -1;
+    ++pops;
+    SR_EMU_STEP();
+    sr_pool<F>(sv, acc, link, head, a, b, eb, eps);
+    return 1;
+  };
   for (;;) {
     bool changed = false;
     while (cur > lo) {  // absorb the left neighbour
       const int pa = link[cur - 1];
       const int e = link[cur];
-      if (F::val(acc[pa], pa, cur - pa, n, eps, sv) <=
-          F::val(acc[cur], cur, e - cur + 1, n, eps, sv)) {
-        if (pops == cap) {
-          js = cur;
-          je = e;
-          return true;
-        }
-        ++pops;
-        SR_EMU_STEP();
-        acc[pa] = F::join(acc[pa], acc[cur], pa, cur, e - cur + 1, eps, sv);
-        link[pa] = e;
-        link[e] = pa;
-        head[cur] = 0;
-        cur = pa;
-        changed = true;
-      } else {
-        break;
+      const int pooled = pool(pa, cur, e);
+      if (pooled < 0) {
+        js = cur;
+        je = e;
+        return true;
       }
+      if (!pooled) break;
+      cur = pa;
+      changed = true;
     }
     int e = link[cur];
     while (e + 1 < hi) {  // absorb the right neighbour
       const int nb = e + 1;
       const int ne = link[nb];
-      if (F::val(acc[cur], cur, e - cur + 1, n, eps, sv) <=
-          F::val(acc[nb], nb, ne - nb + 1, n, eps, sv)) {
-        if (pops == cap) {
-          js = cur;
-          je = e;
-          return true;
-        }
-        ++pops;
-        SR_EMU_STEP();
-        acc[cur] = F::join(acc[cur], acc[nb], cur, nb, ne - nb + 1, eps, sv);
-        link[cur] = ne;
-        link[ne] = cur;
-        head[nb] = 0;
-        e = ne;
-        changed = true;
-      } else {
-        break;
+      const int pooled = pool(cur, nb, ne);
+      if (pooled < 0) {
+        js = cur;
+        je = e;
+        return true;
       }
+      if (!pooled) break;
+      e = ne;
+      changed = true;
     }
     if (!changed) break;
   }
