@@ -72,9 +72,8 @@ class _Call:
 
     def __init__(self, op, values, regularization, regularization_strength, dim, descending,
                  target=None):
-        per_slice = V.is_per_slice(regularization_strength)
-        self.mode, self.eps, self.sign = V.call_spec(
-            op, regularization, 1.0 if per_slice else regularization_strength, descending)
+        self.mode, self.eps, self.sign = V.call_spec(op, regularization,
+                                                     regularization_strength, descending)
         if isinstance(values, np.ma.MaskedArray):
             raise TypeError("values must not be a masked array (the mask would be ignored); "
                             "pass values.filled(...) or the unmasked rows")
@@ -84,7 +83,7 @@ class _Call:
         self.layout = _Layout(self.x.shape, V.normalize_dim(dim, self.x.ndim))
         V.check_row_length(self.layout.n)
         self.backend = _backend(self.xp)
-        if per_slice:
+        if self.eps is None:  # one strength per slice
             self.eps = self._strength_rows(regularization_strength)
         self.target = None if target is None else self._target_rows(target)
 

@@ -49,9 +49,10 @@ def mode_of(op, regularization):
 
 
 def call_spec(op, regularization, strength, descending):
-    """(mode, eps, sign) of a call, its arguments checked."""
-    return (mode_of(op, regularization), check_regularization_strength(strength),
-            sign_for(op, check_descending(descending)))
+    """(mode, eps, sign) of a call, its arguments checked; eps is None for a per-slice strength
+    (is_per_slice), which the front ends check against the input's shape."""
+    eps = None if is_per_slice(strength) else check_regularization_strength(strength)
+    return mode_of(op, regularization), eps, sign_for(op, check_descending(descending))
 
 
 def check_regularization(regularization):

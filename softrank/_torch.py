@@ -169,9 +169,8 @@ def _solve(x, mode, eps, sign, target=None, partition=False):
 def soft_op(op, values, regularization, regularization_strength, dim, descending, target=None):
     """soft_rank/soft_sort, or with op "project" the projection onto the permutahedron of
     target: an int k (soft_topk's (1, ..., 1, 0, ..., 0), k ones) or the caller's w."""
-    per_slice = C.is_per_slice(regularization_strength)
-    mode, eps, sign = C.call_spec(op, regularization,
-                                  1.0 if per_slice else regularization_strength, descending)
+    mode, eps, sign = C.call_spec(op, regularization, regularization_strength, descending)
+    per_slice = eps is None
     if values.is_nested:
         raise TypeError("values must be a dense (strided) tensor, got a nested tensor")
     if values.layout is not torch.strided:
