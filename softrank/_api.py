@@ -310,7 +310,8 @@ else:
         result = _quantile.interpolate(out, quantiles, scalar, dim, keepdim)
 
         def quantile_pullback(cotangent):
-            return pullback(_quantile.transpose(out, cotangent, quantiles, scalar, dim, keepdim))
+            return pullback(_quantile.transpose(out, cotangent, quantiles, scalar, dim, keepdim,
+                                                result.shape))
 
         return result, quantile_pullback
 

@@ -93,14 +93,14 @@ def interpolate(sorted_values, quantiles, scalar, dim, keepdim):
     return out
 
 
-def transpose(sorted_values, cotangent, quantiles, scalar, dim, keepdim):
-    """The cotangent of the sorted values from that of interpolate's result (arrays)."""
+def transpose(sorted_values, cotangent, quantiles, scalar, dim, keepdim, expected):
+    """The cotangent of the sorted values from that of interpolate's result (arrays), whose
+    shape is `expected`."""
     xp = _module(sorted_values)
     axis = C.normalize_dim(dim, sorted_values.ndim)
     n = sorted_values.shape[axis]
     g = xp.asarray(cotangent)
-    expected = interpolate(sorted_values, quantiles, scalar, dim, keepdim).shape
-    if g.shape != expected:
+    if g.shape != tuple(expected):
         raise ValueError(f"cotangent must have the output's shape {tuple(expected)}, got "
                          f"{g.shape}")
     if scalar:
