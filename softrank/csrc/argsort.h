@@ -234,13 +234,15 @@ static inline void softrank_gather_sorted(softrank_span<const T> x, double sign,
     for (Py_ssize_t j = lo; j < hi; ++j) s[j] = sign * x[perm[j]];
 }
 
-/* perm and s of a row from its words sorted in ka: for float32 the word holds the whole key;
-   float64 rows then sort each run of equal high halves by the full key. */
+/* perm and s of a row from its words sorted in ka: for float32 the word holds the whole key
+   (s: float64, or float32 for softrank_f32_values); float64 rows then sort each run of equal
+   high halves by the full key. */
+template <typename V>
 static inline void softrank_order_of_sorted_words(softrank_span<const float> x, double sign,
                                                   softrank_span<uint64_t> ka,
                                                   softrank_span<uint64_t> full,
                                                   softrank_span<int32_t> perm,
-                                                  softrank_span<double> s) {
+                                                  softrank_span<V> s) {
     (void)x; (void)sign; (void)full;
     softrank_decode_words32(ka, perm, s, 0, x.len);
 }
@@ -272,30 +274,18 @@ static inline bool softrank_words_of_row(softrank_span<const T> x, double sign,
     return nonfinite;
 }
 
-template <typename T>
+/* The radix argsort; V: the type of s (float32 rows may keep float32 values, perm then
+   possibly empty: not written, softrank_decode_words32). */
+template <typename T, typename V = double>
 static inline bool softrank_radix_argsort(softrank_span<const T> x, double sign,
                                           softrank_span<uint64_t> ka, softrank_span<uint64_t> kb,
                                           softrank_span<uint64_t> full,
                                           softrank_span<uint32_t> hist,
-                                          softrank_span<int32_t> perm, softrank_span<double> s) {
+                                          softrank_span<int32_t> perm, softrank_span<V> s) {
     memset(hist.ptr, 0, SOFTRANK_RADIX_DIGITS * SOFTRANK_RADIX_BUCKETS * sizeof(uint32_t));
     if (softrank_build_keys<T>(x, sign, ka, full, hist, 0, x.len)) return true;
     if (softrank_radix_sort(ka, kb, x.len, hist)) ka = kb;
     softrank_order_of_sorted_words(x, sign, ka, full, perm, s);
-    return false;
-}
-
-/* softrank_radix_argsort of a float32 row into float32 values s (perm empty: not written). */
-static inline bool softrank_radix_argsort32(softrank_span<const float> x, double sign,
-                                            softrank_span<uint64_t> ka, softrank_span<uint64_t> kb,
-                                            softrank_span<uint32_t> hist,
-                                            softrank_span<int32_t> perm,
-                                            softrank_span<float> s) {
-    memset(hist.ptr, 0, SOFTRANK_RADIX_DIGITS * SOFTRANK_RADIX_BUCKETS * sizeof(uint32_t));
-    if (softrank_build_keys<float>(x, sign, ka, softrank_span<uint64_t>(), hist, 0, x.len))
-        return true;
-    if (softrank_radix_sort(ka, kb, x.len, hist)) ka = kb;
-    softrank_decode_words32(ka, perm, s, 0, x.len);
     return false;
 }
 

@@ -65,9 +65,9 @@ static inline void softrank_forward_row(int mode, softrank_span<T> x, softrank_s
         if (softrank_f32_values_for(mode, 0)
             && softrank_sort_kernel_for<float>(n) == SOFTRANK_SORT_RADIX) {
             const softrank_span<float> s32((float *)s.ptr, n);
-            if (softrank_radix_argsort32(
+            if (softrank_radix_argsort<float, float>(
                     x, sign, work.keys.sub(0, n), work.keys.sub(n, n),
-                    softrank_workspace_hist(work),
+                    softrank_workspace_full(work, n), softrank_workspace_hist(work),
                     softrank_perm_unread(mode, no_partition) ? softrank_span<int32_t>() : perm,
                     s32)) {
                 softrank_nan_row_forward(out, perm, blocks);
