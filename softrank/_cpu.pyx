@@ -73,8 +73,10 @@ cdef extern from "csrc/forward.h":
         Split* split) noexcept nogil
     Py_ssize_t split_words "softrank_split_words"(Py_ssize_t n, int n_threads,
                                                   int full_keys, int mode) noexcept nogil
-    void split_init "softrank_split_init"(Split* split, uint64_t* words, Py_ssize_t n,
-                                          int n_threads, int full_keys, int mode) noexcept nogil
+    void split_init "softrank_split_init"(Split* split, uint64_t* words, Span[float] out,
+                                          int n_threads, int mode) noexcept nogil
+    void split_init "softrank_split_init"(Split* split, uint64_t* words, Span[double] out,
+                                          int n_threads, int mode) noexcept nogil
     bint split_keys "softrank_split_keys"(const Split* split, Span[float] x, double sign,
                                           int t) noexcept nogil
     bint split_keys "softrank_split_keys"(const Split* split, Span[double] x, double sign,
@@ -112,6 +114,10 @@ cdef extern from "csrc/forward.h":
                                               double sign, Span[int32_t] perm, Span[double] out,
                                               Span[int32_t] blocks, Py_ssize_t top,
                                               int t) noexcept nogil
+    void split_scatter_ranks "softrank_split_scatter_ranks"(
+        const Split* split, Span[int32_t] perm, Span[float] out, int t) noexcept nogil
+    void split_scatter_ranks "softrank_split_scatter_ranks"(
+        const Split* split, Span[int32_t] perm, Span[double] out, int t) noexcept nogil
     void nan_row_forward "softrank_nan_row_forward"(Span[float] out, Span[int32_t] perm,
                                                     Span[int32_t] blocks) noexcept nogil
     void nan_row_forward "softrank_nan_row_forward"(Span[double] out, Span[int32_t] perm,
@@ -276,7 +282,7 @@ cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
     cdef int t, d, nonfinite = 0, shared_highs = 0
     cdef bint moved = False, in_b = False
     cdef Py_ssize_t top
-    split_init(&split, words, x.len, n_threads, floating is double, mode)
+    split_init(&split, words, out, n_threads, mode)
     if blocks.len == 0:  # no blocks asked for
         blocks = split_scratch_blocks(&split)
     for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
@@ -313,6 +319,8 @@ cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
         return
     for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
         split_expand(&split, mode, eps, sign, perm, out, blocks, top, t)
+    for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
+        split_scatter_ranks(&split, perm, out, t)
 
 
 cdef void _backward_rows(int mode, Span[floating] g, Span[int32_t] perm, Span[int32_t] blocks,

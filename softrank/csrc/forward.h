@@ -28,8 +28,9 @@ static inline softrank_span<int32_t> softrank_scratch_blocks(const softrank_work
 }
 
 /* Whether a float32 row's sorted values are kept as float32 (softrank_f32_values in pav.h):
-   rank/l2, sort/l2 and sort/kl, radix sorted; they take the first half of the values' n words,
-   whose second half is then never written. */
+   rank/l2, sort/l2 and sort/kl, radix sorted. They are kept in the caller's output, which
+   nothing else uses before the expansion (softrank_solve_sorted_f32 says how the expansion
+   then writes it), so the workspace's values are never written. */
 static inline bool softrank_f32_values_for(int mode, int full_keys) {
     return !full_keys
            && (mode == SOFTRANK_RANK_L2 || mode == SOFTRANK_SORT_L2 || mode == SOFTRANK_SORT_KL);
@@ -64,7 +65,7 @@ static inline void softrank_forward_row(int mode, softrank_span<T> x, softrank_s
     if constexpr (sizeof(T) == 4) {
         if (softrank_f32_values_for(mode, 0)
             && softrank_sort_kernel_for<float>(n) == SOFTRANK_SORT_RADIX) {
-            const softrank_span<float> s32((float *)s.ptr, n);
+            const softrank_span<float> s32((float *)out.ptr, n);
             if (softrank_radix_argsort<float, float>(
                     x, sign, work.keys.sub(0, n), work.keys.sub(n, n),
                     softrank_workspace_full(work, n), softrank_workspace_hist(work),
@@ -111,7 +112,8 @@ struct softrank_split {
     softrank_span<uint32_t> hists;  /* SOFTRANK_SPLIT_COUNTS per thread */
     softrank_span<double> s;
     int mode;
-    softrank_span<float> s32;  /* the values as float32 (softrank_f32_values_for), else empty */
+    softrank_span<float> s32;  /* the values as float32 in out (softrank_f32_values_for), else
+                                  empty */
     bool perm_unread;          /* softrank_perm_unread: the decoding does not write perm */
     Py_ssize_t n;
     int n_threads;
@@ -123,8 +125,11 @@ static inline Py_ssize_t softrank_split_words(Py_ssize_t n, int n_threads, int f
     return softrank_forward_words(n, full_keys, mode) + n_threads * SOFTRANK_HIST_WORDS;
 }
 
-static inline void softrank_split_init(softrank_split *split, uint64_t *words, Py_ssize_t n,
-                                       int n_threads, int full_keys, int mode) {
+template <typename T>
+static inline void softrank_split_init(softrank_split *split, uint64_t *words,
+                                       softrank_span<T> out, int n_threads, int mode) {
+    const Py_ssize_t n = out.len;
+    const int full_keys = sizeof(T) == 8;
     split->work = softrank_forward_workspace(words, n, full_keys, mode);
     split->ka = split->work.keys.sub(0, n);
     split->kb = split->work.keys.sub(n, n);
@@ -134,7 +139,7 @@ static inline void softrank_split_init(softrank_split *split, uint64_t *words, P
                                            2 * (Py_ssize_t)n_threads * SOFTRANK_HIST_WORDS);
     split->s = split->work.reals.sub(0, n);
     split->s32 = softrank_f32_values_for(mode, full_keys)
-                 ? softrank_span<float>((float *)split->s.ptr, n) : softrank_span<float>();
+                 ? softrank_span<float>((float *)out.ptr, n) : softrank_span<float>();
     split->perm_unread = false;
     split->mode = mode;
     split->n = n;
@@ -305,7 +310,12 @@ static inline void softrank_split_expand(const softrank_split *split, int mode, 
                                                       softrank_chunk_start(t, n, split->n_threads));
     const Py_ssize_t b_hi = softrank_first_block_from(
         start, top, softrank_chunk_start(t + 1, n, split->n_threads));
-    if (split->s32.len)
+    if (split->s32.len && mode == SOFTRANK_RANK_L2)  /* staged, then step 10 */
+        softrank_expand<float>(mode, softrank_f32_values(split->s32), eps, sign, perm,
+                               softrank_staged_ranks(split->work.value), blocks, start,
+                               split->work.state, split->work.value,
+                               split->work.keys.sub(0, 2 * n), top, b_lo, b_hi);
+    else if (split->s32.len)
         softrank_expand<T>(mode, softrank_f32_values(split->s32), eps, sign, perm, out, blocks,
                            start, split->work.state, split->work.value,
                            split->work.keys.sub(0, 2 * n), top, b_lo, b_hi);
@@ -313,6 +323,18 @@ static inline void softrank_split_expand(const softrank_split *split, int mode, 
         softrank_expand<T>(mode, split->s, eps, sign, perm, out, blocks, start,
                            split->work.state, split->work.value,
                            split->work.keys.sub(0, 2 * n), top, b_lo, b_hi);
+}
+
+/* Step 10 (rank/l2 of float32 values, after all of step 9), thread t: scatter the staged
+   outputs of its chunk of sorted positions. */
+template <typename T>
+static inline void softrank_split_scatter_ranks(const softrank_split *split,
+                                                softrank_span<int32_t> perm,
+                                                softrank_span<T> out, int t) {
+    if (!(split->s32.len && split->mode == SOFTRANK_RANK_L2)) return;
+    softrank_scatter_ranks<T>(softrank_staged_ranks(split->work.value), perm, out,
+                              softrank_chunk_start(t, split->n, split->n_threads),
+                              softrank_chunk_start(t + 1, split->n, split->n_threads));
 }
 
 #endif  /* SOFTRANK_FORWARD_H */

@@ -72,6 +72,16 @@ struct softrank_f32_values {
 template <typename S>
 static constexpr bool softrank_double_values = std::is_same<S, softrank_span<double> >::value;
 
+/* Where a rank output of sorted position j goes: out[perm[j]], or, for float32 values, out[j]
+   of a buffer in sorted order that softrank_scatter_ranks then scatters. Float32 values live in
+   the caller's output until the expansion (forward.h), which therefore cannot scatter into it
+   while it reads them. */
+template <typename S>
+static inline Py_ssize_t softrank_rank_slot(softrank_span<int32_t> perm, Py_ssize_t j) {
+    if constexpr (softrank_double_values<S>) return perm[j];
+    else return j;
+}
+
 /* The modes (softrank/_contract.py's MODES; odd modes are kl). */
 enum { SOFTRANK_RANK_L2 = 0, SOFTRANK_RANK_KL = 1, SOFTRANK_SORT_L2 = 2, SOFTRANK_SORT_KL = 3 };
 /* sort/kl with its block values in units of eps (tiny strengths, softrank_row_kind): internal. */
@@ -366,14 +376,15 @@ static inline void softrank_expand_blocks(S s, double eps, double sign,
                these, bit for bit, without their divisions (sort rows of random data are mostly
                singletons). */
             if constexpr (MODE == SOFTRANK_RANK_L2 || MODE == SOFTRANK_RANK_KL)
-                out[perm[a]] = (T)mean_rho;
+                out[softrank_rank_slot<S>(perm, a)] = (T)mean_rho;
             else
                 out[a] = (T)((sign * s_a) + 0.0);
             continue;
         }
         if constexpr (MODE == SOFTRANK_RANK_L2) {
             for (Py_ssize_t j = a; j < e; ++j) {
-                out[perm[j]] = (T)((((s[j] - s_a) - (st / c)) / eps) + mean_rho);
+                out[softrank_rank_slot<S>(perm, j)] =
+                    (T)((((s[j] - s_a) - (st / c)) / eps) + mean_rho);
                 blocks[j] = (int32_t)a;
             }
         } else if constexpr (MODE == SOFTRANK_RANK_KL) {
@@ -609,21 +620,26 @@ static inline void softrank_solve_sorted_row(int mode, S s, double eps,
     }
 }
 
-/* The float32 values s32 widened in place to float64 over wide, which starts where s32 does
-   (n words): from the last value down, each double lands on float32 values already read. */
-static inline void softrank_widen_values(softrank_span<float> s32, softrank_span<double> wide) {
-    char *base = (char *)wide.ptr;
-    for (Py_ssize_t j = s32.len - 1; j >= 0; --j) {
-        float v;
-        memcpy(&v, base + 4 * j, 4);
-        const double d = v;
-        memcpy(base + 8 * j, &d, 8);
-    }
+/* The staged rank outputs of a float32 row (softrank_rank_slot), in sorted order: the second
+   half of PAV's block values (n doubles, dead after PAV; rank/l2's expansion does not read them,
+   and the blocks of a call that wants none take the first half, forward.h). */
+static inline softrank_span<float> softrank_staged_ranks(softrank_span<double> value) {
+    return softrank_span<float>((float *)value.ptr, 2 * value.len).sub(value.len, value.len);
 }
 
-/* softrank_solve_sorted_row of a float32 row's values kept as float32 (rank/l2, sort/l2,
-   sort/kl): a sort/l2 row solved scaled (tiny strengths; scaling a float32 could lose bits)
-   first widens its values to float64 over wide (n words starting at s32). */
+/* out[perm[j]] = staged[j] for j in [lo, hi). */
+template <typename T>
+static inline void softrank_scatter_ranks(softrank_span<float> staged,
+                                          softrank_span<int32_t> perm, softrank_span<T> out,
+                                          Py_ssize_t lo, Py_ssize_t hi) {
+    for (Py_ssize_t j = lo; j < hi; ++j) out[perm[j]] = staged[j];
+}
+
+/* softrank_solve_sorted_row of a float32 row whose values s32 are kept as float32 (rank/l2,
+   sort/l2, sort/kl) in the caller's out (forward.h): the sort modes write each block's outputs
+   over its own values, after reading the block's first one; rank/l2 stages its outputs
+   (softrank_staged_ranks) and scatters them. A sort/l2 row solved scaled (tiny strengths;
+   scaling a float32 could lose bits) first copies its values to float64 in wide (n). */
 template <typename T>
 static inline void softrank_solve_sorted_f32(int mode, softrank_span<float> s32,
                                              softrank_span<double> wide, double eps,
@@ -636,9 +652,17 @@ static inline void softrank_solve_sorted_f32(int mode, softrank_span<float> s32,
                                              softrank_span<uint64_t> spare) {
     const softrank_f32_values s(s32);
     if (softrank_row_kind(mode, s, eps) == SOFTRANK_SOLVE_SCALED) {
-        softrank_widen_values(s32, wide);
+        for (Py_ssize_t j = 0; j < s32.len; ++j) wide[j] = s32[j];
         softrank_solve_sorted_row<T>(mode, wide, eps, sign, perm, out, blocks, start, state,
                                      value, spare, softrank_span<T>(), softrank_span<double>());
+        return;
+    }
+    if (mode == SOFTRANK_RANK_L2) {
+        const softrank_span<float> staged = softrank_staged_ranks(value);
+        softrank_solve_sorted_row<float>(mode, s, eps, sign, perm, staged, blocks, start, state,
+                                         value, spare, softrank_span<float>(),
+                                         softrank_span<double>());
+        softrank_scatter_ranks<T>(staged, perm, out, 0, s32.len);
         return;
     }
     softrank_solve_sorted_row<T>(mode, s, eps, sign, perm, out, blocks, start, state, value,

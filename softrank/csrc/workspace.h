@@ -14,10 +14,11 @@
    writes those modes' block starts over PAV's block values (softrank_scratch_blocks in
    forward.h), so it needs only the int32 permutation besides (docs/PERFORMANCE.md, "Peak
    memory"). A float32 row in rank/l2, sort/l2 or sort/kl keeps its sorted values as float32 in
-   the first half of their n words (forward.h; the second half is never written), and the sort
-   modes' calls that want no partition never write the permutation.
-   padded to whole cache lines plus one line, so that threads do not share a line. (The
-   backward's share: softrank_backward_words in backward.h.) */
+   the caller's output (forward.h; the values' n words are then never written; rank/l2 stages
+   its outputs in the second half of PAV's block values, softrank_staged_ranks in pav.h), and
+   the sort modes' calls that want no partition never write the permutation.
+   Each thread's share is padded to whole cache lines plus one line, so that threads do not
+   share a line. (The backward's share: softrank_backward_words in backward.h.) */
 #ifndef SOFTRANK_WORKSPACE_H
 #define SOFTRANK_WORKSPACE_H
 
