@@ -421,10 +421,10 @@ cdef void _solve_forward(int mode, int typenum, void* x, void* out, int32_t* per
     cdef int full_keys = typenum == cnp.NPY_DOUBLE  # float32 keys fit in the sort words
     cdef Py_ssize_t solver_words = (split_words(n, n_threads, full_keys, mode) if split
                                     else n_threads * softrank_forward_words(n, full_keys, mode))
-    # perm == NULL: perm goes to scratch words after the solver's; so do the blocks of the kl
-    # ranks and projections, while the other modes write them over PAV's block values, dead by
-    # then (forward.h).
-    cdef bint own_blocks = mode == RANK_KL or mode == PROJECT_KL
+    # perm == NULL: perm goes to scratch words after the solver's; so do project/kl's blocks,
+    # while the rank and sort modes write them over PAV's per-block doubles, dead by then
+    # (forward.h).
+    cdef bint own_blocks = mode == PROJECT_KL
     cdef Py_ssize_t scratch = 0
     if perm == NULL:
         scratch = size if own_blocks else (size + 1) // 2

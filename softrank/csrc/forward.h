@@ -20,20 +20,24 @@
 #include "workspace.h"
 
 /* Where the blocks go when the caller asks for none (forward_values; empty blocks): over PAV's
-   block values, which the expansion that writes the blocks no longer reads (every mode but
-   rank/kl, whose caller always gives blocks). */
+   per-block doubles that the expansion that writes the blocks does not read (the rank and
+   sort modes; the projections' callers always give blocks). */
 static inline softrank_span<int32_t> softrank_scratch_blocks(const softrank_workspace &work,
-                                                             Py_ssize_t n) {
-    return softrank_span<int32_t>((int32_t *)work.value.ptr, n);
+                                                             Py_ssize_t n, int mode) {
+    return softrank_span<int32_t>(
+        (int32_t *)softrank_dead_after_pav(mode, work.state, work.value).ptr, n);
+}
+
+static inline bool softrank_is_rank(int mode) {
+    return mode == SOFTRANK_RANK_L2 || mode == SOFTRANK_RANK_KL;
 }
 
 /* Whether a float32 row's sorted values are kept as float32 (softrank_f32_values in pav.h):
-   rank/l2, sort/l2 and sort/kl, radix sorted. They are kept in the caller's output, which
+   the rank and sort modes, radix sorted. They are kept in the caller's output, which
    nothing else uses before the expansion (softrank_solve_sorted_f32 says how the expansion
    then writes it), so the workspace's values are never written. */
 static inline bool softrank_f32_values_for(int mode, int full_keys) {
-    return !full_keys
-           && (mode == SOFTRANK_RANK_L2 || mode == SOFTRANK_SORT_L2 || mode == SOFTRANK_SORT_KL);
+    return !full_keys && mode < SOFTRANK_PROJECT_L2;
 }
 
 /* The sort modes' outputs are in sorted order: a call that wants no partition never reads
@@ -60,7 +64,7 @@ static inline void softrank_forward_row(int mode, softrank_span<T> x, softrank_s
     const Py_ssize_t n = x.len;
     const softrank_workspace work = softrank_forward_workspace(words, n, sizeof(T) == 8, mode);
     const bool no_partition = blocks.len == 0;
-    if (no_partition) blocks = softrank_scratch_blocks(work, n);
+    if (no_partition) blocks = softrank_scratch_blocks(work, n, mode);
     softrank_span<double> s = work.reals.sub(0, n);
     if constexpr (sizeof(T) == 4) {
         if (softrank_f32_values_for(mode, 0)
@@ -150,7 +154,7 @@ static inline void softrank_split_init(softrank_split *split, uint64_t *words,
 /* The blocks of a call that wants no partition (and perm, for the sort modes, unread). */
 static inline softrank_span<int32_t> softrank_split_scratch_blocks(softrank_split *split) {
     split->perm_unread = softrank_perm_unread(split->mode, true);
-    return softrank_scratch_blocks(split->work, split->n);
+    return softrank_scratch_blocks(split->work, split->n, split->mode);
 }
 
 static inline softrank_span<uint32_t> softrank_split_hist(const softrank_split *split, int t,
@@ -310,29 +314,31 @@ static inline void softrank_split_expand(const softrank_split *split, int mode, 
                                                       softrank_chunk_start(t, n, split->n_threads));
     const Py_ssize_t b_hi = softrank_first_block_from(
         start, top, softrank_chunk_start(t + 1, n, split->n_threads));
-    if (split->s32.len && mode == SOFTRANK_RANK_L2)  /* staged, then step 10 */
+    if (split->s32.len && softrank_is_rank(mode))  /* staged, then step 10 */
         softrank_expand<float>(mode, softrank_f32_values(split->s32), eps, sign, perm,
-                               softrank_staged_ranks(split->work.value), blocks, start,
-                               split->work.state, split->work.value,
+                               softrank_staged_ranks(softrank_dead_after_pav(
+                                   mode, split->work.state, split->work.value)),
+                               blocks, start, split->work.state,
                                split->work.keys.sub(0, 2 * n), top, b_lo, b_hi);
     else if (split->s32.len)
         softrank_expand<T>(mode, softrank_f32_values(split->s32), eps, sign, perm, out, blocks,
-                           start, split->work.state, split->work.value,
-                           split->work.keys.sub(0, 2 * n), top, b_lo, b_hi);
+                           start, split->work.state, split->work.keys.sub(0, 2 * n), top, b_lo,
+                           b_hi);
     else
         softrank_expand<T>(mode, split->s, eps, sign, perm, out, blocks, start,
-                           split->work.state, split->work.value,
-                           split->work.keys.sub(0, 2 * n), top, b_lo, b_hi);
+                           split->work.state, split->work.keys.sub(0, 2 * n), top, b_lo, b_hi);
 }
 
-/* Step 10 (rank/l2 of float32 values, after all of step 9), thread t: scatter the staged
-   outputs of its chunk of sorted positions. */
+/* Step 10 (the rank modes of float32 values, after all of step 9), thread t: scatter the
+   staged outputs of its chunk of sorted positions. */
 template <typename T>
 static inline void softrank_split_scatter_ranks(const softrank_split *split,
                                                 softrank_span<int32_t> perm,
                                                 softrank_span<T> out, int t) {
-    if (!(split->s32.len && split->mode == SOFTRANK_RANK_L2)) return;
-    softrank_scatter_ranks<T>(softrank_staged_ranks(split->work.value), perm, out,
+    if (!(split->s32.len && softrank_is_rank(split->mode))) return;
+    softrank_scatter_ranks<T>(softrank_staged_ranks(softrank_dead_after_pav(
+                                  split->mode, split->work.state, split->work.value)),
+                              perm, out,
                               softrank_chunk_start(t, split->n, split->n_threads),
                               softrank_chunk_start(t + 1, split->n, split->n_threads));
 }

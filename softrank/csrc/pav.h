@@ -184,8 +184,8 @@ static const double SOFTRANK_EPOCH_SPAN = 64.0;
 
 /* The first position after first whose (s_j - s_first)/eps is below -EPOCH_SPAN, or n (binary
    search: s is sorted decreasingly, so that test is monotone in j). */
-static inline Py_ssize_t softrank_epoch_end(softrank_span<double> s, Py_ssize_t first,
-                                            double eps) {
+template <typename S>
+static inline Py_ssize_t softrank_epoch_end(S s, Py_ssize_t first, double eps) {
     Py_ssize_t lo = first + 1, hi = s.len;
     const double head = s[first];
     if ((s[hi - 1] - head) / eps >= -SOFTRANK_EPOCH_SPAN) return hi;
@@ -197,35 +197,67 @@ static inline Py_ssize_t softrank_epoch_end(softrank_span<double> s, Py_ssize_t 
     return lo;
 }
 
+/* w[lo, lo + count) = exp((s_j - ref)/eps) (softrank_exp_of_steps; without its rounding
+   correction if 1/eps overflows). Float32 values are first widened into w, and the kernel
+   runs in place there. */
+template <typename S>
+static inline void softrank_weights_of(S s, double ref, double eps, softrank_span<double> w,
+                                       Py_ssize_t lo, Py_ssize_t count) {
+    const double *src;
+    if constexpr (softrank_double_values<S>) {
+        src = s.sub(lo, count).ptr;
+    } else {
+        for (Py_ssize_t j = lo; j < lo + count; ++j) w[j] = s[j];
+        src = w.sub(lo, count).ptr;
+    }
+    if (isfinite(1.0 / eps)) softrank_exp_of_steps(src, ref, eps, w.sub(lo, count).ptr, count);
+    else softrank_scaled_exp(src, ref, eps, 1.0, w.sub(lo, count).ptr, count);
+}
+
+/* The sum of n - k over the c positions k of a block starting at a (exact below 2**53). */
+static inline double softrank_rho_sum(Py_ssize_t a, Py_ssize_t c, Py_ssize_t n) {
+    return (double)((int64_t)c * (int64_t)(n - a) - ((int64_t)c * (int64_t)(c - 1)) / 2);
+}
+
+/* rank/kl's scratch in spare (2n words): the weights w (n doubles), then the blocks' epochs
+   (n int32). Its block starts take the rest of spare (softrank_rank_kl_starts). */
+static inline softrank_span<double> softrank_rank_kl_weights(softrank_span<uint64_t> spare,
+                                                             Py_ssize_t n) {
+    return softrank_span<double>((double *)spare.sub(0, n).ptr, n);
+}
+
+static inline softrank_span<int32_t> softrank_rank_kl_epochs(softrank_span<uint64_t> spare,
+                                                             Py_ssize_t n) {
+    return softrank_span<int32_t>((int32_t *)spare.sub(n, n).ptr, 2 * n).sub(0, n);
+}
+
+static inline softrank_span<int32_t> softrank_rank_kl_starts(softrank_span<uint64_t> spare,
+                                                             Py_ssize_t n) {
+    return softrank_span<int32_t>((int32_t *)spare.sub(n, n).ptr, 2 * n).sub(n, n);
+}
+
 /* PAV of rank/kl; returns the index of the top block. Per block: start, W (weight_sum, in
-   units of its epoch's exp(s_ref/eps)), R (rho_sum, the sum of n - k over the block) and its
-   epoch's first position. spare: 2n words, left holding the weights w and the blocks' epochs
-   for the expansion. */
-static inline Py_ssize_t softrank_pav_rank_kl(softrank_span<double> s, double eps,
-                                              softrank_span<int32_t> start,
+   units of its epoch's exp(s_ref/eps)) and its epoch's first position; R, the sum of n - k
+   over the block, is softrank_rho_sum of its start and size. spare: 2n words, left holding
+   the weights w and the blocks' epochs for the expansion. */
+template <typename S>
+static inline Py_ssize_t softrank_pav_rank_kl(S s, double eps, softrank_span<int32_t> start,
                                               softrank_span<double> weight_sum,
-                                              softrank_span<double> rho_sum,
                                               softrank_span<uint64_t> spare) {
     const Py_ssize_t n = s.len;
-    softrank_span<double> w((double *)spare.ptr, n);
-    softrank_span<int32_t> epoch((int32_t *)(spare.ptr + n), n);
+    softrank_span<double> w = softrank_rank_kl_weights(spare, n);
+    softrank_span<int32_t> epoch = softrank_rank_kl_epochs(spare, n);
     Py_ssize_t j = 0, top = -1;
     /* The top block lives in registers: the pooling loop waits on a multiply, not on stores
-       and reloads of the block it has just pooled. */
-    double top_w = 0.0, top_r = 0.0;
+       and reloads of the block it has just pooled. So does R of the block below it (below_r),
+       which a pop recomputes from the block starts. */
+    double top_w = 0.0, top_r = 0.0, below_r = 0.0;
     int32_t top_start = 0, top_epoch = 0;
-    /* 1 / eps overflows only for eps below 2**-1024: weights without the rounding correction. */
-    const bool precise = isfinite(1.0 / eps);
     while (j < n) {
         const Py_ssize_t first = j;
         const Py_ssize_t end = softrank_epoch_end(s, first, eps);
         w[first] = 1.0;
-        if (precise)
-            softrank_exp_of_steps(s.sub(first + 1, end - first - 1).ptr, s[first], eps,
-                                  w.sub(first + 1, end - first - 1).ptr, end - first - 1);
-        else
-            softrank_scaled_exp(s.sub(first + 1, end - first - 1).ptr, s[first], eps, 1.0,
-                                w.sub(first + 1, end - first - 1).ptr, end - first - 1);
+        softrank_weights_of(s, s[first], eps, w, first + 1, end - first - 1);
         Py_ssize_t floor = top + 1;  /* blocks floor.. are this epoch's; those below, older ones' */
         for (j = first; j < end; ++j) {
             const double new_w = w[j];
@@ -239,42 +271,42 @@ static inline Py_ssize_t softrank_pav_rank_kl(softrank_span<double> s, double ep
                 if (top >= 0) {
                     start[top] = top_start;
                     weight_sum[top] = top_w;
-                    rho_sum[top] = top_r;
                     epoch[top] = top_epoch;
                 }
                 top += 1;
                 top_start = (int32_t)j;
                 top_epoch = (int32_t)first;
                 top_w = new_w;
+                below_r = top_r;
                 top_r = new_r;
                 if (top > floor) continue;  /* the block below is this epoch's: tested above */
             }
             while (true) {
                 if (top > floor) {
-                    if (!((weight_sum[top - 1] * top_r) <= (top_w * rho_sum[top - 1]))) break;
+                    if (!((weight_sum[top - 1] * top_r) <= (top_w * below_r))) break;
                     top_w = weight_sum[top - 1] + top_w;
                 } else if (top > 0) {
                     /* The block below is an older epoch's: in this epoch's units (>= 1; inf,
                        far apart, never pools). Pooled, it joins this epoch: its weight is then
                        bounded by the top's, so it stays finite. */
                     const double shift = exp((s[epoch[top - 1]] - s[first]) / eps);
-                    if (!(((weight_sum[top - 1] * shift) * top_r) <= (top_w * rho_sum[top - 1])))
-                        break;
+                    if (!(((weight_sum[top - 1] * shift) * top_r) <= (top_w * below_r))) break;
                     top_w = (weight_sum[top - 1] * shift) + top_w;
                     floor -= 1;
                 } else {
                     break;
                 }
-                top_r = rho_sum[top - 1] + top_r;
+                top_r = below_r + top_r;
                 top_start = start[top - 1];
                 top -= 1;
+                if (top > 0)
+                    below_r = softrank_rho_sum(start[top - 1], top_start - start[top - 1], n);
             }
         }
         j = end;
     }
     start[top] = top_start;
     weight_sum[top] = top_w;
-    rho_sum[top] = top_r;
     epoch[top] = top_epoch;
     return top;
 }
@@ -288,7 +320,8 @@ static inline Py_ssize_t softrank_pav_blocks(S s, double eps,
                                              softrank_span<double> value,
                                              softrank_span<uint64_t> spare) {
     if constexpr (MODE == SOFTRANK_RANK_KL) {
-        return softrank_pav_rank_kl(s, eps, start, state, value, spare);
+        (void)value;
+        return softrank_pav_rank_kl(s, eps, start, state, spare);
     } else {
         const Py_ssize_t n = s.len;
         double *memo = (MODE == SOFTRANK_SORT_KL || MODE == SOFTRANK_SORT_KL_EPS_UNITS)
@@ -347,27 +380,24 @@ static inline double softrank_sum_of(softrank_span<double> w) {
 
 /* Expand blocks b_lo..b_hi-1 of the PAV solution (top: the index of the last block) into
    outputs, by the closed forms of docs/CONTRACT.md, and write each element's block start.
-   weights: scratch of n; spare: what softrank_pav_blocks left there (rank/kl: its weights,
-   then the blocks' epochs). */
+   spare: what softrank_pav_blocks left there (rank/kl: its weights, then the blocks' epochs).
+   rank/kl reads no block state: its expansion may write over them (forward.h). */
 template <int MODE, typename T, typename S>
 static inline void softrank_expand_blocks(S s, double eps, double sign,
                                           softrank_span<int32_t> perm, softrank_span<T> out,
                                           softrank_span<int32_t> blocks,
                                           softrank_span<int32_t> start,
                                           softrank_span<double> state,
-                                          softrank_span<double> weights,
                                           softrank_span<uint64_t> spare, Py_ssize_t top,
                                           Py_ssize_t b_lo, Py_ssize_t b_hi) {
     const Py_ssize_t n = s.len;
-    softrank_span<double> w((double *)spare.ptr, n);
-    softrank_span<int32_t> epoch((int32_t *)(spare.ptr + n), n);
     double *memo = (MODE == SOFTRANK_SORT_KL || MODE == SOFTRANK_SORT_KL_EPS_UNITS)
                    ? softrank_geometric_memo_for(eps) : NULL;
     for (Py_ssize_t b = b_lo; b < b_hi; ++b) {
         const Py_ssize_t a = start[b];
         const Py_ssize_t e = b < top ? start[b + 1] : n;
         const Py_ssize_t c = e - a;
-        double st = state[b];
+        double st = MODE == SOFTRANK_RANK_KL ? 0.0 : state[b];
         const double s_a = s[a];
         const double mean_rho = (n - a) - (0.5 * (c - 1));
         blocks[a] = (int32_t)a;
@@ -388,23 +418,30 @@ static inline void softrank_expand_blocks(S s, double eps, double sign,
                 blocks[j] = (int32_t)a;
             }
         } else if constexpr (MODE == SOFTRANK_RANK_KL) {
-            if (epoch[b] <= a) {
+            const softrank_span<double> w = softrank_rank_kl_weights(spare, n);
+            if (softrank_rank_kl_epochs(spare, n)[b] <= a) {
                 /* The block lies in one epoch: PAV's weights, precise against the epoch's first
                    value, give the softmax without an exp. */
                 const double scale = (c * mean_rho) / softrank_sum_of(w.sub(a, c));
                 for (Py_ssize_t j = a; j < e; ++j) {
-                    out[perm[j]] = (T)(w[j] * scale);
+                    out[softrank_rank_slot<S>(perm, j)] = (T)(w[j] * scale);
                     blocks[j] = (int32_t)a;
                 }
             } else {
                 /* A block pooled across epochs (its weights are in two units): weights against
-                   its head (exp(0) = 1 for it), summed anew. */
-                st = 1.0 + softrank_exp_sum(s.sub(a + 1, c - 1).ptr, s_a, eps,
-                                            weights.sub(a + 1, c - 1).ptr, c - 1);
+                   its head (exp(0) = 1 for it), summed anew over its own weights' places. */
+                const double *src;
+                if constexpr (softrank_double_values<S>) {
+                    src = s.sub(a + 1, c - 1).ptr;
+                } else {
+                    for (Py_ssize_t j = a + 1; j < e; ++j) w[j] = s[j];
+                    src = w.sub(a + 1, c - 1).ptr;
+                }
+                st = 1.0 + softrank_exp_sum(src, s_a, eps, w.sub(a + 1, c - 1).ptr, c - 1);
                 const double scale = (c * mean_rho) / st;
-                out[perm[a]] = (T)scale;
+                out[softrank_rank_slot<S>(perm, a)] = (T)scale;
                 for (Py_ssize_t j = a + 1; j < e; ++j) {
-                    out[perm[j]] = (T)(weights[j] * scale);
+                    out[softrank_rank_slot<S>(perm, j)] = (T)(w[j] * scale);
                     blocks[j] = (int32_t)a;
                 }
             }
@@ -440,10 +477,7 @@ static inline Py_ssize_t softrank_pav(int mode, S s, double eps,
                                       softrank_span<double> value, softrank_span<uint64_t> spare) {
     switch (mode) {
     case SOFTRANK_RANK_L2: return softrank_pav_blocks<SOFTRANK_RANK_L2>(s, eps, start, state, value, spare);
-    case SOFTRANK_RANK_KL:
-        if constexpr (softrank_double_values<S>)
-            return softrank_pav_blocks<SOFTRANK_RANK_KL>(s, eps, start, state, value, spare);
-        return -1;  /* rank/kl keeps float64 values */
+    case SOFTRANK_RANK_KL: return softrank_pav_blocks<SOFTRANK_RANK_KL>(s, eps, start, state, value, spare);
     case SOFTRANK_SORT_L2: return softrank_pav_blocks<SOFTRANK_SORT_L2>(s, eps, start, state, value, spare);
     default: return softrank_pav_blocks<SOFTRANK_SORT_KL>(s, eps, start, state, value, spare);
     }
@@ -453,16 +487,14 @@ template <typename T, typename S>
 static inline void softrank_expand(int mode, S s, double eps, double sign,
                                    softrank_span<int32_t> perm, softrank_span<T> out,
                                    softrank_span<int32_t> blocks, softrank_span<int32_t> start,
-                                   softrank_span<double> state, softrank_span<double> weights,
+                                   softrank_span<double> state,
                                    softrank_span<uint64_t> spare, Py_ssize_t top,
                                    Py_ssize_t b_lo, Py_ssize_t b_hi) {
 #define SOFTRANK_EXPAND(M) softrank_expand_blocks<M, T, S>(s, eps, sign, perm, out, blocks, start, \
-                                                        state, weights, spare, top, b_lo, b_hi)
+                                                        state, spare, top, b_lo, b_hi)
     switch (mode) {
     case SOFTRANK_RANK_L2: SOFTRANK_EXPAND(SOFTRANK_RANK_L2); break;
-    case SOFTRANK_RANK_KL:
-        if constexpr (softrank_double_values<S>) SOFTRANK_EXPAND(SOFTRANK_RANK_KL);
-        break;
+    case SOFTRANK_RANK_KL: SOFTRANK_EXPAND(SOFTRANK_RANK_KL); break;
     case SOFTRANK_SORT_L2: SOFTRANK_EXPAND(SOFTRANK_SORT_L2); break;
     default: SOFTRANK_EXPAND(SOFTRANK_SORT_KL); break;
     }
@@ -477,8 +509,8 @@ static inline __attribute__((always_inline)) void softrank_pav_row(
         softrank_span<T> out, softrank_span<int32_t> blocks, softrank_span<int32_t> start,
         softrank_span<double> state, softrank_span<double> value, softrank_span<uint64_t> spare) {
     const Py_ssize_t top = softrank_pav_blocks<MODE>(s, eps, start, state, value, spare);
-    softrank_expand_blocks<MODE, T, S>(s, eps, sign, perm, out, blocks, start, state, value, spare,
-                                    top, 0, top + 1);
+    softrank_expand_blocks<MODE, T, S>(s, eps, sign, perm, out, blocks, start, state, spare, top,
+                                       0, top + 1);
 }
 
 /* How a finite row sorted into s is solved (softrank_row_kind). */
@@ -605,9 +637,8 @@ static inline void softrank_solve_sorted_row(int mode, S s, double eps,
                                               spare);
         break;
     case SOFTRANK_RANK_KL:
-        if constexpr (softrank_double_values<S>)
-            softrank_pav_row<SOFTRANK_RANK_KL, T>(s, eps, sign, perm, out, blocks, start, state,
-                                                  value, spare);
+        softrank_pav_row<SOFTRANK_RANK_KL, T>(s, eps, sign, perm, out, blocks, start, state,
+                                              value, spare);
         break;
     case SOFTRANK_SORT_L2:
         softrank_pav_row<SOFTRANK_SORT_L2, T>(s, eps, sign, perm, out, blocks, start, state, value,
@@ -620,11 +651,17 @@ static inline void softrank_solve_sorted_row(int mode, S s, double eps,
     }
 }
 
-/* The staged rank outputs of a float32 row (softrank_rank_slot), in sorted order: the second
-   half of PAV's block values (n doubles, dead after PAV; rank/l2's expansion does not read them,
-   and the blocks of a call that wants none take the first half, forward.h). */
-static inline softrank_span<float> softrank_staged_ranks(softrank_span<double> value) {
-    return softrank_span<float>((float *)value.ptr, 2 * value.len).sub(value.len, value.len);
+/* PAV's n per-block doubles that the expansion does not read: rank/kl's block sums (its
+   expansion sums its weights anew), the other modes' block values. The blocks of a call that
+   wants none take their first half (forward.h), staged rank outputs the second. */
+static inline softrank_span<double> softrank_dead_after_pav(int mode, softrank_span<double> state,
+                                                            softrank_span<double> value) {
+    return mode == SOFTRANK_RANK_KL ? state : value;
+}
+
+/* The staged rank outputs of a float32 row (softrank_rank_slot), in sorted order. */
+static inline softrank_span<float> softrank_staged_ranks(softrank_span<double> dead) {
+    return softrank_span<float>((float *)dead.ptr, 2 * dead.len).sub(dead.len, dead.len);
 }
 
 /* out[perm[j]] = staged[j] for j in [lo, hi). */
@@ -635,10 +672,10 @@ static inline void softrank_scatter_ranks(softrank_span<float> staged,
     for (Py_ssize_t j = lo; j < hi; ++j) out[perm[j]] = staged[j];
 }
 
-/* softrank_solve_sorted_row of a float32 row whose values s32 are kept as float32 (rank/l2,
-   sort/l2, sort/kl) in the caller's out (forward.h): the sort modes write each block's outputs
-   over its own values, after reading the block's first one; rank/l2 stages its outputs
-   (softrank_staged_ranks) and scatters them. A sort/l2 row solved scaled (tiny strengths;
+/* softrank_solve_sorted_row of a float32 row whose values s32 are kept as float32 (rank and
+   sort modes) in the caller's out (forward.h): the sort modes write each block's outputs over
+   its own values, after reading the block's first one; the rank modes stage their outputs
+   (softrank_staged_ranks) and scatter them. A sort/l2 row solved scaled (tiny strengths;
    scaling a float32 could lose bits) first copies its values to float64 in wide (n). */
 template <typename T>
 static inline void softrank_solve_sorted_f32(int mode, softrank_span<float> s32,
@@ -657,8 +694,9 @@ static inline void softrank_solve_sorted_f32(int mode, softrank_span<float> s32,
                                      value, spare, softrank_span<T>(), softrank_span<double>());
         return;
     }
-    if (mode == SOFTRANK_RANK_L2) {
-        const softrank_span<float> staged = softrank_staged_ranks(value);
+    if (mode == SOFTRANK_RANK_L2 || mode == SOFTRANK_RANK_KL) {
+        const softrank_span<float> staged =
+            softrank_staged_ranks(softrank_dead_after_pav(mode, state, value));
         softrank_solve_sorted_row<float>(mode, s, eps, sign, perm, staged, blocks, start, state,
                                          value, spare, softrank_span<float>(),
                                          softrank_span<double>());

@@ -4,19 +4,20 @@
      keys   2n (float32) or 3n (float64) + SOFTRANK_HIST_WORDS: two radix buffers, full float64
             keys (float64 rows only: a float32 key fits in its sort word), radix histograms
             (PAV reuses the first 2n words once the row is sorted)
-     ints   (n + 1) / 2: PAV's block starts (int32)
-     reals  n: the sorted values; rank/kl also 2n for PAV's block states and values, the
-            project modes n for their blocks' target sums
-   The other modes keep PAV's block states and values in the first 2n words of keys: the radix
-   buffers are done with once the row is sorted (rank/kl's PAV uses them for its weights), and
-   pages never written are never resident (docs/PERFORMANCE.md, "Peak memory", has the bytes
-   per element). A call that wants no partition
-   writes those modes' block starts over PAV's block values (softrank_scratch_blocks in
-   forward.h), so it needs only the int32 permutation besides (docs/PERFORMANCE.md, "Peak
-   memory"). A float32 row in rank/l2, sort/l2 or sort/kl keeps its sorted values as float32 in
-   the caller's output (forward.h; the values' n words are then never written; rank/l2 stages
-   its outputs in the second half of PAV's block values, softrank_staged_ranks in pav.h), and
-   the sort modes' calls that want no partition never write the permutation.
+     ints   (n + 1) / 2: PAV's block starts (int32; rank/kl keeps them in keys)
+     reals  n: the sorted values; rank/kl also n for its block sums, the project modes n for
+            their blocks' target sums
+   The radix buffers are done with once the row is sorted: the other modes keep PAV's block
+   states and values there, rank/kl its weights, epochs and block starts (pav.h). Pages never
+   written are never resident (docs/PERFORMANCE.md, "Peak memory", has the bytes per element),
+   which is what the rest of this layout is about:
+   - a call that wants no partition writes the rank and sort modes' block starts over PAV's
+     per-block doubles that the expansion does not read (softrank_scratch_blocks in forward.h),
+     so it needs only the int32 permutation besides;
+   - a float32 row in a rank or sort mode keeps its sorted values as float32 in the caller's
+     output (forward.h), so the values' n words are never written; the rank modes stage their
+     outputs in the second half of the same dead doubles (softrank_staged_ranks in pav.h);
+   - the sort modes' calls that want no partition never write the permutation.
    Each thread's share is padded to whole cache lines plus one line, so that threads do not
    share a line. (The backward's share: softrank_backward_words in backward.h.) */
 #ifndef SOFTRANK_WORKSPACE_H
@@ -26,6 +27,7 @@
 #include <stdint.h>
 #include <vector>
 
+#include "pav.h"
 #include "span.h"
 
 /* Words of the radix histograms (4 x 256 uint32 counts). */
@@ -38,13 +40,19 @@ struct softrank_workspace {
     softrank_span<double> state, value;  /* PAV's block states and values (n each) */
 };
 
-/* rank/kl (softrank/_contract.py's mode 1): its PAV keeps weights in the radix buffers. */
+/* rank/kl (softrank/_contract.py's mode 1): its PAV keeps its weights, epochs and block starts
+   in the radix buffers (softrank_rank_kl_weights in pav.h) and its block sums in reals. */
 static inline int softrank_states_in_keys(int mode) { return mode != 1; }
 
-/* Words of reals per element: the sorted values, and rank/kl's block states and values or the
-   project modes' (4, 5) target sums. */
+/* Words of reals per element: the sorted values, and rank/kl's block sums or the project
+   modes' (4, 5) target sums. */
 static inline Py_ssize_t softrank_reals_per_element(int mode) {
-    return mode == 1 ? 3 : (mode >= 4 ? 2 : 1);
+    return mode == 1 || mode >= 4 ? 2 : 1;
+}
+
+/* Words of the block starts (int32) outside keys: none for rank/kl. */
+static inline Py_ssize_t softrank_int_words(Py_ssize_t n, int mode) {
+    return softrank_states_in_keys(mode) ? (n + 1) / 2 : 0;
 }
 
 /* Key arrays of a row of n: 2 (the radix buffers) for float32, 3 (and the full keys) for
@@ -54,7 +62,7 @@ static inline Py_ssize_t softrank_key_arrays(int full_keys) { return full_keys ?
 /* Words of one thread's forward workspace for rows of n in mode. */
 static inline Py_ssize_t softrank_forward_words(Py_ssize_t n, int full_keys, int mode) {
     const Py_ssize_t words = (softrank_key_arrays(full_keys) * n + SOFTRANK_HIST_WORDS)
-                             + (n + 1) / 2 + softrank_reals_per_element(mode) * n;
+                             + softrank_int_words(n, mode) + softrank_reals_per_element(mode) * n;
     return (words + 7) / 8 * 8 + 8;
 }
 
@@ -63,18 +71,18 @@ static inline softrank_workspace softrank_forward_workspace(uint64_t *words, Py_
                                                            int full_keys, int mode) {
     softrank_workspace work;
     const Py_ssize_t key_words = softrank_key_arrays(full_keys) * n + SOFTRANK_HIST_WORDS;
-    const Py_ssize_t int_words = (n + 1) / 2;
+    const Py_ssize_t int_words = softrank_int_words(n, mode);
     work.keys = softrank_span<uint64_t>(words, key_words);
-    work.ints = softrank_span<int32_t>((int32_t *)(words + key_words), n);
+    work.reals = softrank_span<double>((double *)(words + key_words + int_words),
+                                       softrank_reals_per_element(mode) * n);
     if (softrank_states_in_keys(mode)) {
-        work.reals = softrank_span<double>((double *)(words + key_words + int_words),
-                                           softrank_reals_per_element(mode) * n);
+        work.ints = softrank_span<int32_t>((int32_t *)(words + key_words), n);
         work.state = softrank_span<double>((double *)work.keys.sub(0, n).ptr, n);
         work.value = softrank_span<double>((double *)work.keys.sub(n, n).ptr, n);
     } else {
-        work.reals = softrank_span<double>((double *)(words + key_words + int_words), 3 * n);
+        work.ints = softrank_rank_kl_starts(work.keys.sub(0, 2 * n), n);
         work.state = work.reals.sub(n, n);
-        work.value = work.reals.sub(2 * n, n);
+        work.value = softrank_span<double>();
     }
     return work;
 }
