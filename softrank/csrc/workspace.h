@@ -7,8 +7,8 @@
      ints   (n + 1) / 2: PAV's block starts (int32; rank/kl keeps them in keys)
      reals  n: the sorted values; rank/kl also n for its block sums, the project modes n for
             their blocks' target sums
-   The radix buffers are done with once the row is sorted: the other modes keep PAV's block
-   states and values there, rank/kl its weights, epochs and block starts (pav.h). Pages never
+   The radix buffers are done with once the row is sorted: PAV keeps its block states and
+   values there (rank/kl: its weights, epochs and block starts; pav.h). Pages never
    written are never resident (docs/PERFORMANCE.md, "Peak memory", has the bytes per element),
    which is what the rest of this layout is about:
    - a call that wants no partition writes the rank and sort modes' block starts over PAV's
