@@ -68,17 +68,6 @@ class _Capsule:
         return (1, 0)
 
 
-class _ExternalStream:
-    def __init__(self, ptr, device_id):
-        self.ptr = ptr
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 class _TorchStream:
     cuda_stream = 0
 
@@ -112,7 +101,6 @@ def install_stand_ins():
     fake = emu_fakecupy.make(_NoEmulator())
     fake.__class__ = FakeCupy
     fake.RawModule = RawModule
-    fake.cuda.ExternalStream = _ExternalStream
     fake.from_dlpack = lambda capsule: np.from_dlpack(_Capsule(capsule))
     torch.Tensor.is_cuda = property(lambda self: True)
     torch.cuda.current_stream = lambda device=None: _TorchStream

@@ -46,17 +46,6 @@ def emu():
     return harness.Emulator(build.build())
 
 
-class _ExternalStream:
-    def __init__(self, ptr, device_id):
-        self.ptr = ptr
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 @pytest.fixture
 def gpu_like(emu, monkeypatch):
     """The stand-ins; yields a dict whose "allocations" counts CuPy allocations (must stay 0)."""
@@ -81,7 +70,6 @@ def gpu_like(emu, monkeypatch):
     fake = emu_fakecupy.make(emu)
     fake.__class__ = FakeCupy
     fake.RawModule = RawModule
-    fake.cuda.ExternalStream = _ExternalStream
     # CuPy's from_dlpack takes the bridge's capsules; NumPy's (the stand-in's) wants __dlpack__
     fake.from_dlpack = lambda capsule: torch.utils.dlpack.from_dlpack(capsule).numpy()
 

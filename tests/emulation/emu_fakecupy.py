@@ -66,6 +66,19 @@ class Device:
         return False
 
 
+class ExternalStream:
+    """cupy.cuda.ExternalStream: a context that wraps a stream pointer and does nothing."""
+
+    def __init__(self, ptr, device_id):
+        self.ptr = ptr
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 class FakeCupy(types.SimpleNamespace):
     emulator = None
 
@@ -85,5 +98,5 @@ def make(emulator):
     FakeCupy.emulator = emulator
     fake = FakeCupy()
     fake.RawModule = RawModule
-    fake.cuda = types.SimpleNamespace(Device=Device)
+    fake.cuda = types.SimpleNamespace(Device=Device, ExternalStream=ExternalStream)
     return fake
