@@ -114,6 +114,7 @@ cdef extern from "csrc/forward.h":
                                               double sign, Span[int32_t] perm, Span[double] out,
                                               Span[int32_t] blocks, Py_ssize_t top,
                                               int t) noexcept nogil
+    bint split_staged "softrank_split_staged"(const Split* split) noexcept nogil
     void split_scatter_ranks "softrank_split_scatter_ranks"(
         const Split* split, Span[int32_t] perm, Span[float] out, int t) noexcept nogil
     void split_scatter_ranks "softrank_split_scatter_ranks"(
@@ -276,7 +277,8 @@ cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
                              Span[floating] target, uint64_t* words,
                              int n_threads) noexcept nogil:
     """One row on n_threads threads, step by step (softrank/csrc/forward.h): the radix passes,
-    the decoding and the expansion split in chunks, PAV serial."""
+    the decoding, the expansion and the scatter of staged ranks split in chunks, PAV
+    serial."""
     cdef Split split
     cdef Span[uint64_t] src, dst, sorted_words
     cdef int t, d, nonfinite = 0, shared_highs = 0
@@ -319,8 +321,9 @@ cdef void _forward_split_row(int mode, Span[floating] x, Span[floating] out,
         return
     for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
         split_expand(&split, mode, eps, sign, perm, out, blocks, top, t)
-    for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
-        split_scatter_ranks(&split, perm, out, t)
+    if split_staged(&split):
+        for t in prange(n_threads, num_threads=n_threads, schedule="static", chunksize=1):
+            split_scatter_ranks(&split, perm, out, t)
 
 
 cdef void _backward_rows(int mode, Span[floating] g, Span[int32_t] perm, Span[int32_t] blocks,

@@ -302,6 +302,11 @@ static inline Py_ssize_t softrank_first_block_from(softrank_span<int32_t> start,
     return lo;
 }
 
+/* Whether step 9 stages the outputs (the rank modes of float32 values): step 10 then runs. */
+static inline bool softrank_split_staged(const softrank_split *split) {
+    return split->s32.len && softrank_is_rank(split->mode);
+}
+
 /* Step 9, thread t: expand the blocks that start in its chunk. */
 template <typename T>
 static inline void softrank_split_expand(const softrank_split *split, int mode, double eps,
@@ -314,7 +319,7 @@ static inline void softrank_split_expand(const softrank_split *split, int mode, 
                                                       softrank_chunk_start(t, n, split->n_threads));
     const Py_ssize_t b_hi = softrank_first_block_from(
         start, top, softrank_chunk_start(t + 1, n, split->n_threads));
-    if (split->s32.len && softrank_is_rank(mode))  /* staged, then step 10 */
+    if (softrank_split_staged(split))  /* then step 10 */
         softrank_expand<float>(mode, softrank_f32_values(split->s32), eps, sign, perm,
                                softrank_staged_ranks(softrank_dead_after_pav(
                                    mode, split->work.state, split->work.value)),
@@ -329,13 +334,12 @@ static inline void softrank_split_expand(const softrank_split *split, int mode, 
                            split->work.state, split->work.keys.sub(0, 2 * n), top, b_lo, b_hi);
 }
 
-/* Step 10 (the rank modes of float32 values, after all of step 9), thread t: scatter the
-   staged outputs of its chunk of sorted positions. */
+/* Step 10 (if softrank_split_staged, after all of step 9), thread t: scatter the staged
+   outputs of its chunk of sorted positions. */
 template <typename T>
 static inline void softrank_split_scatter_ranks(const softrank_split *split,
                                                 softrank_span<int32_t> perm,
                                                 softrank_span<T> out, int t) {
-    if (!(split->s32.len && softrank_is_rank(split->mode))) return;
     softrank_scatter_ranks<T>(softrank_staged_ranks(softrank_dead_after_pav(
                                   split->mode, split->work.state, split->work.value)),
                               perm, out,

@@ -197,19 +197,26 @@ static inline Py_ssize_t softrank_epoch_end(S s, Py_ssize_t first, double eps) {
     return lo;
 }
 
+/* s[lo, lo + count) as doubles for the vector exp: the float64 values themselves, or float32
+   values widened into w[lo, lo + count), where the exp then runs in place. */
+template <typename S>
+static inline const double *softrank_doubles_at(S s, softrank_span<double> w, Py_ssize_t lo,
+                                                Py_ssize_t count) {
+    if constexpr (softrank_double_values<S>) {
+        (void)w;
+        return s.sub(lo, count).ptr;
+    } else {
+        for (Py_ssize_t j = lo; j < lo + count; ++j) w[j] = s[j];
+        return w.sub(lo, count).ptr;
+    }
+}
+
 /* w[lo, lo + count) = exp((s_j - ref)/eps) (softrank_exp_of_steps; without its rounding
-   correction if 1/eps overflows). Float32 values are first widened into w, and the kernel
-   runs in place there. */
+   correction if 1/eps overflows). */
 template <typename S>
 static inline void softrank_weights_of(S s, double ref, double eps, softrank_span<double> w,
                                        Py_ssize_t lo, Py_ssize_t count) {
-    const double *src;
-    if constexpr (softrank_double_values<S>) {
-        src = s.sub(lo, count).ptr;
-    } else {
-        for (Py_ssize_t j = lo; j < lo + count; ++j) w[j] = s[j];
-        src = w.sub(lo, count).ptr;
-    }
+    const double *src = softrank_doubles_at(s, w, lo, count);
     if (isfinite(1.0 / eps)) softrank_exp_of_steps(src, ref, eps, w.sub(lo, count).ptr, count);
     else softrank_scaled_exp(src, ref, eps, 1.0, w.sub(lo, count).ptr, count);
 }
@@ -430,14 +437,8 @@ static inline void softrank_expand_blocks(S s, double eps, double sign,
             } else {
                 /* A block pooled across epochs (its weights are in two units): weights against
                    its head (exp(0) = 1 for it), summed anew over its own weights' places. */
-                const double *src;
-                if constexpr (softrank_double_values<S>) {
-                    src = s.sub(a + 1, c - 1).ptr;
-                } else {
-                    for (Py_ssize_t j = a + 1; j < e; ++j) w[j] = s[j];
-                    src = w.sub(a + 1, c - 1).ptr;
-                }
-                st = 1.0 + softrank_exp_sum(src, s_a, eps, w.sub(a + 1, c - 1).ptr, c - 1);
+                st = 1.0 + softrank_exp_sum(softrank_doubles_at(s, w, a + 1, c - 1), s_a, eps,
+                                            w.sub(a + 1, c - 1).ptr, c - 1);
                 const double scale = (c * mean_rho) / st;
                 out[softrank_rank_slot<S>(perm, a)] = (T)scale;
                 for (Py_ssize_t j = a + 1; j < e; ++j) {
