@@ -28,10 +28,6 @@ static inline softrank_span<int32_t> softrank_scratch_blocks(const softrank_work
         (int32_t *)softrank_dead_after_pav(mode, work.state, work.value).ptr, n);
 }
 
-static inline bool softrank_is_rank(int mode) {
-    return mode == SOFTRANK_RANK_L2 || mode == SOFTRANK_RANK_KL;
-}
-
 /* Whether a float32 row's sorted values are kept as float32 (softrank_f32_values in pav.h):
    the rank and sort modes, radix sorted. They are kept in the caller's output, which
    nothing else uses before the expansion (softrank_solve_sorted_f32 says how the expansion
@@ -319,16 +315,12 @@ static inline void softrank_split_expand(const softrank_split *split, int mode, 
                                                       softrank_chunk_start(t, n, split->n_threads));
     const Py_ssize_t b_hi = softrank_first_block_from(
         start, top, softrank_chunk_start(t + 1, n, split->n_threads));
-    if (softrank_split_staged(split))  /* then step 10 */
+    if (split->s32.len)  /* staged rank outputs are scattered in step 10 */
         softrank_expand<float>(mode, softrank_f32_values(split->s32), eps, sign, perm,
-                               softrank_staged_ranks(softrank_dead_after_pav(
-                                   mode, split->work.state, split->work.value)),
+                               softrank_f32_destination(mode, split->s32, split->work.state,
+                                                        split->work.value),
                                blocks, start, split->work.state,
                                split->work.keys.sub(0, 2 * n), top, b_lo, b_hi);
-    else if (split->s32.len)
-        softrank_expand<T>(mode, softrank_f32_values(split->s32), eps, sign, perm, out, blocks,
-                           start, split->work.state, split->work.keys.sub(0, 2 * n), top, b_lo,
-                           b_hi);
     else
         softrank_expand<T>(mode, split->s, eps, sign, perm, out, blocks, start,
                            split->work.state, split->work.keys.sub(0, 2 * n), top, b_lo, b_hi);
@@ -340,8 +332,8 @@ template <typename T>
 static inline void softrank_split_scatter_ranks(const softrank_split *split,
                                                 softrank_span<int32_t> perm,
                                                 softrank_span<T> out, int t) {
-    softrank_scatter_ranks<T>(softrank_staged_ranks(softrank_dead_after_pav(
-                                  split->mode, split->work.state, split->work.value)),
+    softrank_scatter_ranks<T>(softrank_f32_destination(split->mode, split->s32,
+                                                       split->work.state, split->work.value),
                               perm, out,
                               softrank_chunk_start(t, split->n, split->n_threads),
                               softrank_chunk_start(t + 1, split->n, split->n_threads));

@@ -660,8 +660,20 @@ static inline softrank_span<double> softrank_dead_after_pav(int mode, softrank_s
     return mode == SOFTRANK_RANK_KL ? state : value;
 }
 
-/* The staged rank outputs of a float32 row (softrank_rank_slot), in sorted order. */
-static inline softrank_span<float> softrank_staged_ranks(softrank_span<double> dead) {
+static inline bool softrank_is_rank(int mode) {
+    return mode == SOFTRANK_RANK_L2 || mode == SOFTRANK_RANK_KL;
+}
+
+/* Where the expansion of a float32 row's values s32 (kept in the caller's out, forward.h)
+   writes: the sort modes over s32 itself, each block after reading its first value; the rank
+   modes, whose outputs go to scattered places, to staged outputs in sorted order
+   (softrank_rank_slot) in the second half of PAV's dead doubles, which softrank_scatter_ranks
+   then scatters. */
+static inline softrank_span<float> softrank_f32_destination(int mode, softrank_span<float> s32,
+                                                            softrank_span<double> state,
+                                                            softrank_span<double> value) {
+    if (!softrank_is_rank(mode)) return s32;
+    const softrank_span<double> dead = softrank_dead_after_pav(mode, state, value);
     return softrank_span<float>((float *)dead.ptr, 2 * dead.len).sub(dead.len, dead.len);
 }
 
@@ -674,10 +686,9 @@ static inline void softrank_scatter_ranks(softrank_span<float> staged,
 }
 
 /* softrank_solve_sorted_row of a float32 row whose values s32 are kept as float32 (rank and
-   sort modes) in the caller's out (forward.h): the sort modes write each block's outputs over
-   its own values, after reading the block's first one; the rank modes stage their outputs
-   (softrank_staged_ranks) and scatter them. A sort/l2 row solved scaled (tiny strengths;
-   scaling a float32 could lose bits) first copies its values to float64 in wide (n). */
+   sort modes) in the caller's out (forward.h), expanded to softrank_f32_destination. A sort/l2
+   row solved scaled (tiny strengths; scaling a float32 could lose bits) first copies its values
+   to float64 in wide (n). */
 template <typename T>
 static inline void softrank_solve_sorted_f32(int mode, softrank_span<float> s32,
                                              softrank_span<double> wide, double eps,
@@ -695,17 +706,10 @@ static inline void softrank_solve_sorted_f32(int mode, softrank_span<float> s32,
                                      value, spare, softrank_span<T>(), softrank_span<double>());
         return;
     }
-    if (mode == SOFTRANK_RANK_L2 || mode == SOFTRANK_RANK_KL) {
-        const softrank_span<float> staged =
-            softrank_staged_ranks(softrank_dead_after_pav(mode, state, value));
-        softrank_solve_sorted_row<float>(mode, s, eps, sign, perm, staged, blocks, start, state,
-                                         value, spare, softrank_span<float>(),
-                                         softrank_span<double>());
-        softrank_scatter_ranks<T>(staged, perm, out, 0, s32.len);
-        return;
-    }
-    softrank_solve_sorted_row<T>(mode, s, eps, sign, perm, out, blocks, start, state, value,
-                                 spare, softrank_span<T>(), softrank_span<double>());
+    const softrank_span<float> destination = softrank_f32_destination(mode, s32, state, value);
+    softrank_solve_sorted_row<float>(mode, s, eps, sign, perm, destination, blocks, start, state,
+                                     value, spare, softrank_span<float>(), softrank_span<double>());
+    if (softrank_is_rank(mode)) softrank_scatter_ranks<T>(destination, perm, out, 0, s32.len);
 }
 
 /* The forward of a row holding a NaN or an infinity: NaN outputs, blocks[0] = -1. */

@@ -16,7 +16,7 @@
      so it needs only the int32 permutation besides;
    - a float32 row in a rank or sort mode keeps its sorted values as float32 in the caller's
      output (forward.h), so the values' n words are never written; the rank modes stage their
-     outputs in the second half of the same dead doubles (softrank_staged_ranks in pav.h);
+     outputs in the second half of the same dead doubles (softrank_f32_destination in pav.h);
    - the sort modes' calls that want no partition never write the permutation.
    Each thread's share is padded to whole cache lines plus one line, so that threads do not
    share a line. (The backward's share: softrank_backward_words in backward.h.) */
