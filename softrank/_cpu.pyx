@@ -221,7 +221,7 @@ cdef inline int _threads_for(int mode, Py_ssize_t rows, Py_ssize_t n,
                              bint backward) noexcept nogil:
     """Rows run in parallel; a batch of fewer rows than threads uses one thread per row,
     except rows of _split_row_min elements or more, which are split across all the threads.
-    A kl forward of ranks or a projection counts its elements twice (exps: about twice the work)."""
+    A kl forward of ranks or a projection counts its elements twice: each also costs an exp."""
     cdef Py_ssize_t work = rows * n * (2 if (mode == RANK_KL or mode == PROJECT_KL)
                                        and not backward else 1)
     if work < (_policy_min_backward if backward else _policy_min_forward):

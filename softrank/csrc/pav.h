@@ -54,10 +54,10 @@
 #include "span.h"
 #include "vector_exp.h"
 
-/* The sorted values of a float32 row in rank/l2, sort/l2 or sort/kl, kept as float32 and read as
+/* The sorted values of a float32 row in a rank or sort mode, kept as float32 and read as
    float64: every value of such a row is a float32, so each reads back as the double the solver
-   would have stored (bit for bit), in half the memory (forward.h). rank/kl and the projections,
-   whose kernels take double arrays, keep float64 values. */
+   would have stored (bit for bit), and they fit in the caller's output (forward.h). rank/kl's
+   vector exp reads them widened (softrank_doubles_at); the projections keep float64 values. */
 struct softrank_f32_values {
     const float *ptr;
     Py_ssize_t len;
